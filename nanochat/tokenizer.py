@@ -1,0 +1,208 @@
+"""
+Byte-level BPE tokenizer in the style of GPT-4.
+
+Training uses rustbpe (Rust, parallel); encoding uses tiktoken built from the same merges
+(fast, batched, multithreaded). Special tokens are appended after the merges, so ordinary
+text can never produce them: they only enter a sequence through `encode_special`.
+
+Conversations render to (ids, mask): mask = 1 on the tokens the model is trained to emit
+(assistant text, its python tool calls, <|assistant_end|>), 0 on everything else (BOS, user
+turns, <|assistant_start|>, and tool outputs, which come from the interpreter, not the model).
+"""
+
+import os
+import pickle
+
+import torch
+
+SPECIAL_TOKENS = [
+    "<|bos|>",              # starts every document; the only separator between documents
+    "<|user_start|>", "<|user_end|>",
+    "<|assistant_start|>", "<|assistant_end|>",
+    "<|python_start|>", "<|python_end|>",    # the assistant calls the python tool
+    "<|output_start|>", "<|output_end|>",    # the tool's output, forced into the stream
+]
+
+# GPT-4's split pattern, except numbers split into runs of at most 2 digits (instead of 3):
+# with a 32K vocab we would rather not spend ~1000 tokens on all 3-digit numbers.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+TOKENIZER_FILE = "tokenizer.pkl"
+TOKEN_BYTES_FILE = "token_bytes.pt"
+
+
+class Tokenizer:
+    """A tiktoken Encoding plus the special tokens and chat rendering nanochat needs."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.bos_token_id = enc.encode_single_token("<|bos|>")
+
+    # -------------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def train_from_iterator(cls, text_iterator, vocab_size):
+        """Train BPE on an iterator of strings; vocab_size counts the special tokens too."""
+        import rustbpe
+        n_merges_and_bytes = vocab_size - len(SPECIAL_TOKENS)
+        if n_merges_and_bytes < 256:
+            raise ValueError(f"vocab_size={vocab_size}: must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + specials)")
+        bpe = rustbpe.Tokenizer()
+        bpe.train_from_iterator(text_iterator, n_merges_and_bytes, pattern=SPLIT_PATTERN)
+        ranks = {bytes(k): v for k, v in bpe.get_mergeable_ranks()}
+        return cls._from_ranks(ranks)
+
+    @classmethod
+    def _from_ranks(cls, mergeable_ranks):
+        import tiktoken
+        offset = len(mergeable_ranks)
+        specials = {name: offset + i for i, name in enumerate(SPECIAL_TOKENS)}
+        enc = tiktoken.Encoding(name="nanochat", pat_str=SPLIT_PATTERN,
+                                mergeable_ranks=mergeable_ranks, special_tokens=specials)
+        return cls(enc)
+
+    def save(self, directory):
+        """Write the merges and the per-token byte lengths (for bits per byte)."""
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, TOKENIZER_FILE + ".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump({"mergeable_ranks": self.enc._mergeable_ranks, "pattern": SPLIT_PATTERN}, f)
+        os.replace(tmp, os.path.join(directory, TOKENIZER_FILE))  # atomic: never a half-written tokenizer
+        torch.save(self.token_bytes(), os.path.join(directory, TOKEN_BYTES_FILE))
+
+    @classmethod
+    def load(cls, directory):
+        path = os.path.join(directory, TOKENIZER_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no tokenizer at {path}: train one with `python -m scripts.tok_train`")
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+        if data["pattern"] != SPLIT_PATTERN:
+            raise ValueError(f"{path} was trained with another split pattern; retrain it")
+        return cls._from_ranks(data["mergeable_ranks"])
+
+    # -------------------------------------------------------------------------
+    # encoding
+
+    def get_vocab_size(self):
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self):
+        return self.bos_token_id
+
+    def encode_special(self, name):
+        return self.enc.encode_single_token(name)
+
+    def encode(self, text, prepend=None, num_threads=8):
+        """Encode a string (-> list[int]) or a list of strings (-> list[list[int]]).
+        Special-token text in the input is encoded as ordinary text, never as a special token.
+        prepend: a token id (e.g. BOS) put in front of each sequence."""
+        head = [] if prepend is None else [prepend]
+        if isinstance(text, str):
+            return head + self.enc.encode_ordinary(text)
+        if isinstance(text, list):
+            return [head + ids for ids in self.enc.encode_ordinary_batch(text, num_threads=num_threads)]
+        raise ValueError(f"encode expects str or list[str], got {type(text).__name__}")
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+    def token_bytes(self):
+        """(vocab,) int32: UTF-8 byte length of each token; 0 for special tokens, so they
+        are left out of bits-per-byte."""
+        lengths = [0] * self.enc.n_vocab
+        specials = set(self.enc.special_tokens_set)
+        for i in range(self.enc.n_vocab):
+            tok = self.enc.decode_single_token_bytes(i)
+            lengths[i] = 0 if tok.decode("utf-8", errors="replace") in specials else len(tok)
+        return torch.tensor(lengths, dtype=torch.int32)
+
+    # -------------------------------------------------------------------------
+    # chat
+
+    def render_conversation(self, conversation, max_tokens=2048):
+        """Render {"messages": [...]} to (ids, mask), both lists of ints, cropped to max_tokens.
+        A message is {"role": "system"|"user"|"assistant", "content": str or list of parts};
+        an assistant part is {"type": "text"|"python"|"python_output", "text": str}.
+        A leading system message is folded into the first user message."""
+        messages = _fold_system(conversation["messages"])
+        ids, mask = [], []
+
+        def add(tokens, m):
+            tokens = [tokens] if isinstance(tokens, int) else tokens
+            ids.extend(tokens)
+            mask.extend([m] * len(tokens))
+
+        add(self.bos_token_id, 0)
+        for i, message in enumerate(messages):
+            role, content = message["role"], message["content"]
+            expected = "user" if i % 2 == 0 else "assistant"
+            if role != expected:
+                raise ValueError(f"message {i} has role {role!r}; roles must alternate user/assistant starting with user")
+            if role == "user":
+                if not isinstance(content, str):
+                    raise ValueError(f"message {i}: user content must be a string")
+                add(self.encode_special("<|user_start|>"), 0)
+                add(self.encode(content), 0)
+                add(self.encode_special("<|user_end|>"), 0)
+            else:
+                add(self.encode_special("<|assistant_start|>"), 0)
+                for part in _parts(content, i):
+                    kind, text = part["type"], part["text"]
+                    if kind == "text":
+                        add(self.encode(text), 1)
+                    elif kind == "python":  # the model writes the tool call: supervised
+                        add(self.encode_special("<|python_start|>"), 1)
+                        add(self.encode(text), 1)
+                        add(self.encode_special("<|python_end|>"), 1)
+                    elif kind == "python_output":  # the interpreter writes this: not supervised
+                        add(self.encode_special("<|output_start|>"), 0)
+                        add(self.encode(text), 0)
+                        add(self.encode_special("<|output_end|>"), 0)
+                    else:
+                        raise ValueError(f"message {i}: unknown part type {kind!r} (text, python, python_output)")
+                add(self.encode_special("<|assistant_end|>"), 1)
+        return ids[:max_tokens], mask[:max_tokens]
+
+    def render_for_completion(self, conversation):
+        """Ids of a conversation whose last (assistant) message is removed and replaced by
+        <|assistant_start|>, so the model writes the reply (RL and generative evals)."""
+        messages = list(conversation["messages"])
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError("render_for_completion expects a conversation ending with an assistant message")
+        ids, _ = self.render_conversation({"messages": messages[:-1]}, max_tokens=10**9)
+        return ids + [self.encode_special("<|assistant_start|>")]
+
+
+def _fold_system(messages):
+    if messages and messages[0]["role"] == "system":
+        if len(messages) < 2 or messages[1]["role"] != "user":
+            raise ValueError("a system message must be followed by a user message")
+        merged = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+        return [merged] + list(messages[2:])
+    return messages
+
+
+def _parts(content, i):
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if isinstance(content, list):
+        return content
+    raise ValueError(f"message {i}: content must be a string or a list of parts")
+
+
+def get_tokenizer(directory=None):
+    """The tokenizer under $NANOCHAT_BASE_DIR/tokenizer (or `directory`)."""
+    from nanochat.common import get_base_dir
+    return Tokenizer.load(directory or os.path.join(get_base_dir(), "tokenizer"))
+
+
+def get_token_bytes(directory=None, device="cpu"):
+    from nanochat.common import get_base_dir
+    path = os.path.join(directory or os.path.join(get_base_dir(), "tokenizer"), TOKEN_BYTES_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {TOKEN_BYTES_FILE} at {path}: train the tokenizer first")
+    return torch.load(path, map_location=device)
