@@ -30,11 +30,26 @@ def is_address(text):
     return sum(text.count(w) for w in CIVIC_WORDS) >= 9
 
 
+def chunks(text, max_chars):
+    """Split an address at line ends into pieces of at most ~max_chars, so a toy model with a
+    short context sees whole documents instead of the first row of each long speech."""
+    piece, out = "", []
+    for line in text.split("\n"):
+        if piece and len(piece) + len(line) + 1 > max_chars:
+            out.append(piece.strip())
+            piece = ""
+        piece += line + "\n"
+    if piece.strip():
+        out.append(piece.strip())
+    return [p for p in out if len(p) >= 200]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default="../shared/data/pretrain", help="folder of source parquet shards")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "sample_data"), help="output folder")
-    parser.add_argument("--val-docs", type=int, default=12, help="documents in the validation shard")
+    parser.add_argument("--val-docs", type=int, default=12, help="addresses in the validation shard")
+    parser.add_argument("--max-chars", type=int, default=1500, help="longest document after splitting an address")
     args = parser.parse_args()
     docs = []
     for name in sorted(os.listdir(args.src)):
@@ -42,10 +57,11 @@ def main():
             docs += [t for t in pq.read_table(os.path.join(args.src, name)).column("text").to_pylist() if is_address(t)]
     random.Random(1337).shuffle(docs)
     os.makedirs(args.out, exist_ok=True)
-    splits = {"shard_00000.parquet": docs[args.val_docs:], "shard_00001.parquet": docs[:args.val_docs]}
+    split = lambda addresses: [c for a in addresses for c in chunks(a, args.max_chars)]
+    splits = {"shard_00000.parquet": split(docs[args.val_docs:]), "shard_00001.parquet": split(docs[:args.val_docs])}
     for name, texts in splits.items():
         table = pa.table({"text": pa.array(texts, type=pa.string())})
-        pq.write_table(table, os.path.join(args.out, name), row_group_size=16, compression="zstd")
+        pq.write_table(table, os.path.join(args.out, name), row_group_size=256, compression="zstd")
         print(f"{name}: {len(texts)} docs, {sum(map(len, texts)):,} chars")
 
 

@@ -15,4 +15,4 @@ echo "data: $DATA_DIR | artifacts: $NANOCHAT_BASE_DIR"
 # a small vocabulary: the toy corpus is a few MB
 python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 4096
 python -m scripts.tok_eval --data-dir "$DATA_DIR"
-python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 256 --batch-size 8 --batches 20
+python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 512 --batch-size 8 --batches 20

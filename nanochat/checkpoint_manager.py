@@ -1,0 +1,109 @@
+"""
+Save and load checkpoints.
+
+A checkpoint is a folder `step_000123/` holding
+  model.pt            the model's state dict (rank 0)
+  optim_rank{r}.pt    each rank's optimizer shard (the optimizer shards its state across ranks)
+  loader_rank{r}.pt   each rank's dataloader state
+  meta.json           format version, model config, step, resolved arguments, anything else
+Every rank writes into `step_000123.tmp/`; only when all files are written does rank 0 rename
+the folder into place (an atomic rename), so a run that crashes mid-write leaves the last good
+checkpoint as the latest one, and a `.tmp` folder that loaders ignore.
+"""
+
+import json
+import os
+import re
+import shutil
+
+import torch
+import torch.distributed as dist
+
+from nanochat.common import print0
+
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def step_dir(checkpoint_dir, step):
+    return os.path.join(checkpoint_dir, f"step_{step:06d}")
+
+
+def save_checkpoint(checkpoint_dir, step, model_state, optim_state, loader_state, meta, rank=0):
+    """Collective under torchrun: every rank calls it with its own optimizer/loader state."""
+    final = step_dir(checkpoint_dir, step)
+    tmp = final + ".tmp"
+    if rank == 0:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)  # leftovers of a crashed save
+        os.makedirs(tmp)
+    _barrier()
+    if rank == 0:
+        torch.save(model_state, os.path.join(tmp, "model.pt"))
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({"format_version": FORMAT_VERSION, "step": step, **meta}, f, indent=2)
+    torch.save(optim_state, os.path.join(tmp, f"optim_rank{rank}.pt"))
+    torch.save(loader_state, os.path.join(tmp, f"loader_rank{rank}.pt"))
+    _barrier()
+    if rank == 0:
+        old = final + ".old"
+        if os.path.exists(final):  # re-saving a step (after a resume): keep the old copy until the new one is in place
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        print0(f"saved checkpoint {final}")
+    _barrier()
+    return final
+
+
+def last_step(checkpoint_dir):
+    """The highest completed step in checkpoint_dir, or None."""
+    if not os.path.isdir(checkpoint_dir):
+        return None
+    steps = [int(m.group(1)) for m in map(_STEP_DIR.match, os.listdir(checkpoint_dir)) if m]
+    return max(steps) if steps else None
+
+
+def load_meta(checkpoint_dir, step=None):
+    """(step, meta) of the given or latest checkpoint, with clear errors."""
+    step = last_step(checkpoint_dir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}: train one first (scripts/base_train.py)")
+    path = os.path.join(step_dir(checkpoint_dir, step), "meta.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint step {step} not found: {path} is missing")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+    return step, meta
+
+
+def load_file(checkpoint_dir, step, name, device="cpu"):
+    path = os.path.join(step_dir(checkpoint_dir, step), name)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"corrupt checkpoint file {path}: {e}") from e
+
+
+def build_model(checkpoint_dir, step=None, device="cpu"):
+    """Rebuild the model from a checkpoint: (model, meta). The config in meta is all it needs."""
+    from nanochat.gpt import GPT, GPTConfig
+    step, meta = load_meta(checkpoint_dir, step)
+    config = GPTConfig(**meta["model_config"])
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()  # buffers (rotary tables) that the state dict does not hold
+    model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
+    model.eval()
+    return model, meta
