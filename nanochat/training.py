@@ -1,0 +1,94 @@
+"""
+Training-loop helpers shared by the training scripts: the lr and momentum schedules, the
+device's bf16 peak for MFU, and a loss log that survives resume and draws the loss curve.
+"""
+
+import csv
+import os
+
+# dense bf16 peak FLOP/s by device name (H100 SXM; H200 has the same compute)
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
+
+
+def gpu_peak_flops(device):
+    """bf16 peak of a known CUDA device, else None (no MFU is reported then)."""
+    if device.type != "cuda":
+        return None
+    import torch
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def lr_multiplier(step, num_iterations, warmup_ratio, warmdown_ratio, final_lr_frac):
+    """Linear warmup, constant, then linear warmdown to final_lr_frac."""
+    warmup = round(warmup_ratio * num_iterations)
+    warmdown = round(warmdown_ratio * num_iterations)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step < num_iterations - warmdown:
+        return 1.0
+    progress = (num_iterations - step) / max(warmdown, 1)
+    return progress + (1 - progress) * final_lr_frac
+
+
+def muon_momentum(step, start=0.85, end=0.95, ramp_steps=300):
+    """Muon momentum rises from 0.85 to 0.95 over the first 300 steps (nanochat's schedule)."""
+    frac = min(step / ramp_steps, 1.0)
+    return (1 - frac) * start + frac * end
+
+
+class LossLog:
+    """Per-step training records, eval records, an EMA of the loss and wall time; its state is
+    saved in checkpoints, so a resumed run continues the same curve and the same smoothing."""
+
+    def __init__(self, beta=0.9):
+        self.beta, self.ema, self.n = beta, 0.0, 0
+        self.steps, self.evals = [], []  # (step, loss, lrm, r, dt) and (step, val_bpb)
+        self.train_seconds = 0.0
+
+    def record_step(self, step, loss, lrm, r, dt):
+        self.ema = self.beta * self.ema + (1 - self.beta) * loss
+        self.n += 1
+        if self.n > 5:  # the first steps compile and warm up: not part of the time per step
+            self.train_seconds += dt
+        self.steps.append((step, loss, lrm, r, dt))
+        return self.ema / (1 - self.beta ** self.n)  # debiased
+
+    def record_eval(self, step, val_bpb):
+        self.evals.append((step, val_bpb))
+
+    def mean_step_seconds(self):
+        timed = self.steps[5:] if len(self.steps) > 5 else self.steps
+        return sum(s[4] for s in timed) / max(len(timed), 1)
+
+    def state_dict(self):
+        return {"ema": self.ema, "n": self.n, "steps": self.steps, "evals": self.evals,
+                "train_seconds": self.train_seconds}
+
+    def load_state_dict(self, state):
+        self.ema, self.n, self.train_seconds = state["ema"], state["n"], state["train_seconds"]
+        self.steps = [tuple(s) for s in state["steps"]]
+        self.evals = [tuple(e) for e in state["evals"]]
+
+    def write(self, prefix):
+        """prefix.csv (every step) and prefix.png (train loss and val bpb against step)."""
+        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+        with open(prefix + ".csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["step", "train_loss", "lr_multiplier", "r", "dt_s", "val_bpb"])
+            evals = dict(self.evals)
+            for step, loss, lrm, r, dt in self.steps:
+                w.writerow([step, f"{loss:.6f}", f"{lrm:.4f}", r, f"{dt:.4f}", evals.get(step, "")])
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        ax[0].plot([s[0] for s in self.steps], [s[1] for s in self.steps], lw=0.8)
+        ax[0].set(xlabel="step", ylabel="train loss (nats)", title="training loss")
+        if self.evals:
+            ax[1].plot(*zip(*self.evals), marker="o")
+        ax[1].set(xlabel="step", ylabel="bits per byte", title="validation bpb")
+        fig.tight_layout()
+        fig.savefig(prefix + ".png", dpi=110)
+        plt.close(fig)
+        return prefix + ".csv", prefix + ".png"

@@ -1,0 +1,272 @@
+"""
+Pretrain the base model: next-token prediction on parquet shards.
+
+    python -m scripts.base_train --size 20                        # one GPU or CPU
+    torchrun --nproc_per_node=8 -m scripts.base_train --size 20   # one node
+    python -m scripts.base_train --arch gpt --size 20             # the standard GPT d20 baseline
+
+--size is the one dial: width, heads, windows (GPTConfig.from_size) and the horizon follow
+from it; every derived value is printed. The recurrence count r of each optimizer step is
+drawn from the Poisson log-normal sampler seeded by the step, so every rank and micro-step
+agrees without communication and a resumed run draws the same r.
+"""
+
+import argparse
+import dataclasses
+import math
+import os
+import time
+
+import torch
+
+from nanochat import flash_attention
+from nanochat.checkpoint_manager import last_step, load_file, load_meta, save_checkpoint
+from nanochat.common import (COMPUTE_DTYPE, DummyWandb, compute_cleanup, compute_init, get_base_dir,
+                             print0, synchronize)
+from nanochat.dataloader import DataLoader
+from nanochat.dataset import default_data_dir
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.loss_eval import evaluate_bpb, unigram_bpb
+from nanochat.recurrence import expected_recurrence, sample_recurrence
+from nanochat.tokenizer import get_token_bytes, get_tokenizer
+from nanochat.training import LossLog, gpu_peak_flops, lr_multiplier, muon_momentum
+
+parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
+# model
+parser.add_argument("--size", type=int, default=20, help="the dial: width = ceil(size*64/128)*128; for --arch gpt also the depth")
+parser.add_argument("--arch", type=str, default="looped", choices=["looped", "gpt"], help="looped (prelude/recur/coda) or standard GPT")
+parser.add_argument("--max-seq-len", type=int, default=2048, help="context length T")
+parser.add_argument("--n-kv-head", type=int, default=-1, help="GQA key/value heads (-1 = as many as query heads)")
+parser.add_argument("--value-embeds", type=int, default=0, choices=[0, 1], help="value embeddings in the recurrent block")
+parser.add_argument("--init-state", type=str, default="copy", choices=["copy", "randn"], help="initial recurrent state")
+parser.add_argument("--window-pattern", type=str, default="SSSL", help="sliding-window pattern of the repeated blocks")
+# recurrence
+parser.add_argument("--recur-mean", type=float, default=4, help="E[r] of the Poisson log-normal sampler")
+parser.add_argument("--recur-max", type=int, default=16, help="largest r drawn")
+parser.add_argument("--recur-sigma", type=float, default=0.5, help="log-normal sigma of the sampler")
+parser.add_argument("--recur-fixed", type=int, default=-1, help="train at this fixed r instead of sampling (-1 = sample)")
+parser.add_argument("--bptt-k", type=int, default=4, help="backprop through the last k iterations only (-1 = all)")
+# horizon and batch
+parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from --target-flops or the ratio)")
+parser.add_argument("--target-flops", type=float, default=-1, help="training FLOPs budget (-1 = use the ratio)")
+parser.add_argument("--target-param-data-ratio", type=float, default=4, help="tokens = ratio x non-embedding params")
+parser.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per rank")
+parser.add_argument("--total-batch-size", type=int, default=-1, help="tokens per optimizer step (-1 = 524288)")
+# optimizer
+parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr for block matrices and inject")
+parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr for wte and value embeds (x 1/sqrt(dim/768))")
+parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr for lm_head (x 1/sqrt(dim/768))")
+parser.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW lr for norm weights and gates")
+parser.add_argument("--weight-decay", type=float, default=0.0, help="Muon weight decay")
+parser.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps of linear lr warmup")
+parser.add_argument("--warmdown-ratio", type=float, default=0.4, help="fraction of steps of linear lr decay at the end")
+parser.add_argument("--final-lr-frac", type=float, default=0.0, help="lr multiplier at the last step")
+# evaluation, logging, checkpoints
+parser.add_argument("--eval-every", type=int, default=250, help="val bpb every N steps (-1 = only at the end)")
+parser.add_argument("--eval-tokens", type=int, default=10 * 524288, help="validation tokens per bpb evaluation")
+parser.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1 = only at the end)")
+parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
+parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder name (default s<size> / d<size>)")
+parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of --model-tag")
+parser.add_argument("--run", type=str, default="", help="wandb run name (empty = no wandb)")
+# machine and data
+parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
+parser.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the blocks (-1 = on CUDA only)")
+parser.add_argument("--data-dir", type=str, default=None, help="folder of parquet shards (default $NANOCHAT_BASE_DIR/base_data)")
+parser.add_argument("--seed", type=int, default=42, help="seed of init, recurrence draws and initial-state noise")
+args = parser.parse_args()
+
+is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
+master = rank == 0
+print0(f"args: {vars(args)}")
+flash_attention.announce()
+
+# -----------------------------------------------------------------------------
+# model
+
+tokenizer = get_tokenizer()
+token_bytes = get_token_bytes(device=device)
+overrides = dict(value_embeds=bool(args.value_embeds), init_state=args.init_state, window_pattern=args.window_pattern)
+if args.n_kv_head > 0:
+    overrides["n_kv_head"] = args.n_kv_head
+config = GPTConfig.from_size(args.size, arch=args.arch, vocab_size=tokenizer.get_vocab_size(),
+                             sequence_len=args.max_seq_len, **overrides)
+print0(f"model config: {config}")
+with torch.device("meta"):
+    model = GPT(config)
+model.to_empty(device=device)
+torch.manual_seed(args.seed)
+model.init_weights()
+
+bptt_k = None if args.bptt_k <= 0 else args.bptt_k
+if config.arch == "gpt":
+    mean_r, mean_r_grad = 1.0, 1.0
+elif args.recur_fixed > 0:
+    mean_r, mean_r_grad = float(args.recur_fixed), float(min(args.recur_fixed, bptt_k or args.recur_fixed))
+else:
+    mean_r, mean_r_grad = expected_recurrence(args.recur_mean, args.recur_max, args.recur_sigma, bptt_k)
+eval_r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else round(args.recur_mean))
+flops_per_token = model.estimate_flops(mean_r, r_grad=mean_r_grad)
+counts = model.num_params(r=eval_r)
+print0("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f" (effective at r={eval_r})")
+print0(f"recurrence: E[r] = {mean_r:.3f}, E[min(r, k)] = {mean_r_grad:.3f}; "
+       f"training FLOPs/token {flops_per_token:.4e} (forward {model.forward_flops(mean_r):.4e})")
+
+# -----------------------------------------------------------------------------
+# batch and horizon: derived from the size unless overridden; each value printed
+
+T = args.max_seq_len
+total_batch = args.total_batch_size if args.total_batch_size > 0 else 524288
+tokens_per_micro = args.device_batch_size * T * world_size
+if total_batch % tokens_per_micro:
+    raise ValueError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
+                     f"= {args.device_batch_size} x {T} x {world_size} = {tokens_per_micro}")
+grad_accum = total_batch // tokens_per_micro
+if args.num_iterations > 0:
+    num_iterations, horizon = args.num_iterations, "--num-iterations"
+elif args.target_flops > 0:
+    num_iterations, horizon = round(args.target_flops / (flops_per_token * total_batch)), "--target-flops"
+else:
+    target_tokens = args.target_param_data_ratio * counts["non_embedding"]
+    num_iterations, horizon = max(1, round(target_tokens / total_batch)), "--target-param-data-ratio"
+total_tokens = num_iterations * total_batch
+print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} x {world_size} ranks x {grad_accum} accum")
+print0(f"horizon ({horizon}): {num_iterations:,} steps, {total_tokens:,} tokens "
+       f"({total_tokens / counts['non_embedding']:.2f} tokens/non-embedding param), "
+       f"{flops_per_token * total_tokens:.3e} FLOPs")
+
+optimizer = model.setup_optimizer(args.matrix_lr, args.embedding_lr, args.unembedding_lr, args.scalar_lr, args.weight_decay)
+
+# -----------------------------------------------------------------------------
+# data, resume
+
+data_dir = args.data_dir or default_data_dir()
+model_tag = args.model_tag or (f"d{args.size}" if config.arch == "gpt" else f"s{args.size}")
+checkpoint_dir = os.path.join(get_base_dir(), "base_checkpoints", model_tag)
+start_step, loader_state, loss_log = 0, None, LossLog()
+if args.resume:
+    step, meta = load_meta(checkpoint_dir)
+    if meta["model_config"] != dataclasses.asdict(config):
+        raise ValueError(f"--resume: checkpoint config {meta['model_config']} differs from this run's {dataclasses.asdict(config)}")
+    model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
+    optimizer.load_state_dict(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
+    loader_state = load_file(checkpoint_dir, step, f"loader_rank{rank}.pt")
+    loss_log.load_state_dict(meta["loop_state"])
+    start_step = step
+    print0(f"resumed from {checkpoint_dir} at step {step}")
+elif last_step(checkpoint_dir) is not None:
+    print0(f"note: {checkpoint_dir} already has checkpoints; this run will add to them (use --resume to continue)")
+train_loader = DataLoader(tokenizer, data_dir, "train", args.device_batch_size, T, rank, world_size, device, state=loader_state)
+
+
+def val_batches():
+    return iter(DataLoader(tokenizer, data_dir, "val", args.device_batch_size, T, rank, world_size, device))
+
+
+eval_steps = max(1, args.eval_tokens // (args.device_batch_size * T * world_size))
+
+use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
+if use_compile:
+    # compile each block, not the loop: r changes every step and must not trigger recompiles.
+    # Each block instance has two graphs (grad / no-grad iterations), so raise dynamo's limit.
+    import torch._dynamo
+    blocks = [*model.prelude, *model.recur, *model.coda]
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * len(blocks))
+    for block in blocks:
+        block.compile(dynamic=False)
+    print0("compiled the blocks with torch.compile")
+
+wandb_run = DummyWandb()
+if args.run and master:
+    try:
+        import wandb
+        wandb_run = wandb.init(project="looped-nanochat", name=args.run, config=vars(args))
+    except ImportError:
+        print0("wandb is not installed: logging to stdout only")
+
+peak_flops = gpu_peak_flops(device)
+print0(f"compute dtype {COMPUTE_DTYPE}; MFU against {peak_flops:.3g} FLOP/s" if peak_flops else
+       f"compute dtype {COMPUTE_DTYPE}; no bf16 peak known for this device, MFU not reported")
+
+# -----------------------------------------------------------------------------
+# loop
+
+
+def sample_text(prompts=("The President said that", "Fellow citizens,", "The meaning of life is")):
+    model.eval()
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+        out = list(model.generate(ids, max_tokens=24, r=eval_r))
+        print0(f"  {prompt!r} -> {tokenizer.decode(out)!r}")
+    model.train()
+
+
+def save(step, val_bpb):
+    meta = {"model_config": dataclasses.asdict(config), "user_config": vars(args), "val_bpb": val_bpb,
+            "loop_state": loss_log.state_dict(), "eval_r": eval_r, "flops_per_token": flops_per_token}
+    save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer.state_dict(), train_loader.state_dict(), meta, rank)
+
+
+step, val_bpb = start_step, None
+t_train = loss_log.train_seconds
+while True:
+    last = step == num_iterations
+    if last or (args.eval_every > 0 and step % args.eval_every == 0 and step > start_step):
+        model.eval()
+        val_bpb = evaluate_bpb(model, val_batches(), eval_steps, token_bytes, r=eval_r)
+        model.train()
+        print0(f"step {step:05d} | val bpb {val_bpb:.4f} (r={eval_r})")
+        wandb_run.log({"step": step, "val/bpb": val_bpb})
+        loss_log.record_eval(step, val_bpb)
+    if master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > start_step)):
+        print0(f"step {step:05d} | samples (r={eval_r}, greedy):")
+        sample_text()
+    if last or (args.save_every > 0 and step % args.save_every == 0 and step > start_step):
+        save(step, val_bpb)
+    if last:
+        break
+
+    r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else
+                                        sample_recurrence(step, args.recur_mean, args.recur_max, args.recur_sigma, args.seed))
+    synchronize(device)
+    t0 = time.time()
+    train_loss = 0.0
+    for micro in range(grad_accum):
+        x, y = train_loader.next_batch()
+        # initial-state noise (init_state="randn") is a pure function of (seed, step, rank, micro)
+        gen = torch.Generator(device=device).manual_seed(((args.seed * 1_000_003 + step) * 1009 + rank) * 1009 + micro)
+        loss = model.loss(x, y, r=r, bptt_k=bptt_k, generator=gen)
+        (loss / grad_accum).backward()
+        train_loss += loss.detach() / grad_accum
+    lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lrm
+        if group["kind"] == "muon":
+            group["momentum"] = muon_momentum(step)
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    train_loss = train_loss.item()  # the one host sync per step
+    synchronize(device)
+    dt = time.time() - t0
+    step += 1
+
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"step {step}: loss is {train_loss} (r={r}); the last checkpoint is intact")
+    smooth = loss_log.record_step(step, train_loss, lrm, r, dt)
+    tok_per_s = total_batch / dt
+    mfu = f" | mfu {100 * flops_per_token * tok_per_s / (peak_flops * world_size):.1f}%" if peak_flops else ""
+    eta = loss_log.mean_step_seconds() * (num_iterations - step)
+    print0(f"step {step:05d}/{num_iterations} | loss {smooth:.4f} | r {r:2d} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms"
+           f" | tok/s {tok_per_s:,.0f}{mfu} | eta {eta / 60:.1f}m")
+    wandb_run.log({"step": step, "train/loss": smooth, "train/lrm": lrm, "train/r": r, "train/tok_per_s": tok_per_s})
+
+# the floor to beat: a unigram model fitted on as many train tokens as one evaluation reads
+train_for_counts = iter(DataLoader(tokenizer, data_dir, "train", args.device_batch_size, T, rank, world_size, device))
+baseline = unigram_bpb(train_for_counts, eval_steps, val_batches(), eval_steps, token_bytes)
+print0(f"val bpb: model {val_bpb:.4f} vs unigram baseline {baseline:.4f}")
+if master:
+    csv_path, png_path = loss_log.write(os.path.join(checkpoint_dir, "train_log"))
+    print0(f"loss curve: {csv_path}, {png_path}")
+print0(f"done: {num_iterations} steps, final val bpb {val_bpb:.4f}, training time {loss_log.train_seconds / 60:.2f} min")
+wandb_run.finish()
+compute_cleanup()

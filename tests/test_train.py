@@ -1,0 +1,219 @@
+"""Base training: resume == uninterrupted, 2 gloo ranks == 1 rank with accumulation, a loss
+that goes down, checkpoints that survive a crash mid-write, bits per byte by hand."""
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from nanochat.checkpoint_manager import last_step, load_file, load_meta, save_checkpoint
+from nanochat.dataset import SAMPLE_DATA_DIR
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.loss_eval import evaluate_bpb, unigram_bpb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--size", "1", "--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "256",
+        "--eval-tokens", "256", "--sample-every", "-1", "--recur-max", "6"]
+
+
+@pytest.fixture
+def base_dir(tmp_path, tokenizer):
+    base = tmp_path / "base"
+    tokenizer.save(base / "tokenizer")
+    return base
+
+
+def run_train(base_dir, *extra, nproc=1):
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "scripts.base_train", *TINY, *extra]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "scripts.base_train", *TINY, *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def tiny_model(**kw):
+    config = GPTConfig(sequence_len=32, vocab_size=64, n_embd=32, n_head=2, n_kv_head=2, short_window=8, **kw)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    with torch.no_grad():  # zero-initialised projections would make the test trivial
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# resume
+
+def test_resume_equals_uninterrupted(base_dir, shard_dir):
+    common = ["--data-dir", shard_dir, "--num-iterations", "6", "--save-every", "3", "--eval-every", "-1",
+              "--init-state", "randn"]
+    run_train(base_dir, *common)
+    ckpt = base_dir / "base_checkpoints" / "s1"
+    assert last_step(ckpt) == 6
+    full = load_file(ckpt, 6, "model.pt")
+    _, full_meta = load_meta(ckpt, 6)
+    shutil.rmtree(ckpt / "step_000006")
+    out = run_train(base_dir, *common, "--resume")
+    assert "resumed from" in out and "at step 3" in out
+    resumed = load_file(ckpt, 6, "model.pt")
+    for name in full:
+        assert torch.equal(full[name], resumed[name]), f"{name} differs after resume"
+    _, meta = load_meta(ckpt, 6)
+    curve = lambda m: [(s[0], s[1], s[3]) for s in m["loop_state"]["steps"]]  # step, loss, r (not timings)
+    assert curve(meta) == curve(full_meta)
+
+
+def test_resume_without_checkpoint_is_clear(base_dir, shard_dir):
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}
+    proc = subprocess.run([sys.executable, "-m", "scripts.base_train", *TINY, "--data-dir", shard_dir, "--resume"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "no checkpoint in" in proc.stderr
+
+
+def test_bad_batch_flag_is_clear(base_dir, shard_dir):
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}
+    proc = subprocess.run([sys.executable, "-m", "scripts.base_train", *TINY, "--data-dir", shard_dir,
+                           "--total-batch-size", "100"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--total-batch-size 100 must be a multiple" in proc.stderr
+
+
+# -----------------------------------------------------------------------------
+# loss goes down, beats unigram; two ranks under torchrun run and agree
+
+def test_loss_goes_down_on_real_text(base_dir):
+    shared = os.path.join(ROOT, "..", "shared", "data", "pretrain")
+    data = shared if os.path.isdir(shared) else SAMPLE_DATA_DIR
+    out = run_train(base_dir, "--data-dir", data, "--num-iterations", "40", "--eval-every", "-1",
+                    "--eval-tokens", "2048", "--embedding-lr", "0.3", "--matrix-lr", "0.03")
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in out.splitlines() if "| loss " in line]
+    assert len(losses) == 40
+    assert losses[-1] < losses[0] - 1.0, (losses[0], losses[-1])
+    line = next(l for l in out.splitlines() if "unigram baseline" in l)
+    model_bpb, unigram = float(line.split("model ")[1].split()[0]), float(line.split("baseline ")[1])
+    assert model_bpb < unigram, line
+    assert os.path.exists(base_dir / "base_checkpoints" / "s1" / "train_log.png")
+
+
+def test_torchrun_two_ranks(base_dir, shard_dir):
+    out = run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "2", "--eval-every", "-1", nproc=2)
+    assert "world size 2" in out and "1 accum" in out
+    ckpt = base_dir / "base_checkpoints" / "s1" / "step_000002"
+    assert {"optim_rank0.pt", "optim_rank1.pt", "loader_rank0.pt", "loader_rank1.pt"} <= set(os.listdir(ckpt))
+
+
+# -----------------------------------------------------------------------------
+# 2 gloo ranks == 1 rank with gradient accumulation, through the real model and optimizer
+
+def _steps(model, opt, batches, r, bptt_k, accum):
+    losses = []
+    for step, micro_batches in enumerate(batches):
+        total = 0.0
+        for x, y in micro_batches:
+            loss = model.loss(x, y, r=r[step], bptt_k=bptt_k)
+            (loss / accum).backward()
+            total += loss.item() / accum
+        opt.step()
+        model.zero_grad(set_to_none=True)
+        losses.append(total)
+    return losses
+
+
+def _data(steps=4):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 64, (steps, 2, 2, 16), generator=g)  # (step, micro/rank, B, T)
+    return x, torch.roll(x, -1, dims=-1)
+
+
+def _ddp_worker(rank, world, init_file, out):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = tiny_model(value_embeds=True)
+    opt = model.setup_optimizer()
+    x, y = _data()
+    batches = [[(x[s, rank], y[s, rank])] for s in range(x.size(0))]
+    local = _steps(model, opt, batches, r=[3, 1, 5, 2], bptt_k=2, accum=1)
+    mean_loss = torch.tensor(local)
+    dist.all_reduce(mean_loss)
+    if rank == 0:
+        torch.save({"losses": (mean_loss / world).tolist(), "params": model.state_dict()}, out)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
+    ddp = torch.load(out)
+    model = tiny_model(value_embeds=True)
+    opt = model.setup_optimizer()
+    x, y = _data()
+    batches = [[(x[s, m], y[s, m]) for m in range(2)] for s in range(x.size(0))]
+    single = _steps(model, opt, batches, r=[3, 1, 5, 2], bptt_k=2, accum=2)
+    assert max(abs(a - b) for a, b in zip(single, ddp["losses"])) < 1e-5, (single, ddp["losses"])
+    for name, p in model.state_dict().items():
+        torch.testing.assert_close(p, ddp["params"][name], atol=1e-5, rtol=0, msg=name)
+
+
+# -----------------------------------------------------------------------------
+# checkpoints
+
+def test_crash_mid_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, 5, {"w": torch.ones(2)}, {"o": 1}, {"l": 1}, {"model_config": {}})
+    real_save = torch.save
+
+    def failing_save(obj, path, *a, **k):
+        if "optim" in str(path):
+            raise OSError("disk full")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(ckpt, 10, {"w": torch.zeros(2)}, {"o": 2}, {"l": 2}, {"model_config": {}})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert last_step(ckpt) == 5
+    assert torch.equal(load_file(ckpt, 5, "model.pt")["w"], torch.ones(2))
+    # a truncated file is named in the error
+    path = ckpt / "step_000005" / "model.pt"
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ValueError, match="corrupt checkpoint file"):
+        load_file(ckpt, 5, "model.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_meta(tmp_path / "empty")
+
+
+# -----------------------------------------------------------------------------
+# bits per byte by hand
+
+class StubModel:
+    """Per-token loss = the target id in nats, so the expected bpb is computed by hand."""
+
+    def loss(self, x, y, r=None, reduction="none"):
+        return torch.where(y >= 0, y.float(), torch.zeros_like(y, dtype=torch.float))
+
+
+def test_bpb_by_hand():
+    token_bytes = torch.tensor([0, 1, 2, 3], dtype=torch.int32)  # token 0 is "special": 0 bytes
+    x = torch.zeros(1, 5, dtype=torch.long)
+    y = torch.tensor([[0, 1, 2, 3, -1]])
+    # nats counted: 1 + 2 + 3 (token 0 has no bytes, -1 is ignored); bytes: 1 + 2 + 3
+    got = evaluate_bpb(StubModel(), iter([(x, y)]), 1, token_bytes)
+    assert got == pytest.approx(6 / (math.log(2) * 6))
+    # unigram: train counts 1 (+1 smoothing each): token 3 seen 3 times
+    train = iter([(x, torch.tensor([[3, 3, 3, -1, -1]]))])
+    p3 = (3 + 1) / (3 + 4)
+    got = unigram_bpb(train, 1, iter([(x, torch.tensor([[3, 0]]))]), 1, token_bytes)
+    assert got == pytest.approx(-math.log(p3) / (math.log(2) * 3))
