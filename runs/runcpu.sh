@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole pipeline at toy scale on a CPU, no network needed:
-# environment -> tokenizer -> tokenizer eval -> packed batches.
+# The whole pipeline at toy scale on a CPU, no network needed (a few minutes on 2 cores):
+# environment -> tokenizer -> tokenizer eval -> a tiny looped model -> val bpb vs a unigram
+# model -> samples.
 # Data: DATA_DIR if set, else ../shared/data/pretrain if present, else the sample shipped in dev/sample_data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,16 @@ export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/cpu}
 if [ -z "${DATA_DIR:-}" ]; then
     if [ -d ../shared/data/pretrain ]; then DATA_DIR=../shared/data/pretrain; else DATA_DIR=dev/sample_data; fi
 fi
-echo "data: $DATA_DIR | artifacts: $NANOCHAT_BASE_DIR"
+STEPS=${STEPS:-150}
+echo "data: $DATA_DIR | artifacts: $NANOCHAT_BASE_DIR | steps: $STEPS"
 
 # a small vocabulary: the toy corpus is a few MB
 python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 4096
 python -m scripts.tok_eval --data-dir "$DATA_DIR"
-python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 512 --batch-size 8 --batches 20
+python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 256 --batch-size 16 --batches 20
+
+# a tiny looped model (size 2: 128 wide, prelude 2 / recur 4 x r / coda 2), r ~ Poisson log-normal
+python -m scripts.base_train --size 2 --max-seq-len 256 --device-batch-size 16 --total-batch-size 4096 \
+    --num-iterations "$STEPS" --eval-every 50 --eval-tokens 32768 --sample-every -1 --save-every 50 \
+    --embedding-lr 0.3 --matrix-lr 0.03 --data-dir "$DATA_DIR"
+echo "loss curve: $NANOCHAT_BASE_DIR/base_checkpoints/s2/train_log.png"
