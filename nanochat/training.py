@@ -92,3 +92,17 @@ class LossLog:
         fig.savefig(prefix + ".png", dpi=110)
         plt.close(fig)
         return prefix + ".csv", prefix + ".png"
+
+
+def compile_blocks(model):
+    """torch.compile each block, not the loop: r changes every step and must not trigger a
+    recompile. Blocks differ in window and value-embed use, and each runs with and without
+    grad (truncated BPTT), so dynamo's per-function cache must hold a few graphs per block."""
+    import torch._dynamo
+    blocks = [*model.prelude, *model.recur, *model.coda]
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.6
+    setattr(config, name, max(getattr(config, name), 8 * len(blocks)))
+    for block in blocks:
+        block.compile(dynamic=False)
+    return blocks

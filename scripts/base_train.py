@@ -29,7 +29,7 @@ from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
 from nanochat.recurrence import expected_recurrence, sample_recurrence
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, gpu_peak_flops, lr_multiplier, muon_momentum
+from nanochat.training import LossLog, compile_blocks, gpu_peak_flops, lr_multiplier, muon_momentum
 
 parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
 # model
@@ -167,13 +167,7 @@ eval_steps = max(1, args.eval_tokens // (args.device_batch_size * T * world_size
 
 use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
 if use_compile:
-    # compile each block, not the loop: r changes every step and must not trigger recompiles.
-    # Each block instance has two graphs (grad / no-grad iterations), so raise dynamo's limit.
-    import torch._dynamo
-    blocks = [*model.prelude, *model.recur, *model.coda]
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * len(blocks))
-    for block in blocks:
-        block.compile(dynamic=False)
+    compile_blocks(model)
     print0("compiled the blocks with torch.compile")
 
 wandb_run = DummyWandb()

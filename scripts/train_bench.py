@@ -13,13 +13,12 @@ import argparse
 import time
 
 import torch
-import torch._dynamo
 
 from nanochat import flash_attention
 from nanochat.common import COMPUTE_DTYPE, compute_init, print0, synchronize
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.recurrence import expected_recurrence, sample_recurrence
-from nanochat.training import gpu_peak_flops
+from nanochat.training import compile_blocks, gpu_peak_flops
 
 parser = argparse.ArgumentParser(description="Training throughput: looped vs standard GPT at equal FLOPs")
 parser.add_argument("--size", type=int, default=20, help="the size dial of the looped model")
@@ -57,10 +56,7 @@ def build(config):
     model.to_empty(device=device)
     model.init_weights()
     if use_compile:
-        blocks = [*model.prelude, *model.recur, *model.coda]
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * len(blocks))
-        for block in blocks:
-            block.compile(dynamic=False)
+        compile_blocks(model)
     return model
 
 
