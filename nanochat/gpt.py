@@ -193,7 +193,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(config.n_head * self.head_dim, C)
         self.ve_gate = Linear(VE_GATE_CHANNELS, config.n_kv_head) if value_embed else None
 
-    def forward(self, x, cos_sin, window, ve=None):
+    def forward(self, x, cos_sin, window, ve=None, kv=None):
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)     # (B, T, H, D)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, Hkv, D)
@@ -203,8 +203,10 @@ class CausalSelfAttention(nn.Module):
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_kv_head, self.head_dim)
         q, k = rms_norm(q), rms_norm(k)  # QK-norm (commutes with the rotation)
         q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
-        # a KV cache will append k, v here and pass Tq < Tk: attention is written for that
-        y = flash_attention.attention(q, k, v, window)  # (B, T, H, D)
+        if kv is None:
+            y = flash_attention.attention(q, k, v, window)  # (B, T, H, D)
+        else:  # this layer's slot of a kv_cache.KVCache: write k, v at the new positions, attend to all
+            y = kv.attend(q, k, v, window)
         return self.c_proj(y.reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -226,8 +228,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, value_embed)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos_sin, window=None, ve=None):
-        x = self.n2(x + self.attn(self.n1(x), cos_sin, window, ve))
+    def forward(self, x, cos_sin, window=None, ve=None, kv=None):
+        x = self.n2(x + self.attn(self.n1(x), cos_sin, window, ve, kv))
         return self.n4(x + self.mlp(self.n3(x)))
 
 
