@@ -17,10 +17,10 @@ echo "data: $DATA_DIR | artifacts: $NANOCHAT_BASE_DIR | steps: $STEPS"
 # a small vocabulary: the toy corpus is a few MB
 python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 4096
 python -m scripts.tok_eval --data-dir "$DATA_DIR"
-python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 256 --batch-size 16 --batches 20
+python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 512 --batch-size 8 --batches 20
 
 # a tiny looped model (size 2: 128 wide, prelude 2 / recur 4 x r / coda 2), r ~ Poisson log-normal
-python -m scripts.base_train --size 2 --max-seq-len 256 --device-batch-size 8 --total-batch-size 2048 \
+python -m scripts.base_train --size 2 --max-seq-len 512 --device-batch-size 4 --total-batch-size 2048 \
     --num-iterations "$STEPS" --eval-every 50 --eval-tokens 16384 --sample-every -1 --save-every 50 \
     --embedding-lr 0.3 --matrix-lr 0.03 --data-dir "$DATA_DIR"
 echo "loss curve: $NANOCHAT_BASE_DIR/base_checkpoints/s2/train_log.png"
