@@ -10,6 +10,7 @@ import argparse
 
 from nanochat.common import print0
 from nanochat.dataset import default_data_dir, iter_texts, split_files
+from nanochat.report import get_report
 from nanochat.tokenizer import get_tokenizer
 
 parser = argparse.ArgumentParser(description="Evaluate tokenizer compression (bytes/token)")
@@ -56,9 +57,12 @@ encoders.update({f"{name} ({enc.n_vocab})": enc.encode_ordinary for name, enc in
 header = f"{'text':<14}{'bytes':>12}" + "".join(f"{name:>22}" for name in encoders)
 print0("bytes per token (higher = better compression)")
 print0(header)
+table = ["| text | bytes | " + " | ".join(encoders) + " |", "|---|---|" + "---|" * len(encoders)]
 for label, text in texts.items():
     nbytes = len(text.encode("utf-8"))
-    row = f"{label:<14}{nbytes:>12,}"
-    for encode in encoders.values():
-        row += f"{nbytes / len(encode(text)):>22.3f}"
-    print0(row)
+    ratios = [nbytes / len(encode(text)) for encode in encoders.values()]
+    print0(f"{label:<14}{nbytes:>12,}" + "".join(f"{v:>22.3f}" for v in ratios))
+    table.append(f"| {label} | {nbytes:,} | " + " | ".join(f"{v:.3f}" for v in ratios) + " |")
+
+get_report().log(section="Tokenizer evaluation",
+                 data=[vars(args), "Bytes per token (higher = better compression):\n\n" + "\n".join(table)])

@@ -10,6 +10,7 @@ import time
 
 from nanochat.common import get_base_dir, print0
 from nanochat.dataset import default_data_dir, iter_texts, split_files
+from nanochat.report import get_report
 from nanochat.tokenizer import Tokenizer
 
 parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer")
@@ -42,7 +43,8 @@ def texts():
 
 t0 = time.time()
 tokenizer = Tokenizer.train_from_iterator(texts(), args.vocab_size)
-print0(f"trained vocab {tokenizer.get_vocab_size():,} in {time.time() - t0:.1f}s")
+train_seconds = time.time() - t0
+print0(f"trained vocab {tokenizer.get_vocab_size():,} in {train_seconds:.1f}s")
 if tokenizer.get_vocab_size() != args.vocab_size:
     raise ValueError(f"the corpus only supports {tokenizer.get_vocab_size()} tokens, not --vocab-size {args.vocab_size}")
 tokenizer.save(out_dir)
@@ -50,3 +52,12 @@ print0(f"saved tokenizer to {out_dir}")
 
 sample = "Hello world! The year is 2026; looped transformers think in latent space. <|bos|> ünïcödé 🤖"
 assert tokenizer.decode(tokenizer.encode(sample)) == sample, "round trip failed"
+
+token_bytes = tokenizer.token_bytes().float()
+regular = token_bytes[token_bytes > 0]  # special tokens have 0 bytes
+get_report().log(section="Tokenizer training", data=[
+    vars(args),
+    {"data dir": data_dir, "vocab size": tokenizer.get_vocab_size(), "special tokens": int((token_bytes == 0).sum()),
+     "training time (s)": train_seconds, "token bytes min": int(regular.min()), "token bytes max": int(regular.max()),
+     "token bytes mean": regular.mean().item()},
+])

@@ -1,0 +1,98 @@
+# Shared by runs/*.sh and slurm/*.sbatch (sourced, not run): the dry-run switch, input checks
+# with clear messages, and the two torchrun launchers.
+#
+# DRY_RUN=1: every `run` prints its command (one line, "+ cmd args", shell-quoted) instead of
+# running it. The input checks still run, so a dry run fails where the real run would; a file that
+# an earlier step of the same script would have produced (declared with `will_make`) counts as
+# present, since that step was only printed.
+
+dry() { [ "${DRY_RUN:-0}" = 1 ]; }
+
+run() {
+    if dry; then
+        local line="+" a
+        for a in "$@"; do
+            if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then line+=" $a"; else line+=" $(printf %q "$a")"; fi
+        done
+        echo "$line"
+    else
+        "$@"
+    fi
+}
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+MADE=" "
+will_make() { MADE+="$1 "; }  # a path the step just run produces (checked by need_* in a dry run)
+
+_made() { dry && [[ $MADE == *" $1 "* ]]; }
+
+need() {  # need PATH HINT: PATH exists (or an earlier step of this dry run makes it)
+    [ -e "$1" ] || _made "$1" || die "$1 is missing: $2"
+}
+
+need_shards() {  # need_shards DIR: at least two parquet shards (train + the last one, val)
+    local n
+    n=$(compgen -G "$1/*.parquet" | wc -l || true)  # compgen fails when nothing matches
+    [ "$n" -ge 2 ] || _made "$1" || die "$1 holds $n parquet shards, need at least 2: download them " \
+        "(python -m nanochat.dataset -n 8) or point DATA_DIR at a folder of shards"
+}
+
+need_checkpoint() {  # need_checkpoint DIR HINT: a completed step_*/meta.json in DIR
+    compgen -G "$1/step_*/meta.json" >/dev/null || _made "$1" || die "no checkpoint in $1: $2"
+}
+
+need_base_dir() {  # SLURM jobs: the artifacts must live where every node can read them
+    [ -n "${NANOCHAT_BASE_DIR:-}" ] || die "NANOCHAT_BASE_DIR is not set: export it to a directory on a filesystem every node shares"
+    [ -d "$NANOCHAT_BASE_DIR" ] || die "NANOCHAT_BASE_DIR=$NANOCHAT_BASE_DIR does not exist"
+}
+
+need_tokenizer() {
+    need "$NANOCHAT_BASE_DIR/tokenizer/tokenizer.pkl" "train the tokenizer first (python -m scripts.tok_train)"
+}
+
+activate_venv() {
+    local venv=${VENV:-.venv}
+    need "$venv/bin/activate" "no virtual environment: create it with TORCH_SPEC=\"torch>=2.11\" bash runs/setup_env.sh (or set VENV)"
+    if [ -e "$venv/bin/activate" ]; then . "$venv/bin/activate"; fi  # absent only in a dry run before setup
+}
+
+checkpoint_dir() {  # checkpoint_dir SOURCE TAG: base | sft | rl (as nanochat/checkpoint_manager.py names them)
+    case $1 in
+        base) echo "$NANOCHAT_BASE_DIR/base_checkpoints/$2" ;;
+        sft) echo "$NANOCHAT_BASE_DIR/chatsft_checkpoints/$2" ;;
+        rl) echo "$NANOCHAT_BASE_DIR/chatrl_checkpoints/$2" ;;
+        *) die "source '$1': expected base, sft or rl" ;;
+    esac
+}
+
+# Launchers: each sets the array LAUNCH, the command to put in front of `-m scripts.X args`.
+local_torchrun() {  # one node, NPROC processes
+    [[ ${NPROC:-} =~ ^[1-9][0-9]*$ ]] || die "NPROC='${NPROC:-}': expected a positive number of GPUs"
+    LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC")
+}
+
+slurm_torchrun() {  # every node of the SLURM job: one torchrun per node (srun), c10d rendezvous on the first node
+    [ -n "${SLURM_JOB_ID:-}" ] && [ -n "${SLURM_NNODES:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ] ||
+        die "not inside a SLURM job (SLURM_JOB_ID, SLURM_NNODES, SLURM_JOB_NODELIST unset): submit with sbatch"
+    command -v scontrol >/dev/null || die "scontrol not found: this must run on a SLURM node"
+    local hosts
+    hosts=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
+    [ "${#hosts[@]}" -ge 1 ] || die "scontrol lists no hosts for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
+    MASTER_ADDR=${hosts[0]}
+    GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+    echo "nodes: ${hosts[*]} | rendezvous: $MASTER_ADDR:${MASTER_PORT:-29500} | $GPUS_PER_NODE GPUs per node"
+    LAUNCH=(srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1
+            torchrun --nnodes="$SLURM_NNODES" --nproc_per_node="$GPUS_PER_NODE"
+            --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}" --rdzv_id="$SLURM_JOB_ID")
+}
+
+cluster_setup() {  # top of every sbatch script: the repository, its venv, the artifacts, the launcher
+    activate_venv
+    need_base_dir
+    export OMP_NUM_THREADS=1
+    slurm_torchrun
+}
