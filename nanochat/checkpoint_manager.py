@@ -107,3 +107,33 @@ def build_model(checkpoint_dir, step=None, device="cpu"):
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     model.eval()
     return model, meta
+
+
+CHECKPOINT_SOURCES = {"base": "base_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
+
+
+def find_checkpoint_dir(source, model_tag=None):
+    """$NANOCHAT_BASE_DIR/<source's folder>/<model_tag>; without a tag, the most recently
+    updated tag folder that holds a completed checkpoint."""
+    from nanochat.common import get_base_dir
+    if source not in CHECKPOINT_SOURCES:
+        raise ValueError(f"source={source!r}: expected one of {sorted(CHECKPOINT_SOURCES)}")
+    root = os.path.join(get_base_dir(), CHECKPOINT_SOURCES[source])
+    if model_tag:
+        return os.path.join(root, model_tag)
+    tags = [t for t in (os.listdir(root) if os.path.isdir(root) else []) if last_step(os.path.join(root, t)) is not None]
+    if not tags:
+        raise FileNotFoundError(f"no {source} checkpoint under {root}: train one first")
+    return os.path.join(root, max(tags, key=lambda t: os.path.getmtime(os.path.join(root, t))))
+
+
+def load_model(source, model_tag=None, step=None, device="cpu"):
+    """(model, tokenizer, meta) of the given or latest checkpoint of a stage, in eval mode."""
+    from nanochat.tokenizer import get_tokenizer
+    checkpoint_dir = find_checkpoint_dir(source, model_tag)
+    model, meta = build_model(checkpoint_dir, step, device)
+    tokenizer = get_tokenizer()
+    if tokenizer.get_vocab_size() != model.config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {model.config.vocab_size}: "
+                         f"{checkpoint_dir} was trained with another tokenizer")
+    return model, tokenizer, meta

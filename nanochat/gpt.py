@@ -34,6 +34,8 @@ Deviations from a vanilla GPT-2, with the source of each choice and constant:
 
 Conventions: weights are fp32 and cast to common.COMPUTE_DTYPE at use (no autocast); norms,
 logits and the loss run in fp32. Activations are (B, T, C) and attention heads (B, T, H, D).
+Inference passes a kv_cache.KVCache to forward (prefill, decode, adaptive exit, warm start);
+without one, forward is the training path.
 """
 
 import math
@@ -433,31 +435,52 @@ class GPT(nn.Module):
             table = self._noise[device] = torch.cat(chunks).to(device)
         return table[:T]
 
-    def _init_state(self, e, generator):
+    def _init_state(self, e, generator, pos=None):
         """s_0. "randn" with a generator: independent noise per element (training);
-        without one: the fixed position-indexed noise, shared by the batch rows."""
+        without one: the fixed position-indexed noise, shared by the batch rows. pos: the
+        tokens' absolute positions, a slice or (B, T) (a KV cache's), default 0..T-1."""
         if self.config.init_state == "copy":
             return e
         B, T, C = e.shape
         if generator is None:
-            noise = self._fixed_noise(T, e.device).expand(B, T, C)
+            pos = slice(0, T) if pos is None else pos
+            stop = pos.stop if isinstance(pos, slice) else int(pos.max()) + 1
+            noise = self._fixed_noise(stop, e.device)[pos].expand(B, T, C)
         else:
             std = self.config.init_state_std
             noise = torch.empty(B, T, C, device=e.device)
             nn.init.trunc_normal_(noise, 0.0, std, -3 * std, 3 * std, generator=generator)
         return noise.to(e.dtype)
 
-    def _run_recur(self, x, cos_sin, ves):
-        """The repeated stack once; windows and value embeds by physical block index."""
+    def _rotary(self, pos):
+        """(cos, sin) at absolute positions: a slice gives (1, T, 1, D/2), a (B, T) tensor (B, T, 1, D/2)."""
+        if isinstance(pos, slice):
+            return self.cos[:, pos].to(COMPUTE_DTYPE), self.sin[:, pos].to(COMPUTE_DTYPE)
+        return self.cos[0, pos].to(COMPUTE_DTYPE), self.sin[0, pos].to(COMPUTE_DTYPE)  # (rotary_len, 1, D/2)[pos]
+
+    def _run_recur(self, x, cos_sin, ves, kvs=None):
+        """The repeated stack once; windows and value embeds by physical block index.
+        kvs: one KV-cache slot per block (this iteration's), or None."""
         for i, block in enumerate(self.recur):
-            x = block(x, cos_sin, self.windows[i], ves.get(i))
+            x = block(x, cos_sin, self.windows[i], ves.get(i), None if kvs is None else kvs[i])
         return x
 
-    def _iterate(self, e, s, cos_sin, ves):
+    def _iterate(self, e, s, cos_sin, ves, kvs=None):
         """One pass of the loop: s_i = recur(inject(concat(e, s_{i-1})))."""
-        return self._run_recur(self.inject(torch.cat([e, s], dim=-1)), cos_sin, ves)  # (B, T, 2C) -> (B, T, C)
+        return self._run_recur(self.inject(torch.cat([e, s], dim=-1)), cos_sin, ves, kvs)  # (B, T, 2C) -> (B, T, C)
 
-    def forward(self, idx, r=None, bptt_k=None, generator=None):
+    def _head(self, y):
+        logits = self.lm_head(self.norm_f(y))[..., :self.config.vocab_size].float()  # (B, T, V) fp32
+        return self.config.softcap * torch.tanh(logits / self.config.softcap)
+
+    def _coda_head(self, s, cos_sin, kvs=None):
+        """Logits from a final recurrent state: norm_r, the coda, the head."""
+        y = self.norm_r(s)
+        for i, block in enumerate(self.coda):
+            y = block(y, cos_sin, kv=None if kvs is None else kvs[i])
+        return self._head(y)
+
+    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None):
         """Logits (B, T, vocab_size) in fp32, always.
 
         idx (B, T) token ids. r: loop iterations (default DEFAULT_RECUR = 4 for "looped";
@@ -465,34 +488,84 @@ class GPT(nn.Module):
         only the last bptt_k iterations build a graph; the first r - bptt_k run under no_grad
         (the prelude and inject still get gradients through e). generator: a torch.Generator
         on idx's device for init_state="randn"; None uses fixed noise, so the same input
-        always gives the same logits."""
+        always gives the same logits. kv_cache: a kv_cache.KVCache for inference (prefill or
+        decode, see _forward_cached); None is the training path."""
         cfg = self.config
         r = self._default_r(r)
+        if kv_cache is not None:
+            if bptt_k is not None:
+                raise ValueError("forward: bptt_k is a training option; it cannot be combined with kv_cache")
+            return self._forward_cached(idx, r, generator, kv_cache)
         if bptt_k is not None and not (isinstance(bptt_k, int) and bptt_k >= 1):
             raise ValueError(f"bptt_k={bptt_k!r}: expected None or an int >= 1")
         B, T = idx.shape
         assert T <= self.rotary_len, f"sequence of {T} tokens is longer than the rotary table ({self.rotary_len})"
-        cos_sin = self.cos[:, :T].to(COMPUTE_DTYPE), self.sin[:, :T].to(COMPUTE_DTYPE)  # positions 0..T-1
+        cos_sin = self._rotary(slice(0, T))  # positions 0..T-1
         x = rms_norm(self.wte(idx).to(COMPUTE_DTYPE))
         ves = {int(i): emb(idx).to(COMPUTE_DTYPE) for i, emb in self.value_embeds.items()}  # per physical block
         if cfg.arch == "gpt":
-            y = self._run_recur(x, cos_sin, ves)
-        else:
-            e = x
-            for block in self.prelude:
-                e = block(e, cos_sin)
-            s = self._init_state(e, generator)
-            n_free = 0 if bptt_k is None else max(r - bptt_k, 0)
-            with torch.no_grad():
-                for _ in range(n_free):
-                    s = self._iterate(e, s, cos_sin, ves)
-            for _ in range(r - n_free):
+            return self._head(self._run_recur(x, cos_sin, ves))
+        e = x
+        for block in self.prelude:
+            e = block(e, cos_sin)
+        s = self._init_state(e, generator)
+        n_free = 0 if bptt_k is None else max(r - bptt_k, 0)
+        with torch.no_grad():
+            for _ in range(n_free):
                 s = self._iterate(e, s, cos_sin, ves)
-            y = self.norm_r(s)
-            for block in self.coda:
-                y = block(y, cos_sin)
-        logits = self.lm_head(self.norm_f(y))[..., :cfg.vocab_size].float()  # (B, T, V) fp32
-        return cfg.softcap * torch.tanh(logits / cfg.softcap)
+        for _ in range(r - n_free):
+            s = self._iterate(e, s, cos_sin, ves)
+        return self._coda_head(s, cos_sin)
+
+    def _forward_cached(self, idx, r, generator, cache):
+        """forward with a KV cache: each row of idx continues where the cache left it
+        (rotary, fixed noise and windows at absolute positions) and its keys and values are
+        written into the cache. Inference options read from the cache: warm_start (a lone new
+        token starts from the previous token's final state) and exit_criterion (each token
+        stops iterating once the change between successive iterations falls under
+        exit_threshold: "kl" of the next-token distributions, which runs the coda and head
+        every iteration, or "state", the relative change of s). A token that stopped keeps its
+        state; the cache gives its later slots the entries of the last iteration it ran. The
+        iterations each token ran are left in cache.depth (B, T)."""
+        B, T = idx.shape
+        pos = cache.begin(B, T, r)  # slice(L, L + T), or (B, T) when rows differ in length
+        cos_sin = self._rotary(pos)
+        x = rms_norm(self.wte(idx).to(COMPUTE_DTYPE))
+        ves = {int(i): emb(idx).to(COMPUTE_DTYPE) for i, emb in self.value_embeds.items()}
+        depth = torch.zeros(B, T, dtype=torch.long, device=idx.device)
+        if self.config.arch == "gpt":
+            y = self._run_recur(x, cos_sin, ves, cache.recur_layers(0))
+            cache.end(None, depth + 1, 1)
+            return self._head(y)
+        e = x
+        for block, kv in zip(self.prelude, cache.prelude_layers):
+            e = block(e, cos_sin, kv=kv)
+        warm = cache.warm_start and T == 1 and cache.state is not None
+        s = cache.state.unsqueeze(1) if warm else self._init_state(e, generator, pos)
+        criterion, active, logits, logp = cache.exit_criterion, None, None, None
+        for it in range(r):
+            cache.active = active  # rows that stopped: KVCache.attend keeps their last iteration's entries
+            s_new = self._iterate(e, s, cos_sin, ves, cache.recur_layers(it))
+            depth += 1 if active is None else active
+            if criterion is None:
+                s = s_new
+                continue
+            change = None
+            if criterion == "state" and it > 0:
+                change = (s_new - s).float().norm(dim=-1) / s_new.float().norm(dim=-1).clamp_min(1e-12)
+            s = s_new if active is None else torch.where(active.unsqueeze(-1), s_new, s)
+            if criterion == "kl":  # KL(p_{i-1} || p_i); a stopped row's logits repeat, its coda entries too
+                prev, logits = logp, self._coda_head(s, cos_sin, cache.coda_layers)
+                logp = F.log_softmax(logits, dim=-1)
+                if it > 0:
+                    change = (prev.exp() * (prev - logp)).sum(-1).clamp_min(0)  # (B, T)
+            if change is not None:
+                going = change >= cache.exit_threshold  # threshold 0 never stops a token
+                active = going if active is None else active & going
+                if not active.any():
+                    break
+        cache.end(s[:, -1], depth, it + 1)
+        return self._coda_head(s, cos_sin, cache.coda_layers) if logits is None else logits
 
     def loss(self, idx, targets, r=None, bptt_k=None, reduction="mean", generator=None):
         """Cross-entropy in fp32, targets -1 ignored. reduction "mean" | "sum" | "none"

@@ -1,0 +1,204 @@
+"""
+The KV cache of a looped model, and the inference options its cached forward reads.
+
+One tensor holds every slot: kv (n_slots, 2 [k, v], B, max_len, n_kv_head, head_dim), in
+the compute dtype. The slots, in order:
+
+    prelude blocks      n_prelude                  written once per token
+    recurrent blocks    n_recur x n_iter           (block, iteration): slot (j, i) = block j at iteration i
+    coda blocks         n_coda                     written once per token
+
+mode="exact": n_iter = max_r, one slot per (physical block, iteration). A token's iteration i
+attends to the earlier tokens' iteration-i keys, as in the full forward, so prefill plus
+cached decoding computes the same logits as a full forward at every position
+(tests/test_engine.py). Memory per token: (n_prelude + n_coda + n_recur * max_r) slots.
+
+mode="shared" (Huginn's memory-saving cache): n_iter = 1, each recurrent block keeps one
+slot that every iteration overwrites, so it ends up holding the entries of the last
+iteration the token ran. A new token's iteration i then attends to earlier tokens' *final*
+entries rather than their iteration-i ones: a different function from the trained model,
+whose error against exact is measured by a test. A prefill is still exact (all of its
+tokens run their iterations together). Memory per token: n_prelude + n_coda + n_recur slots,
+independent of r.
+
+Tokens that stop early (adaptive exit) follow Huginn's rule: a slot a token did not compute
+holds the entries of the latest iteration of the same physical block that it did compute.
+During the loop a stopped row's write copies slot (j, i-1) into slot (j, i) (exact) or keeps
+the slot (shared); iterations nobody ran are filled the same way in `end`. Each row's
+entries therefore depend on that row alone, so batched adaptive decoding equals decoding
+one row at a time (Huginn's own batched cache lets short rows see long rows' entries).
+
+Rows may sit at different positions (prompts of different lengths): each row has its own
+length, rotary and windows are taken at absolute positions, and attention masks per row.
+When every row has the same length (the usual case: one prompt, several samples) the
+plain flash_attention.attention call runs, FlashAttention-3 included.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from nanochat import flash_attention
+from nanochat.common import COMPUTE_DTYPE
+
+MODES = ("exact", "shared")
+EXIT_CRITERIA = ("kl", "state")
+
+
+class _Slot:
+    """One layer's view of the cache, handed to CausalSelfAttention as `kv`."""
+    __slots__ = ("cache", "index", "prev", "recurrent")
+
+    def __init__(self, cache, index, prev, recurrent):
+        self.cache, self.index, self.prev, self.recurrent = cache, index, prev, recurrent
+
+    def attend(self, q, k, v, window):
+        return self.cache._attend(self, q, k, v, window)
+
+
+class KVCache:
+    """Keys and values of B rows, plus what the cached forward reads and leaves behind:
+
+    lengths  list of B ints, tokens cached per row
+    state    (B, C) final recurrent state of each row's last token (for warm_start), or None
+    depth    (B, T) iterations each token of the last forward ran, or None
+    active   set by the model during its loop: (B, T) bool, False for tokens that stopped
+
+    Options: mode "exact" | "shared" (module docstring); max_r the most iterations a forward
+    may run (exact mode keeps a slot for each); warm_start: a lone new token starts from the
+    previous token's final state instead of init_state (Huginn's "continuous compute"; a
+    prefill starts as in training); exit_criterion None | "kl" | "state" with exit_threshold
+    >= 0: a token stops after iteration i >= 2 once the change from iteration i-1 is below the
+    threshold (threshold 0 never stops, so it computes exactly the fixed-r function)."""
+
+    def __init__(self, model, batch_size, max_len, max_r=1, mode="exact", warm_start=False,
+                 exit_criterion=None, exit_threshold=0.0, device=None, dtype=COMPUTE_DTYPE):
+        cfg = model.config
+        if mode not in MODES:
+            raise ValueError(f"KVCache mode={mode!r}: expected one of {MODES}")
+        if exit_criterion is not None and exit_criterion not in EXIT_CRITERIA:
+            raise ValueError(f"exit_criterion={exit_criterion!r}: expected None or one of {EXIT_CRITERIA}")
+        if not exit_threshold >= 0:
+            raise ValueError(f"exit_threshold={exit_threshold!r}: expected >= 0")
+        if not (isinstance(max_r, int) and max_r >= 1):
+            raise ValueError(f"max_r={max_r!r}: expected an int >= 1")
+        if cfg.arch == "gpt" and (warm_start or exit_criterion is not None or max_r != 1):
+            raise ValueError("arch='gpt' has no loop: no warm_start, exit_criterion, or max_r other than 1")
+        if not 1 <= max_len <= model.rotary_len:
+            raise ValueError(f"KVCache max_len={max_len}: expected 1..{model.rotary_len} (the rotary table)")
+        self.mode, self.max_r, self.warm_start = mode, max_r, warm_start
+        self.exit_criterion, self.exit_threshold = exit_criterion, exit_threshold
+        self.batch_size, self.max_len = batch_size, max_len
+        self.n_prelude, self.n_recur, self.n_coda = len(model.prelude), len(model.recur), len(model.coda)
+        self.n_iter = max_r if mode == "exact" else 1
+        n_slots = self.n_prelude + self.n_recur * self.n_iter + self.n_coda
+        device = model.lm_head.weight.device if device is None else device
+        self.kv = torch.zeros(n_slots, 2, batch_size, max_len, cfg.n_kv_head, cfg.head_dim, dtype=dtype, device=device)
+        self.lengths = [0] * batch_size
+        self.state = self.depth = self.active = None
+        self.prelude_layers = [_Slot(self, i, i, False) for i in range(self.n_prelude)]
+        self._recur = [[_Slot(self, self._recur_slot(j, i), self._recur_slot(j, max(i - 1, 0)), True)
+                        for j in range(self.n_recur)] for i in range(self.n_iter)]
+        first_coda = self.n_prelude + self.n_recur * self.n_iter
+        self.coda_layers = [_Slot(self, first_coda + i, first_coda + i, False) for i in range(self.n_coda)]
+        self._idx = self._pos = None
+
+    def _recur_slot(self, block, iteration):
+        return self.n_prelude + block * self.n_iter + iteration  # (block, iteration) order
+
+    def recur_layers(self, iteration):
+        """The recurrent blocks' slots for this iteration (all iterations share one in shared mode)."""
+        assert iteration < self.max_r or self.mode == "shared", \
+            f"iteration {iteration} of a forward, but this exact cache holds max_r={self.max_r}"
+        return self._recur[iteration if self.mode == "exact" else 0]
+
+    def recur_view(self):
+        """(n_recur, n_iter, 2, B, max_len, n_kv_head, head_dim): the (block, iteration) layout."""
+        p, n = self.n_prelude, self.n_recur * self.n_iter
+        return self.kv[p:p + n].view(self.n_recur, self.n_iter, *self.kv.shape[1:])
+
+    @property
+    def nbytes(self):
+        return self.kv.numel() * self.kv.element_size()
+
+    # -------------------------------------------------------------------------
+    # one forward: begin -> the layers attend -> end
+
+    def begin(self, B, T, r):
+        """Called by the model's cached forward. Returns the new tokens' absolute positions:
+        slice(L, L + T) when every row holds L tokens, else a (B, T) tensor."""
+        assert B == self.batch_size, f"a batch of {B} rows for a cache of {self.batch_size}"
+        assert r <= self.max_r or self.mode == "shared", f"r={r} but this exact cache holds max_r={self.max_r}"
+        self._end = max(self.lengths) + T
+        assert self._end <= self.max_len, f"cache full: {max(self.lengths)} + {T} tokens > max_len={self.max_len}"
+        if len(set(self.lengths)) == 1:
+            L = self.lengths[0]
+            self._pos, self._rows = slice(L, L + T), slice(None)
+        else:
+            dev = self.kv.device
+            self._pos = torch.tensor(self.lengths, device=dev)[:, None] + torch.arange(T, device=dev)  # (B, T)
+            self._rows = torch.arange(B, device=dev)[:, None]
+        self._idx = (Ellipsis, self._rows, self._pos, slice(None), slice(None))  # (..., B, T, Hkv, D) -> the new entries
+        self._masks = {}
+        return self._pos
+
+    def _attend(self, slot, q, k, v, window):
+        kbuf, vbuf = self.kv[slot.index, 0], self.kv[slot.index, 1]  # (B, max_len, Hkv, D)
+        if slot.recurrent and self.active is not None:  # stopped tokens keep their last iteration's entries
+            keep = self.active[:, :, None, None]  # (B, T, 1, 1)
+            k = torch.where(keep, k, self.kv[slot.prev, 0][self._idx])
+            v = torch.where(keep, v, self.kv[slot.prev, 1][self._idx])
+        kbuf[self._idx] = k
+        vbuf[self._idx] = v
+        k, v = kbuf[:, :self._end], vbuf[:, :self._end]
+        if isinstance(self._pos, slice):
+            return flash_attention.attention(q, k, v, window)
+        return _masked_attention(q, k, v, self._mask(window))
+
+    def _mask(self, window):
+        """(B, 1, T, end) bool: the query at absolute position p sees keys p - window < j <= p."""
+        if window not in self._masks:
+            p = self._pos[:, None, :, None]                           # (B, 1, T, 1)
+            j = torch.arange(self._end, device=self.kv.device)        # (end,)
+            keep = j <= p
+            if window is not None:
+                keep = keep & (j > p - window)
+            self._masks[window] = keep
+        return self._masks[window]
+
+    def end(self, state, depth, iterations_run):
+        """Called at the end of the cached forward: fill the slots of iterations nobody ran
+        (exact mode, Huginn's rule) and advance every row."""
+        if self.mode == "exact" and self.n_recur:
+            view = self.recur_view()
+            for i in range(iterations_run, self.n_iter):
+                view[:, i][self._idx] = view[:, i - 1][self._idx]
+        T = depth.size(1)
+        self.lengths = [L + T for L in self.lengths]
+        self.state, self.depth, self.active = state, depth, None
+
+    # -------------------------------------------------------------------------
+
+    def insert(self, rows, other):
+        """Copy a batch-1 cache (a prefill) into `rows` of this one: several samples share one
+        prefill, and prompts of different lengths share one batch."""
+        assert other.batch_size == 1 and other.kv.shape[0] == self.kv.shape[0] and other.mode == self.mode, \
+            f"insert: a batch-1 {other.mode} cache with {other.kv.shape[0]} slots, got batch {other.batch_size}"
+        L = other.lengths[0]
+        assert L <= self.max_len, f"insert: {L} cached tokens > max_len={self.max_len}"
+        rows = list(rows)
+        index = torch.tensor(rows, device=self.kv.device)
+        self.kv[:, :, index, :L] = other.kv[:, :, :1, :L]
+        for b in rows:
+            self.lengths[b] = L
+        if other.state is not None:
+            if self.state is None:
+                self.state = other.state.new_zeros(self.batch_size, other.state.size(-1))
+            self.state[index] = other.state
+
+
+def _masked_attention(q, k, v, mask):
+    """SDPA with an explicit (B, 1, Tq, Tk) mask: rows at different positions."""
+    gqa = q.size(2) != k.size(2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return y.transpose(1, 2)  # (B, Tq, H, D)

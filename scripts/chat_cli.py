@@ -1,0 +1,105 @@
+"""
+Talk to a model in the terminal.
+
+    python -m scripts.chat_cli                                   # interactive, latest SFT model
+    python -m scripts.chat_cli -p "Why is the sky blue?"         # one question, one answer
+    python -m scripts.chat_cli --source base --model-tag s20 --recur 8 --adaptive 1e-3
+
+Interactive commands: 'quit' or 'exit' leaves, 'clear' starts a new conversation. The reply
+streams token by token; python tool calls run in the sandbox and their output is shown.
+"""
+
+import argparse
+import sys
+
+import torch
+
+from nanochat.checkpoint_manager import load_model
+from nanochat.common import compute_init
+from nanochat.engine import Engine
+from nanochat.gpt import DEFAULT_RECUR
+
+parser = argparse.ArgumentParser(description="Chat with a model")
+parser.add_argument("--source", type=str, default="sft", choices=["base", "sft"], help="which stage's checkpoints")
+parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the most recent)")
+parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
+parser.add_argument("-p", "--prompt", type=str, default="", help="ask this once, print the reply and exit")
+parser.add_argument("--recur", type=int, default=-1,
+                    help="loop iterations per token; the cap with --adaptive (-1 = the checkpoint's eval r)")
+parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit threshold, e.g. 1e-3 (-1 = off, fixed r)")
+parser.add_argument("--criterion", type=str, default="kl", choices=["kl", "state"], help="adaptive exit criterion")
+parser.add_argument("--cache", type=str, default="exact", choices=["exact", "shared"],
+                    help="KV cache per iteration (exact) or per physical block (shared, Huginn)")
+parser.add_argument("--warm-start", type=int, default=0, choices=[0, 1],
+                    help="start each token from the previous token's final state")
+parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
+parser.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (-1 = all)")
+parser.add_argument("--max-tokens", type=int, default=512, help="most tokens per reply")
+parser.add_argument("--seed", type=int, default=42, help="sampling seed")
+parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
+args = parser.parse_args()
+
+_, _, _, _, device = compute_init(args.device_type or None, seed=args.seed)
+try:
+    model, tokenizer, meta = load_model(args.source, args.model_tag or None, None if args.step < 0 else args.step, device)
+    r = args.recur if args.recur > 0 else meta.get("eval_r", DEFAULT_RECUR)
+    engine = Engine(model, tokenizer, r=r, cache_mode=args.cache, warm_start=bool(args.warm_start),
+                    exit_criterion=args.criterion if args.adaptive >= 0 else None,
+                    exit_threshold=max(args.adaptive, 0.0))
+except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+print(f"model: {args.source} step {meta['step']} ({model.config.arch}, width {model.config.n_embd}), r={engine.r}"
+      + (f", adaptive {args.criterion} < {args.adaptive:g}" if args.adaptive >= 0 else "") + f", {args.cache} cache")
+
+bos = tokenizer.get_bos_token_id()
+user_start, user_end = tokenizer.encode_special("<|user_start|>"), tokenizer.encode_special("<|user_end|>")
+assistant_start, assistant_end = tokenizer.encode_special("<|assistant_start|>"), tokenizer.encode_special("<|assistant_end|>")
+
+
+def reply(conversation):
+    """Stream the assistant's reply to stdout; returns its tokens."""
+    tokens, depths, shown = [], [], ""
+    for step in engine.generate(conversation, max_tokens=args.max_tokens, temperature=args.temperature,
+                                top_k=args.top_k if args.top_k > 0 else None, seed=args.seed):
+        if step.done[0]:
+            break
+        tokens.append(step.tokens[0])
+        depths.append(step.depths[0])
+        text = tokenizer.decode(tokens)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    print(tokenizer.decode(tokens)[len(shown):])
+    if args.adaptive >= 0 and depths:
+        print(f"[{len(depths)} tokens, mean depth {sum(depths) / len(depths):.2f} of {engine.r}]")
+    return tokens
+
+
+conversation = [bos]
+with torch.inference_mode():
+    while True:
+        if args.prompt:
+            question = args.prompt
+        else:
+            try:
+                question = input("\nUser: ").strip()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+            if question in ("quit", "exit"):
+                break
+            if question == "clear":
+                conversation = [bos]
+                continue
+            if not question:
+                continue
+        conversation += [user_start, *tokenizer.encode(question), user_end, assistant_start]
+        if len(conversation) + args.max_tokens > model.rotary_len:
+            print(f"error: the conversation ({len(conversation)} tokens) + --max-tokens exceeds the model's "
+                  f"{model.rotary_len} positions; starting over", file=sys.stderr)
+            conversation = [bos, user_start, *tokenizer.encode(question), user_end, assistant_start]
+        print("\nAssistant: ", end="", flush=True)
+        conversation += reply(conversation) + [assistant_end]
+        if args.prompt:
+            break

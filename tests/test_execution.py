@@ -1,0 +1,73 @@
+"""The sandbox: results for good and bad code, time and memory limits, disabled destructive
+functions, capped output; it never hangs and never touches the host's files."""
+
+import os
+import time
+
+from nanochat.execution import TRUNCATED, execute_code
+
+
+def test_success_captures_stdout_and_stderr():
+    r = execute_code("import sys\nprint(6 * 7)\nprint('warn', file=sys.stderr)")
+    assert r.success and r.stdout == "42\n" and r.stderr == "warn\n" and r.error == ""
+    assert not r.timeout and not r.memory_exceeded
+    assert execute_code("import sys; sys.exit(0)").success
+
+
+def test_errors_are_results():
+    r = execute_code("def f(:\n    pass")
+    assert not r.success and r.error.startswith("SyntaxError") and not r.timeout
+    r = execute_code("print('before')\n1 / 0")
+    assert not r.success and r.stdout == "before\n" and r.error == "ZeroDivisionError: division by zero"
+    assert "line 2" in r.stderr
+    assert execute_code("import sys; sys.exit(3)").error == "SystemExit: 3"
+    r = execute_code("import os; os._exit(1)")  # dies without reporting
+    assert not r.success and "exit code 1" in r.error
+
+
+def test_timeout_never_hangs():
+    for code in ("while True: pass", "import time; time.sleep(60)",
+                 "import signal; signal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True: pass"):
+        t0 = time.time()
+        r = execute_code(code, timeout=1.0)
+        assert r.timeout and not r.success and "timed out" in r.error, code
+        assert time.time() - t0 < 5, code
+
+
+def test_memory_cap():
+    for code in ("x = bytearray(2 * 1024 ** 3)", "x = [0] * 10 ** 9"):
+        r = execute_code(code, max_memory_bytes=256 * 1024 ** 2)
+        assert r.memory_exceeded and not r.success and not r.timeout, code
+    assert execute_code("x = bytearray(50 * 1024 ** 2); print(len(x))").stdout == "52428800\n"
+
+
+def test_destructive_functions_are_disabled(tmp_path):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "file.txt").write_text("precious")
+    for code in (f"import shutil; shutil.rmtree({str(keep)!r})",
+                 f"import os; os.remove({str(keep / 'file.txt')!r})",
+                 f"import os; os.system('rm -rf {keep}')",
+                 f"import subprocess; subprocess.run(['rm', '-rf', {str(keep)!r}])",
+                 f"import subprocess; subprocess.Popen(['rm', '-rf', {str(keep)!r}])",
+                 "import os; os.fork()",
+                 "import os; os.kill(os.getpid(), 0)",  # signal 0: harmless should the guard ever fail
+                 "import socket; socket.socket()",
+                 "import socket; socket.create_connection(('example.com', 80))"):
+        r = execute_code(code)
+        assert not r.success and r.error.startswith("PermissionError") and "disabled in the sandbox" in r.error, code
+    assert (keep / "file.txt").read_text() == "precious"
+
+
+def test_runs_in_a_scratch_directory():
+    r = execute_code("import os; open('scratch.txt', 'w').write('x'); print(os.getcwd())")
+    assert r.success
+    assert not os.path.exists(r.stdout.strip())  # removed afterwards
+    r = execute_code("open('big.bin', 'wb').write(b'x' * (4 * 1024 ** 2))", max_file_bytes=1024 ** 2)
+    assert not r.success and "File too large" in r.error
+
+
+def test_output_is_capped():
+    r = execute_code("print('a' * 10 ** 6)\nimport sys; sys.stderr.write('b' * 10 ** 6)", max_output_bytes=1000)
+    assert r.success
+    assert r.stdout == "a" * 1000 + TRUNCATED and r.stderr == "b" * 1000 + TRUNCATED
