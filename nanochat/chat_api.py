@@ -1,0 +1,205 @@
+"""
+The chat web server's request contract, worker pool and reply stream (scripts/chat_web.py
+holds the routes and the command line).
+
+    POST /chat/completions  {"messages": [{"role": "user", "content": "hi"}, ...],
+                             "temperature": 0.6, "top_k": 50, "max_tokens": 256,
+                             "recur": 4, "adaptive": 1e-3, "seed": 1}     (all but messages optional)
+    -> text/event-stream:   data: {"token": "Hel", "depth": 4}
+                            data: {"token": "lo", "depth": 2}
+                            data: {"done": true, "mean_depth": 3.0, "tokens": 2, "r": 4}
+       or, if generation fails midway: data: {"error": "..."}
+
+Bad input raises RequestError(status, field, message): 400 for a wrong type or value, 413
+for input over a size limit. The server turns it into {"error": "<field>: <message>"}.
+"""
+
+import asyncio
+import random
+import threading
+from dataclasses import dataclass
+
+from nanochat.engine import Engine
+
+MAX_MESSAGES = 500                # messages per request
+MAX_MESSAGE_CHARS = 8000          # characters per message
+MAX_TOTAL_CHARS = 32000           # characters over the whole conversation
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_K_RANGE = (1, 200)
+MAX_TOKENS_RANGE = (1, 4096)
+RECUR_RANGE = (1, 64)
+ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold (KL in nats); 0 == fixed r
+FIELDS = ("messages", "temperature", "top_k", "max_tokens", "recur", "adaptive", "seed")
+
+
+class RequestError(ValueError):
+    def __init__(self, status, field, message):
+        super().__init__(f"{field}: {message}")
+        self.status, self.field = status, field
+
+
+@dataclass
+class ChatRequest:
+    messages: list
+    temperature: float
+    top_k: int
+    max_tokens: int
+    recur: int
+    adaptive: float | None  # None = fixed r
+    seed: int
+
+
+def _number(body, field, lo, hi, integer, default):
+    value = body.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise RequestError(400, field, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+    if not lo <= value <= hi:
+        raise RequestError(400, field, f"{value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def validate_request(body, defaults):
+    """body: the parsed JSON. defaults: dict of temperature, top_k, max_tokens, recur."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "body", "expected a JSON object")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise RequestError(400, unknown[0], f"unknown field (expected some of {', '.join(FIELDS)})")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "messages", "expected a non-empty list of {role, content}")
+    if len(messages) > MAX_MESSAGES:
+        raise RequestError(413, "messages", f"{len(messages)} messages, at most {MAX_MESSAGES}")
+    total = 0
+    for i, m in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            raise RequestError(400, f"messages[{i}]", "expected an object with exactly 'role' and 'content'")
+        if m["role"] != expected:
+            raise RequestError(400, f"messages[{i}].role", f"{m['role']!r}: roles alternate user/assistant, "
+                                                            f"starting with user, so expected {expected!r}")
+        if not isinstance(m["content"], str):
+            raise RequestError(400, f"messages[{i}].content", "expected a string")
+        if expected == "user" and not m["content"].strip():
+            raise RequestError(400, f"messages[{i}].content", "a user message must not be empty")
+        if len(m["content"]) > MAX_MESSAGE_CHARS:
+            raise RequestError(413, f"messages[{i}].content",
+                               f"{len(m['content'])} characters, at most {MAX_MESSAGE_CHARS} per message")
+        total += len(m["content"])
+    if messages[-1]["role"] != "user":
+        raise RequestError(400, "messages", "the conversation must end with a user message")
+    if total > MAX_TOTAL_CHARS:
+        raise RequestError(413, "messages", f"{total} characters in all, at most {MAX_TOTAL_CHARS}")
+    adaptive = body.get("adaptive")
+    return ChatRequest(
+        messages=messages,
+        temperature=float(_number(body, "temperature", *TEMPERATURE_RANGE, False, defaults["temperature"])),
+        top_k=_number(body, "top_k", *TOP_K_RANGE, True, defaults["top_k"]),
+        max_tokens=_number(body, "max_tokens", *MAX_TOKENS_RANGE, True, defaults["max_tokens"]),
+        recur=_number(body, "recur", *RECUR_RANGE, True, defaults["recur"]),
+        adaptive=None if adaptive is None else float(_number(body, "adaptive", *ADAPTIVE_RANGE, False, None)),
+        seed=_number(body, "seed", 0, 2**63 - 1, True, random.getrandbits(32)),
+    )
+
+
+def render_prompt(tokenizer, req, model):
+    """The prompt ids (ending in <|assistant_start|>), after the checks that need the model: 413 if
+    prompt + max_tokens exceeds its positions, 400 for adaptive exit on a model without a loop."""
+    if req.adaptive is not None and model.config.arch == "gpt":
+        raise RequestError(400, "adaptive", "this model (arch 'gpt') has no loop to exit early from")
+    ids = tokenizer.render_for_completion({"messages": req.messages + [{"role": "assistant", "content": ""}]})
+    if len(ids) + req.max_tokens > model.rotary_len:
+        raise RequestError(413, "messages", f"the conversation is {len(ids)} tokens; with max_tokens="
+                                            f"{req.max_tokens} that exceeds the model's {model.rotary_len} positions")
+    return ids
+
+
+@dataclass
+class Worker:
+    """One model replica on one device; serves one request at a time."""
+    model: object
+    tokenizer: object
+    device: str
+
+    def engine(self, req):
+        """The Engine for a request: fixed r, or adaptive exit (KL) with r as the cap."""
+        return Engine(self.model, self.tokenizer, r=req.recur, exit_criterion=None if req.adaptive is None else "kl",
+                      exit_threshold=req.adaptive or 0.0)
+
+    def stream(self, engine, ids, req, stop):
+        """Yield event dicts for one reply (sync: runs on a thread). Text is held back while it
+        ends inside a multi-byte character; a chunk's depth is that of its last token."""
+        tokens, depths, shown = [], [], ""
+        for step in engine.generate(ids, max_tokens=req.max_tokens, temperature=req.temperature,
+                                    top_k=req.top_k, seed=req.seed):
+            if step.done[0] or stop.is_set():
+                break
+            tokens.append(step.tokens[0])
+            depths.append(step.depths[0])
+            text = self.tokenizer.decode(tokens)
+            if not text.endswith("\ufffd"):
+                yield {"token": text[len(shown):], "depth": depths[-1]}
+                shown = text
+        rest = self.tokenizer.decode(tokens)[len(shown):]
+        if rest:
+            yield {"token": rest, "depth": depths[-1]}
+        yield {"done": True, "mean_depth": sum(depths) / len(depths) if depths else 0.0, "tokens": len(tokens),
+               "r": engine.r}
+
+
+class WorkerPool:
+    """Free workers wait in an asyncio queue: a request takes one (waiting if all are busy) and
+    gives it back when its generation thread has really finished, error or not."""
+
+    def __init__(self, workers):
+        self.workers = list(workers)
+        self.free = asyncio.Queue()
+        for w in self.workers:
+            self.free.put_nowait(w)
+        self.served = self.failed = self.rejected = 0
+
+    def stats(self):
+        """served: replies streamed to the end; failed: generation errors and replies abandoned by their
+        client; rejected: 4xx (counted by the server)."""
+        free = self.free.qsize()
+        return {"workers": len(self.workers), "busy": len(self.workers) - free, "free": free,
+                "requests_served": self.served, "requests_failed": self.failed, "requests_rejected": self.rejected,
+                "devices": [w.device for w in self.workers]}
+
+    async def run(self, ids, req):
+        """Async iterator of a reply's events. Takes a free worker (waiting while all are busy) and
+        runs the generation on its own thread, so the event loop keeps serving /health and other
+        requests. The thread gives the worker back when it ends, error or not; a client that goes
+        away sets `stop`, and the worker returns only once the thread has stopped using the model."""
+        loop, events, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+        worker = await self.free.get()  # cancelled while waiting: nothing taken
+
+        def call(fn, *args):
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop has closed (server shutting down)
+                pass
+
+        def finish(ok):
+            self.served += ok
+            self.failed += not ok
+            self.free.put_nowait(worker)
+            events.put_nowait(None)
+
+        def generate():
+            ok = False
+            try:
+                for event in worker.stream(worker.engine(req), ids, req, stop):
+                    call(events.put_nowait, event)
+                ok = not stop.is_set()
+            except Exception as e:  # a failed request must not take the worker or the server down
+                call(events.put_nowait, {"error": f"generation failed: {type(e).__name__}: {e}"})
+            finally:
+                call(finish, ok)
+
+        threading.Thread(target=generate, daemon=True, name=f"generate-{worker.device}").start()
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+        finally:
+            stop.set()

@@ -1,0 +1,141 @@
+"""
+Serve a model to the browser: a chat page with per-token recurrence depth, and a streaming API.
+
+    python -m scripts.chat_web                                   # latest SFT model, http://localhost:8000
+    python -m scripts.chat_web --num-gpus 8 --recur 8            # one worker (model replica) per GPU
+    python -m scripts.chat_web --source base --model-tag s20 --device-type cpu
+
+Endpoints (request schema and limits: nanochat/chat_api.py):
+    GET  /                   the page (nanochat/ui.html, self-contained, works offline)
+    POST /chat/completions   stream a reply as server-sent events
+    GET  /config             the server's defaults and limits (the page reads them)
+    GET  /health             {"ready": true, "workers": n}
+    GET  /stats              workers busy/free, requests served/failed/rejected
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from nanochat import chat_api
+from nanochat.chat_api import RequestError, Worker, WorkerPool, render_prompt, validate_request
+from nanochat.checkpoint_manager import load_model
+from nanochat.common import autodetect_device_type, compute_init
+from nanochat.gpt import DEFAULT_RECUR
+
+parser = argparse.ArgumentParser(description="Chat with a model in the browser")
+parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
+parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the most recent)")
+parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
+parser.add_argument("--host", type=str, default="0.0.0.0", help="address to bind")
+parser.add_argument("--port", type=int, default=8000, help="port to bind")
+parser.add_argument("--num-gpus", type=int, default=-1, help="workers, one per GPU (-1 = all visible GPUs; 1 on CPU/MPS)")
+parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
+parser.add_argument("--recur", type=int, default=-1, help="default loop iterations per token (-1 = the checkpoint's eval r)")
+parser.add_argument("--max-tokens", type=int, default=512, help="default most tokens per reply")
+parser.add_argument("--temperature", type=float, default=0.8, help="default sampling temperature (0 = greedy)")
+parser.add_argument("--top-k", type=int, default=50, help="default top-k")
+
+UI_HTML = os.path.join(os.path.dirname(chat_api.__file__), "ui.html")
+
+
+def load_workers(args):
+    """One Worker per GPU (or a single one on CPU/MPS), each with its own copy of the model.
+    Returns (workers, meta)."""
+    device_type = args.device_type or autodetect_device_type()
+    compute_init(device_type)
+    if device_type == "cuda":
+        n = torch.cuda.device_count() if args.num_gpus < 1 else args.num_gpus
+        if n > torch.cuda.device_count():
+            raise ValueError(f"--num-gpus={n}: only {torch.cuda.device_count()} CUDA devices visible")
+        devices = [f"cuda:{i}" for i in range(n)]
+    else:
+        devices = [device_type]
+    workers, meta = [], None
+    for device in devices:
+        model, tokenizer, meta = load_model(args.source, args.model_tag or None, None if args.step < 0 else args.step,
+                                            torch.device(device))
+        workers.append(Worker(model, tokenizer, device))
+        print(f"worker {len(workers) - 1}: {args.source} step {meta['step']} on {device}", flush=True)
+    return workers, meta
+
+
+def defaults_from(args, meta):
+    """The request defaults, each checked against the request limits so a bad flag fails at start."""
+    recur = args.recur if args.recur > 0 else meta.get("eval_r", DEFAULT_RECUR)
+    defaults = dict(temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens, recur=recur)
+    validate_request({"messages": [{"role": "user", "content": "x"}]}, defaults)
+    return defaults
+
+
+def create_app(workers, defaults):
+    """The FastAPI app over a list of Workers (all holding the same model) and request defaults."""
+    app = FastAPI(title="looped nanochat")
+    pool = WorkerPool(workers)
+    app.state.pool = pool
+    model, tokenizer = workers[0].model, workers[0].tokenizer
+    with open(UI_HTML, encoding="utf-8") as f:
+        page = f.read()
+
+    def reject(status, message):
+        pool.rejected += 1
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/")
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health():
+        return {"ready": True, "workers": len(pool.workers)}
+
+    @app.get("/stats")
+    async def stats():
+        return pool.stats()
+
+    @app.get("/config")
+    async def config():
+        cfg = model.config
+        return {"defaults": defaults, "arch": cfg.arch, "n_embd": cfg.n_embd, "positions": model.rotary_len,
+                "limits": {"max_messages": chat_api.MAX_MESSAGES, "max_message_chars": chat_api.MAX_MESSAGE_CHARS,
+                           "max_total_chars": chat_api.MAX_TOTAL_CHARS, "temperature": chat_api.TEMPERATURE_RANGE,
+                           "top_k": chat_api.TOP_K_RANGE, "max_tokens": chat_api.MAX_TOKENS_RANGE,
+                           "recur": chat_api.RECUR_RANGE, "adaptive": chat_api.ADAPTIVE_RANGE}}
+
+    @app.post("/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            return reject(400, f"body: not valid JSON ({e})")
+        try:
+            req = validate_request(body, defaults)
+            ids = render_prompt(tokenizer, req, model)
+        except RequestError as e:
+            return reject(e.status, str(e))
+
+        async def events():
+            async for event in pool.run(ids, req):
+                yield f"data: {json.dumps(event)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+if __name__ == "__main__":
+    import uvicorn
+    args = parser.parse_args()
+    print(f"arguments: {vars(args)}", flush=True)
+    try:
+        workers, meta = load_workers(args)
+        app = create_app(workers, defaults_from(args, meta))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    print(f"serving on http://{args.host}:{args.port} with {len(workers)} worker(s)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port)

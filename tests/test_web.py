@@ -1,0 +1,297 @@
+"""chat_web: the API's input limits (each bad input -> its 4xx naming the field, the server still
+serving), the reply stream, the worker pool under concurrent requests, a failing generation, and
+the page in real headless Chromium against a uvicorn server on a tiny saved checkpoint."""
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from nanochat.chat_api import Worker
+from nanochat.checkpoint_manager import save_checkpoint
+from scripts.chat_web import create_app, defaults_from, load_workers, parser
+from tests.test_engine import chat_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = "/usr/bin/chromium"
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def save_tiny_checkpoint(tokenizer, base_dir):
+    """$NANOCHAT_BASE_DIR with the tokenizer and a tiny random SFT checkpoint (eval_r 3)."""
+    tokenizer.save(os.path.join(base_dir, "tokenizer"))
+    model = chat_model()
+    meta = {"model_config": dataclasses.asdict(model.config), "eval_r": 3}
+    save_checkpoint(os.path.join(base_dir, "chatsft_checkpoints", "tiny"), 7, model.state_dict(), {}, {}, meta)
+    return base_dir
+
+
+@pytest.fixture
+def base_dir(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    return save_tiny_checkpoint(tokenizer, tmp_path)
+
+
+@pytest.fixture
+def app(base_dir):
+    """The app as the command line builds it: load_workers from the checkpoint, defaults from the flags."""
+    args = parser.parse_args(["--device-type", "cpu", "--max-tokens", "8"])
+    workers, meta = load_workers(args)
+    return create_app(workers, defaults_from(args, meta))
+
+
+def events(text):
+    """The JSON payloads of an SSE body, in order."""
+    out = []
+    for block in text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            out.append(json.loads(block[len("data: "):]))
+    return out
+
+
+def long_chat(n):
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": "hi"} for i in range(n)]
+
+
+BAD_REQUESTS = [  # (body, status, text the error must contain)
+    ({}, 400, "messages"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": "hello"}, 400, "messages"),
+    ({"messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages[0].role"),
+    ({"messages": HELLO + [{"role": "user", "content": "again"}]}, 400, "messages[1].role"),
+    ({"messages": HELLO + [{"role": "assistant", "content": "hi"}]}, 400, "end with a user message"),
+    ({"messages": [{"role": "system", "content": "be nice"}] + HELLO}, 400, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "   "}]}, 400, "messages[0].content"),
+    ({"messages": [{"role": "user"}]}, 400, "messages[0]"),
+    ({"messages": [{"role": "user", "content": "x" * 8001}]}, 413, "messages[0].content"),
+    ({"messages": long_chat(501)}, 413, "messages"),
+    ({"messages": [{"role": "user" if i % 2 == 0 else "assistant", "content": "x" * 7000} for i in range(5)]},
+     413, "characters in all"),
+    ({"messages": [{"role": "user", "content": "the loop " * 200}]}, 413, "positions"),  # prompt + max_tokens > context
+    ({"messages": HELLO, "max_tokens": 400}, 413, "positions"),
+    ({"messages": HELLO, "temperature": 2.5}, 400, "temperature"),
+    ({"messages": HELLO, "temperature": -0.1}, 400, "temperature"),
+    ({"messages": HELLO, "temperature": "hot"}, 400, "temperature"),
+    ({"messages": HELLO, "top_k": 0}, 400, "top_k"),
+    ({"messages": HELLO, "top_k": 201}, 400, "top_k"),
+    ({"messages": HELLO, "top_k": 5.5}, 400, "top_k"),
+    ({"messages": HELLO, "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": HELLO, "max_tokens": 5000}, 400, "max_tokens"),
+    ({"messages": HELLO, "recur": 0}, 400, "recur"),
+    ({"messages": HELLO, "recur": 65}, 400, "recur"),
+    ({"messages": HELLO, "recur": True}, 400, "recur"),
+    ({"messages": HELLO, "adaptive": -1}, 400, "adaptive"),
+    ({"messages": HELLO, "topk": 5}, 400, "topk"),
+    ([1, 2], 400, "body"),
+]
+
+
+def test_validation_rejects_each_bad_input_and_keeps_serving(app):
+    with TestClient(app) as client:
+        for body, status, field in BAD_REQUESTS:
+            res = client.post("/chat/completions", json=body)
+            assert res.status_code == status, (body, res.status_code, res.text)
+            assert field in res.json()["error"], (body, res.json())
+        res = client.post("/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert res.status_code == 400 and res.json()["error"].startswith("body:")
+        assert client.get("/health").json() == {"ready": True, "workers": 1}
+        ok = client.post("/chat/completions", json={"messages": HELLO, "max_tokens": 4, "seed": 1})
+        assert ok.status_code == 200 and events(ok.text)[-1]["done"]
+        stats = client.get("/stats").json()
+        assert stats["requests_rejected"] == len(BAD_REQUESTS) + 1 and stats["requests_served"] == 1
+        assert stats["free"] == 1 and stats["busy"] == 0
+
+
+def test_stream_order_depths_and_page(app):
+    with TestClient(app) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "looped nanochat" in page.text
+        assert "http://" not in page.text and "https://" not in page.text  # self-contained: nothing fetched from elsewhere
+        assert client.get("/config").json()["defaults"] == {"temperature": 0.8, "top_k": 50, "max_tokens": 8, "recur": 3}
+        body = {"messages": HELLO + [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}],
+                "temperature": 0, "max_tokens": 6}
+        with client.stream("POST", "/chat/completions", json=body) as res:
+            assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+            evs = events(res.read().decode())
+        *tokens, done = evs
+        assert tokens and all(set(e) == {"token", "depth"} and e["depth"] == 3 for e in tokens)  # fixed r = eval_r
+        assert done["done"] is True and done["r"] == 3 and done["mean_depth"] == 3.0 and 1 <= done["tokens"] <= 6
+        # greedy is deterministic; adaptive exit reports depths within [1, r] and their mean
+        again = events(client.post("/chat/completions", json=body).text)
+        assert again == evs
+        adaptive = events(client.post("/chat/completions", json={**body, "recur": 6, "adaptive": 10.0}).text)
+        depths = [e["depth"] for e in adaptive[:-1]]
+        assert adaptive[-1]["r"] == 6 and all(1 <= d <= 6 for d in depths)
+        assert min(depths) < 6  # a threshold of 10 nats stops early (only the prefill's token runs all 6)
+        assert 1 <= adaptive[-1]["mean_depth"] < 6
+
+
+def test_failed_generation_emits_error_and_frees_the_worker(app, monkeypatch):
+    with TestClient(app) as client:
+        model = app.state.pool.workers[0].model
+
+        def boom(*a, **kw):
+            raise RuntimeError("simulated device failure")
+        monkeypatch.setattr(model, "forward", boom)
+        evs = events(client.post("/chat/completions", json={"messages": HELLO}).text)
+        assert evs == [{"error": "generation failed: RuntimeError: simulated device failure"}]
+        monkeypatch.undo()
+        stats = client.get("/stats").json()
+        assert stats["requests_failed"] == 1 and stats["free"] == 1
+        assert events(client.post("/chat/completions", json={"messages": HELLO, "max_tokens": 3}).text)[-1]["done"]
+
+
+def test_worker_pool_under_20_concurrent_requests(base_dir, tokenizer):
+    """Two CPU workers (two replicas) behind the queue: every request answered, none lost."""
+    workers = [Worker(chat_model(), tokenizer, "cpu") for _ in range(2)]
+    app = create_app(workers, dict(temperature=1.0, top_k=50, max_tokens=6, recur=2))
+    pool = app.state.pool
+    answered, busy_seen = [], set()
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            async def one(i):
+                res = await client.post("/chat/completions", json={"messages": [{"role": "user", "content": f"q{i}"}],
+                                                                   "seed": i})
+                answered.append(i)
+                return res
+
+            async def watch():
+                while len(answered) < 20:
+                    s = pool.stats()
+                    assert s["busy"] + s["free"] == 2, s
+                    busy_seen.add(s["busy"])
+                    await asyncio.sleep(0.002)
+            results = await asyncio.gather(*(one(i) for i in range(20)), watch())
+            return results[:20], (await client.get("/stats")).json()
+    results, stats = asyncio.run(main())
+    assert all(r.status_code == 200 and events(r.text)[-1]["done"] for r in results)
+    assert stats["requests_served"] == 20 and stats["requests_failed"] == 0
+    assert stats["busy"] == 0 and stats["free"] == 2
+    assert 2 in busy_seen and sorted(answered) == list(range(20))  # both workers were used at once
+
+
+# -----------------------------------------------------------------------------
+# the page in a real browser
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tokenizer, tmp_path_factory):
+    """uvicorn in a subprocess (started once for the module's tests), serving the tiny checkpoint."""
+    base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("served"))
+    port = free_port()
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1"}
+    log = open(os.path.join(base_dir, "server.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--device-type", "cpu", "--host", "127.0.0.1",
+                             "--port", str(port), "--max-tokens", "24", "--recur", "4"],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, open(log.name).read()
+            try:
+                if httpx.get(url + "/health", timeout=1).json()["ready"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "server did not start:\n" + open(log.name).read()
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_real_server_streams_and_survives_a_client_that_leaves(server):
+    """Over a real socket: events arrive one by one; a client that hangs up mid-reply stops the
+    generation and its worker returns to the pool."""
+    body = {"messages": HELLO, "max_tokens": 250, "temperature": 1.0, "seed": 3}
+    before = httpx.get(server + "/stats").json()
+    with httpx.stream("POST", server + "/chat/completions", json=body, timeout=60) as res:
+        assert res.status_code == 200
+        first = json.loads(next(line for line in res.iter_lines() if line)[len("data: "):])
+        assert set(first) == {"token", "depth"}  # then hang up, mid-reply
+    deadline = time.time() + 30
+    while (stats := httpx.get(server + "/stats").json())["free"] != 1:
+        assert time.time() < deadline, stats
+        time.sleep(0.05)
+    assert stats["requests_failed"] == before["requests_failed"] + 1  # abandoned, not completed
+    assert stats["requests_served"] == before["requests_served"]
+    evs = events(httpx.post(server + "/chat/completions", json={**body, "max_tokens": 5}, timeout=60).text)
+    assert evs[-1]["done"] and httpx.get(server + "/stats").json()["requests_served"] == before["requests_served"] + 1
+
+
+def test_page_in_headless_chromium(server, tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium chromium-driver); "
+                    ".ci/run does this on CI")
+    from playwright.sync_api import sync_playwright
+    shot = os.path.join(tmp_path, "chat_web.png")
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(  # a fresh profile: no first-run state, no sync
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
+            viewport={"width": 1100, "height": 700},
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server)
+            page.wait_for_function("document.getElementById('recur').value === '4'")  # /config was read
+            page.select_option("#mode", "adaptive")
+            page.fill("#adaptive", "0.5")
+            page.fill("#input", "What does the loop think about?")
+            page.click("#send")
+            page.wait_for_selector(".msg.assistant .meta:has-text('mean depth')", timeout=60_000)
+            assert page.locator(".msg.user .content").inner_text() == "What does the loop think about?"
+            toks = page.locator(".msg.assistant .tok")
+            assert toks.count() >= 1 and page.locator(".msg.assistant .content").inner_text().strip()
+            depth = int(toks.first.get_attribute("data-depth"))
+            assert 1 <= depth <= 4 and toks.first.get_attribute("title") == f"depth {depth} of 4"
+            assert "background: rgba(" in toks.first.get_attribute("style")  # shaded by depth
+            assert page.locator(".msg.assistant .error").count() == 0 and not errors, errors
+            page.screenshot(path=shot, full_page=True)
+            # regenerate replaces the reply; the conversation stays user, assistant
+            page.click(".msg.assistant .role button:has-text('regenerate')")
+            page.wait_for_selector(".msg.assistant .meta:has-text('mean depth')", timeout=60_000)
+            assert page.locator(".msg").count() == 2
+            # edit the user message: the conversation restarts from it
+            page.click(".msg.user .role button:has-text('edit')")
+            page.fill(".msg.user textarea", "Edited question")
+            page.click(".msg.user button:has-text('save & send')")
+            page.wait_for_selector(".msg.assistant .meta:has-text('mean depth')", timeout=60_000)
+            assert page.locator(".msg").count() == 2
+            assert page.locator(".msg.user .content").inner_text() == "Edited question"
+            # a request the server rejects shows its error, naming the field
+            page.fill("#top_k", "500")
+            page.fill("#input", "again")
+            page.click("#send")
+            page.wait_for_selector("#status.error", timeout=30_000)
+            assert "top_k" in page.inner_text("#status")
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert os.path.getsize(shot) > 10_000
+    if os.environ.get("NANOCHAT_TEST_ARTIFACTS"):
+        os.makedirs(os.environ["NANOCHAT_TEST_ARTIFACTS"], exist_ok=True)
+        shutil.copy(shot, os.environ["NANOCHAT_TEST_ARTIFACTS"])
