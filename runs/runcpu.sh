@@ -24,3 +24,19 @@ python -m scripts.base_train --size 2 --max-seq-len 512 --device-batch-size 4 --
     --num-iterations "$STEPS" --eval-every 50 --eval-tokens 16384 --sample-every -1 --save-every 50 \
     --embedding-lr 0.3 --matrix-lr 0.03 --data-dir "$DATA_DIR"
 echo "loss curve: $NANOCHAT_BASE_DIR/base_checkpoints/s2/train_log.png"
+
+# chat: SFT for one epoch of a small slice of the mixture (~15 steps), the chat evals on 8 problems per task at
+# r = 1 and 4, and one reply. Data: CHAT_DATA if set, else ../shared/data/chat (the layout tasks/ reads), linked
+# as $NANOCHAT_BASE_DIR/chat_data; SmolTalk and MMLU come from its local stand-in and dev split (no network).
+CHAT_DATA=${CHAT_DATA:-../shared/data/chat}
+if [ ! -d "$CHAT_DATA" ]; then
+    echo "skipping the chat stages: no chat data at $CHAT_DATA (point CHAT_DATA at a folder laid out like ../shared/data/chat)"
+    exit 0
+fi
+[ -e "$NANOCHAT_BASE_DIR/chat_data" ] || ln -s "$(cd "$CHAT_DATA" && pwd)" "$NANOCHAT_BASE_DIR/chat_data"
+python -m scripts.chat_sft --model-tag s2 --smoltalk-path "$CHAT_DATA/sft/sft_conversations.jsonl" \
+    --mmlu-path "$CHAT_DATA/mmlu/dev.jsonl" --smoltalk-size 80 --mmlu-size 20 --gsm8k-size 20 --identity-epochs 1 \
+    --simple-spelling-size 40 --spelling-bee-size 10 --device-batch-size 4 --total-batch-size 2048 \
+    --eval-every 5 --eval-tokens 8192 --chat-eval-every -1
+python -m scripts.chat_eval --source sft --model-tag s2 --max-problems 8 --max-new-tokens 64 --recur 1,4
+python -m scripts.chat_cli --source sft --model-tag s2 -p "Why is the sky blue?" --max-tokens 48

@@ -20,7 +20,7 @@ from nanochat.engine import Engine
 from nanochat.gpt import DEFAULT_RECUR
 
 parser = argparse.ArgumentParser(description="Chat with a model")
-parser.add_argument("--source", type=str, default="sft", choices=["base", "sft"], help="which stage's checkpoints")
+parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the most recent)")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
 parser.add_argument("-p", "--prompt", type=str, default="", help="ask this once, print the reply and exit")

@@ -1,0 +1,169 @@
+"""
+Evaluate a chat model on the chat tasks, at one or several recurrence counts r: accuracy and
+ChatCORE against test-time compute.
+
+    python -m scripts.chat_eval --source sft --model-tag s20                  # every task, the checkpoint's r
+    python -m scripts.chat_eval -i ARC-Easy,GSM8K --recur 1,2,4,8 --max-problems 200
+    python -m scripts.chat_eval -i GSM8K --num-samples 8 --temperature 1.0    # pass@1..8
+    torchrun --nproc_per_node=8 -m scripts.chat_eval --source rl
+
+Categorical tasks (ARC-Easy, ARC-Challenge, MMLU) compare the logits of the answer letters at
+the end of the prompt; generative ones (GSM8K, HumanEval, SpellingBee) sample replies through
+the engine, a batch of prompts at a time (nanochat/task_eval.py). --adaptive T makes every
+decoded token stop iterating once the KL between successive iterations' next-token
+distributions falls under T (r is then the cap); the mean depth is reported.
+ChatCORE (nanochat): the mean centered accuracy over the six tasks, reported when all six ran.
+
+Writes $NANOCHAT_BASE_DIR/chat_eval/<source>_<tag>_step<step>.{csv,png} (a row / point per r)
+and the report section "Chat evaluation <source>" ($NANOCHAT_BASE_DIR/report/chat_eval_<source>.md).
+"""
+
+import argparse
+import csv
+import os
+import time
+
+from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
+from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
+from nanochat.engine import Engine
+from nanochat.report import get_report
+from nanochat.task_eval import BASELINES, centered_accuracy, chatcore, evaluate_categorical, evaluate_generative
+from tasks.arc import ARC
+from tasks.gsm8k import GSM8K
+from tasks.humaneval import HumanEval
+from tasks.mmlu import MMLU
+from tasks.spellingbee import SpellingBee
+
+TASKS = {
+    "ARC-Easy": lambda: ARC("ARC-Easy", "test"),
+    "ARC-Challenge": lambda: ARC("ARC-Challenge", "test"),
+    "MMLU": lambda: MMLU("test"),
+    "GSM8K": lambda: GSM8K("test"),
+    "HumanEval": lambda: HumanEval(),
+    "SpellingBee": lambda: SpellingBee(size=256, split="test"),
+}
+
+parser = argparse.ArgumentParser(description="Evaluate a chat model: accuracy per task and ChatCORE, per recurrence count")
+parser.add_argument("-i", "--task-name", type=str, default="all", help=f"comma-separated tasks, or 'all': {', '.join(TASKS)}")
+parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
+parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the one saved last)")
+parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
+parser.add_argument("--max-problems", type=int, default=-1, help="first N problems of each task (-1 = all)")
+parser.add_argument("--recur", type=str, default="", help="r values, comma-separated, e.g. 1,2,4,8 (empty = the checkpoint's eval r)")
+parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit: KL threshold per decoded token, r is the cap (-1 = off)")
+parser.add_argument("--num-samples", type=int, default=1, help="samples per generative problem: pass@1..N")
+parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of generative tasks (0 = greedy)")
+parser.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (-1 = all)")
+parser.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per generated reply")
+parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward (categorical) or per engine call (generative)")
+parser.add_argument("--seed", type=int, default=42, help="sampling seed")
+parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
+args = parser.parse_args()
+
+names = list(TASKS) if args.task_name == "all" else [t.strip() for t in args.task_name.split(",") if t.strip()]
+unknown = [t for t in names if t not in TASKS]
+if unknown or not names:
+    raise ValueError(f"--task-name {args.task_name!r}: unknown {unknown}; expected 'all' or some of {', '.join(TASKS)}")
+if args.num_samples < 1:
+    raise ValueError(f"--num-samples {args.num_samples}: expected >= 1")
+if args.num_samples > 1 and args.temperature == 0:
+    print0("note: --num-samples > 1 with --temperature 0 gives identical samples")
+
+is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
+master = rank == 0
+print0(f"args: {vars(args)}")
+model_tag = os.path.basename(find_checkpoint_dir(args.source, args.model_tag or None))
+model, tokenizer, meta = load_model(args.source, model_tag, None if args.step < 0 else args.step, device)
+config, step = model.config, meta["step"]
+default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
+try:
+    recurs = [int(v) for v in args.recur.split(",") if v.strip()] or [default_r]
+except ValueError:
+    raise ValueError(f"--recur {args.recur!r}: expected comma-separated integers, e.g. 1,2,4") from None
+if any(r < 1 for r in recurs):
+    raise ValueError(f"--recur {args.recur!r}: every r must be >= 1")
+if config.arch == "gpt" and recurs != [1]:
+    raise ValueError(f"--recur {args.recur!r}: a standard GPT (arch 'gpt') runs its blocks once; only r=1 exists")
+tasks = {name: TASKS[name]() for name in names}
+print0(f"model: {args.source} step {step} ({config.arch}, width {config.n_embd}); tasks: "
+       + ", ".join(f"{n} ({len(t)})" for n, t in tasks.items()))
+
+# -----------------------------------------------------------------------------
+# one pass per r
+
+rows = []
+for r in recurs:
+    engine = Engine(model, tokenizer, r=r, exit_criterion="kl" if args.adaptive >= 0 else None,
+                    exit_threshold=max(args.adaptive, 0.0))
+    row = {"r": r}
+    for name, task in tasks.items():
+        t0 = time.time()
+        if task.eval_type == "categorical":
+            res = evaluate_categorical(model, tokenizer, task, device, r=r, max_problems=args.max_problems,
+                                       batch_size=args.batch_size)
+            extra = ""
+        else:
+            res = evaluate_generative(engine, tokenizer, task, device, num_samples=args.num_samples,
+                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      top_k=args.top_k if args.top_k > 0 else None, max_problems=args.max_problems,
+                                      batch_size=args.batch_size, seed=args.seed)
+            row[f"{name} mean depth"] = res["mean_depth"]
+            passes = ", ".join(f"pass@{k} {v:.4f}" for k, v in res["pass_at"].items()) if args.num_samples > 1 else ""
+            extra = f" | {passes}" * bool(passes) + (f" | mean depth {res['mean_depth']:.2f} of {r}" if args.adaptive >= 0 else "")
+        row[name] = res["accuracy"]
+        print0(f"r={r} | {name:<13} | {res['total']} problems | accuracy {res['accuracy']:.4f}{extra} | {time.time() - t0:.1f}s")
+    accuracies = {n: row[n] for n in tasks}
+    if set(tasks) == set(TASKS):
+        row["ChatCORE"] = chatcore(accuracies)
+        print0(f"r={r} | ChatCORE {row['ChatCORE']:.4f}")
+    else:
+        print0(f"r={r} | (ChatCORE needs all six tasks; mean centered accuracy over these {len(tasks)}: "
+               f"{chatcore(accuracies):.4f})")
+    rows.append(row)
+
+# -----------------------------------------------------------------------------
+# table, CSV, plot, report section
+
+columns = list(tasks) + (["ChatCORE"] if "ChatCORE" in rows[0] else [])
+table = ["| r | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+table += ["| " + " | ".join([str(row["r"])] + [f"{row[c]:.4f}" for c in columns]) + " |" for row in rows]
+print0(f"\n{args.source} {model_tag} step {step}" + (f", adaptive KL < {args.adaptive:g}" if args.adaptive >= 0 else "")
+       + (f", pass@{args.num_samples} at temperature {args.temperature:g}" if args.num_samples > 1 else "")
+       + ":\n" + "\n".join(table))
+
+if master:
+    out_dir = os.path.join(get_base_dir(), "chat_eval")
+    os.makedirs(out_dir, exist_ok=True)
+    prefix = os.path.join(out_dir, f"{args.source}_{model_tag}_step{step:06d}")
+    depth_cols = [k for k in rows[0] if k.endswith("mean depth")]
+    with open(prefix + ".csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["r"] + [f"{n}_acc" for n in tasks] + [f"{n}_centered" for n in tasks] + columns[len(tasks):]
+                   + [c.replace(" ", "_") for c in depth_cols])
+        for row in rows:
+            w.writerow([row["r"]] + [row[n] for n in tasks] + [centered_accuracy(row[n], BASELINES[n]) for n in tasks]
+                       + [row[c] for c in columns[len(tasks):]] + [row[c] for c in depth_cols])
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for c in columns:
+        ax.plot([row["r"] for row in rows], [row[c] for row in rows], marker="o", label=c,
+                lw=2.5 if c == "ChatCORE" else 1.2)
+    ax.set(xlabel="recurrence r" + (" (cap, adaptive exit)" if args.adaptive >= 0 else ""), ylabel="accuracy",
+           title=f"{args.source} {model_tag} step {step}: chat evals vs r")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(recurs, [str(r) for r in recurs])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(prefix + ".png", dpi=110)
+    plt.close(fig)
+
+    settings = {"model": f"{args.source} {model_tag} step {step}", "problems per task": "all" if args.max_problems < 0 else args.max_problems,
+                "generative sampling": f"{args.num_samples} sample(s), temperature {args.temperature:g}, top-k {args.top_k}",
+                "adaptive exit": "off" if args.adaptive < 0 else f"KL < {args.adaptive:g}",
+                "world size": world_size, "results": f"{prefix}.csv, {prefix}.png"}
+    path = get_report().log(section=f"Chat evaluation {args.source}", data=[settings, "\n".join(table)])
+    print0(f"results: {prefix}.csv, plot: {prefix}.png, report section: {path}")
+compute_cleanup()
