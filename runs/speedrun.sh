@@ -100,12 +100,12 @@ run "${LAUNCH[@]}" -m scripts.base_eval --model-tag "$TAG" --recur "$RECUR" "${D
 run "${LAUNCH[@]}" -m scripts.chat_sft --model-tag "$TAG" "${BATCH[@]}" "${WANDB[@]}"
 will_make "$(checkpoint_dir sft "$TAG")"
 need_checkpoint "$(checkpoint_dir sft "$TAG")" "chat_sft did not save one"
-run "${LAUNCH[@]}" -m scripts.chat_eval -i sft --model-tag "$TAG"
+run "${LAUNCH[@]}" -m scripts.chat_eval --source sft --model-tag "$TAG"
 if [ "$RL" = 1 ]; then
     run "${LAUNCH[@]}" -m scripts.chat_rl --model-tag "$TAG" "${WANDB[@]}"
     will_make "$(checkpoint_dir rl "$TAG")"
     need_checkpoint "$(checkpoint_dir rl "$TAG")" "chat_rl did not save one"
-    run "${LAUNCH[@]}" -m scripts.chat_eval -i rl -a GSM8K --model-tag "$TAG"
+    run "${LAUNCH[@]}" -m scripts.chat_eval --source rl -i GSM8K --model-tag "$TAG"
 fi
 
 # -----------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def test_speedrun_dry_run(cluster):
     launch = next(c for c in cmds if module_args(c, "scripts.base_train") is not None)
     assert launch[:3] == ["torchrun", "--standalone", "--nproc_per_node=8"]
     assert value(find(cmds, "scripts.base_eval")[0], "--recur") == "1,2,4,8,16"
-    assert value(find(cmds, "scripts.chat_eval")[0], "-i") == "sft"
+    assert value(find(cmds, "scripts.chat_eval")[0], "--source") == "sft"
     assert not any(module_args(c, "scripts.chat_rl") is not None for c in cmds)
 
 
@@ -265,7 +265,7 @@ def test_speedrun_options(cluster):
     assert value(train, "--device-batch-size") == "16"
     assert all(c[:3] == ["torchrun", "--standalone", "--nproc_per_node=4"] for c in cmds if c[0] == "torchrun")
     assert find(cmds, "scripts.chat_rl")
-    assert ["-i", "rl", "-a", "GSM8K"] == find(cmds, "scripts.chat_eval")[1][:4]
+    assert ["--source", "rl", "-i", "GSM8K"] == find(cmds, "scripts.chat_eval")[1][:4]
 
 
 @pytest.mark.parametrize("env, message", [
@@ -317,7 +317,7 @@ SBATCH_CASES = {
     "base_train": ([], "scripts.base_train", {"--size": "20"}),
     "chat_sft": ([("base_checkpoints", "s20")], "scripts.chat_sft", {"--model-tag": "s20"}),
     "chat_rl": ([("chatsft_checkpoints", "s20")], "scripts.chat_rl", {"--model-tag": "s20"}),
-    "chat_eval": ([("chatsft_checkpoints", "s20")], "scripts.chat_eval", {"-i": "sft", "--model-tag": "s20"}),
+    "chat_eval": ([("chatsft_checkpoints", "s20")], "scripts.chat_eval", {"--source": "sft", "--model-tag": "s20"}),
     "scaling_laws": ([], "scripts.base_train", {"--target-flops": "1e18"}),
 }
 
@@ -358,7 +358,7 @@ def test_chat_eval_sbatch_options(cluster):
     cluster.make("chatrl_checkpoints", "d20")
     cmds = commands(cluster.run("slurm/chat_eval.sbatch", SOURCE="rl", MODEL_TAG="d20", TASKS="GSM8K", RECUR="1,4"))
     args = find(cmds, "scripts.chat_eval")[0]
-    assert value(args, "-i") == "rl" and value(args, "-a") == "GSM8K" and value(args, "--recur") == "1,4"
+    assert value(args, "--source") == "rl" and value(args, "-i") == "GSM8K" and value(args, "--recur") == "1,4"
     assert "SOURCE=base" in cluster.run("slurm/chat_eval.sbatch", SOURCE="base").stderr
 
 
