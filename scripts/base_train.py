@@ -23,11 +23,14 @@ from nanochat import flash_attention
 from nanochat.checkpoint_manager import last_step, load_file, load_meta, save_checkpoint
 from nanochat.common import (COMPUTE_DTYPE, DummyWandb, compute_cleanup, compute_init, get_base_dir,
                              print0, synchronize)
+from nanochat.core_eval import evaluate_core
 from nanochat.dataloader import DataLoader
 from nanochat.dataset import default_data_dir
+from nanochat.eval_bundle import load_tasks, resolve_bundle
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
 from nanochat.recurrence import expected_recurrence, sample_recurrence
+from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 from nanochat.training import LossLog, compile_blocks, gpu_peak_flops, lr_multiplier, muon_momentum
 
@@ -65,6 +68,9 @@ parser.add_argument("--final-lr-frac", type=float, default=0.0, help="lr multipl
 parser.add_argument("--eval-every", type=int, default=250, help="val bpb every N steps (-1 = only at the end)")
 parser.add_argument("--eval-tokens", type=int, default=10 * 524288, help="validation tokens per bpb evaluation")
 parser.add_argument("--sample-every", type=int, default=2000, help="print samples every N steps (-1 = only at the end)")
+parser.add_argument("--core-metric-every", type=int, default=2000, help="CORE every N steps and at the end (-1 = off)")
+parser.add_argument("--core-metric-max-per-task", type=int, default=500, help="CORE examples per task (-1 = all)")
+parser.add_argument("--eval-bundle", type=str, default="", help="CORE eval bundle folder (empty = $NANOCHAT_BASE_DIR/eval_bundle; none found: CORE skipped)")
 parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder name (default s<size> / d<size>)")
 parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of --model-tag")
@@ -165,6 +171,18 @@ def val_batches():
 
 eval_steps = max(1, args.eval_tokens // (args.device_batch_size * T * world_size))
 
+core_bundle = None  # CORE during training needs a local bundle; without one the run goes on without CORE
+if args.core_metric_every > 0:
+    try:
+        core_bundle = resolve_bundle(args.eval_bundle or None, download=False)
+        shots = max(t.num_fewshot for t in load_tasks(core_bundle))
+    except (FileNotFoundError, ValueError) as e:
+        print0(f"note: no CORE metric during training: {e}")
+        core_bundle = None
+    if core_bundle and 0 < args.core_metric_max_per_task <= shots:
+        raise ValueError(f"--core-metric-max-per-task {args.core_metric_max_per_task}: the bundle has {shots}-shot "
+                         f"tasks, which need at least {shots + 1} examples")
+
 use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
 if use_compile:
     compile_blocks(model)
@@ -205,13 +223,21 @@ step, val_bpb = start_step, None
 t_train = loss_log.train_seconds
 while True:
     last = step == num_iterations
-    if last or (args.eval_every > 0 and step % args.eval_every == 0 and step > start_step):
+    if last or (args.eval_every > 0 and step % args.eval_every == 0 and (step > start_step or step == 0)):
         model.eval()
         val_bpb = evaluate_bpb(model, val_batches(), eval_steps, token_bytes, r=eval_r)
         model.train()
         print0(f"step {step:05d} | val bpb {val_bpb:.4f} (r={eval_r})")
         wandb_run.log({"step": step, "val/bpb": val_bpb})
         loss_log.record_eval(step, val_bpb)
+    if core_bundle and (last or (step % args.core_metric_every == 0 and step > start_step)):
+        model.eval()
+        with torch.compiler.set_stance("force_eager"):  # prompt shapes vary: compiling them would recompile each time
+            core = evaluate_core(model, tokenizer, core_bundle, device, r=eval_r,
+                                 max_per_task=args.core_metric_max_per_task, log=print0)
+        model.train()
+        print0(f"step {step:05d} | CORE {core['core']:.4f} (r={eval_r}, {len(core['results'])} tasks)")
+        wandb_run.log({"step": step, "core_metric": core["core"]})
     if master and (last or (args.sample_every > 0 and step % args.sample_every == 0 and step > start_step)):
         print0(f"step {step:05d} | samples (r={eval_r}, greedy):")
         sample_text()
@@ -262,5 +288,20 @@ if master:
     csv_path, png_path = loss_log.write(os.path.join(checkpoint_dir, "train_log"))
     print0(f"loss curve: {csv_path}, {png_path}")
 print0(f"done: {num_iterations} steps, final val bpb {val_bpb:.4f}, training time {loss_log.train_seconds / 60:.2f} min")
+step_seconds = loss_log.mean_step_seconds()
+stats = {"model tag": model_tag, "parameters": counts["total"],
+         "non-embedding parameters": counts["non_embedding"], f"effective parameters (r={eval_r})": counts["effective"],
+         "E[r]": mean_r, "E[min(r, k)]": mean_r_grad, "FLOPs per token": flops_per_token, "horizon": horizon,
+         "steps": num_iterations, "tokens": total_tokens,
+         "tokens per non-embedding parameter": total_tokens / counts["non_embedding"],
+         "training FLOPs": flops_per_token * total_tokens, "world size": world_size, "eval r": eval_r,
+         "val bpb": val_bpb, "unigram baseline bpb": baseline, "training time (min)": loss_log.train_seconds / 60}
+if core_bundle:
+    stats["CORE at the end of training"] = core["core"]  # on a subset of each task: base_eval reports the full CORE
+if peak_flops and step_seconds > 0:
+    stats["MFU (%)"] = 100 * flops_per_token * total_batch / step_seconds / (peak_flops * world_size)
+if device.type == "cuda":
+    stats["peak memory (GiB)"] = torch.cuda.max_memory_allocated(device) / 2**30
+get_report().log(section="Base model training", data=[vars(args), stats])
 wandb_run.finish()
 compute_cleanup()

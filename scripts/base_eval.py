@@ -1,0 +1,191 @@
+"""
+Evaluate a base checkpoint: CORE (the DCLM in-context tasks), train/val bits per byte and a
+few greedy samples, at one or several recurrence counts r: the test-time compute curve.
+
+    python -m scripts.base_eval --model-tag s20 --recur 1,2,4,8,16
+    torchrun --nproc_per_node=8 -m scripts.base_eval --model-tag s20
+    python -m scripts.base_eval --eval core --max-per-task 200 --eval-bundle ../shared/data/eval_bundle
+
+Writes $NANOCHAT_BASE_DIR/base_eval/<tag>_step<step>.{csv,png} (one row / point per r) and the
+report section $NANOCHAT_BASE_DIR/report/base_eval.md. The eval bundle is --eval-bundle, else
+$NANOCHAT_BASE_DIR/eval_bundle, downloaded there when absent.
+"""
+
+import argparse
+import csv
+import os
+import time
+
+import torch.distributed as dist
+
+from nanochat.checkpoint_manager import build_model, last_step
+from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
+from nanochat.core_eval import evaluate_core
+from nanochat.dataloader import DataLoader
+from nanochat.dataset import default_data_dir
+from nanochat.eval_bundle import resolve_bundle
+from nanochat.loss_eval import evaluate_bpb
+from nanochat.report import get_report
+from nanochat.tokenizer import get_token_bytes, get_tokenizer
+
+EVALS = ("core", "bpb", "sample")
+PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
+           "The opposite of hot is", "The planets of the solar system are:", "If 5*x + 3 = 13, then x is"]
+
+parser = argparse.ArgumentParser(description="Evaluate a base model: CORE, bits per byte, samples; per recurrence count")
+parser.add_argument("--model-tag", type=str, default="", help="folder under base_checkpoints (default: the one saved last)")
+parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
+parser.add_argument("--recur", type=str, default="", help="r values, comma-separated, e.g. 1,2,4,8,16 (empty = the checkpoint's eval r)")
+parser.add_argument("--eval", type=str, default="core,bpb,sample", help=f"which evaluations, comma-separated: {', '.join(EVALS)}")
+parser.add_argument("--max-per-task", type=int, default=-1, help="CORE examples per task (-1 = all)")
+parser.add_argument("--tasks", type=str, default="", help="CORE task labels, comma-separated (empty = all of core.yaml)")
+parser.add_argument("--eval-bundle", type=str, default="", help="eval bundle folder (empty = $NANOCHAT_BASE_DIR/eval_bundle, downloaded if absent)")
+parser.add_argument("--data-dir", type=str, default=None, help="parquet shards for bpb (default $NANOCHAT_BASE_DIR/base_data)")
+parser.add_argument("--eval-tokens", type=int, default=10 * 524288, help="tokens per split for bpb")
+parser.add_argument("--device-batch-size", type=int, default=32, help="rows per forward for bpb")
+parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
+args = parser.parse_args()
+
+evals = [e for e in args.eval.split(",") if e]
+if not evals or set(evals) - set(EVALS):
+    raise ValueError(f"--eval {args.eval!r}: expected a comma-separated subset of {EVALS}")
+is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None)
+master = rank == 0
+print0(f"args: {vars(args)}")
+
+# -----------------------------------------------------------------------------
+# checkpoint and settings
+
+ckpt_root = os.path.join(get_base_dir(), "base_checkpoints")
+tags = sorted(t for t in os.listdir(ckpt_root) if last_step(os.path.join(ckpt_root, t)) is not None) \
+    if os.path.isdir(ckpt_root) else []
+if args.model_tag:
+    model_tag = args.model_tag
+elif tags:
+    model_tag = max(tags, key=lambda t: os.path.getmtime(os.path.join(ckpt_root, t)))
+else:
+    raise FileNotFoundError(f"no checkpoints under {ckpt_root}: train one with scripts/base_train.py "
+                            f"(or set NANOCHAT_BASE_DIR)")
+checkpoint_dir = os.path.join(ckpt_root, model_tag)
+if not os.path.isdir(checkpoint_dir):
+    raise FileNotFoundError(f"--model-tag {model_tag}: no folder {checkpoint_dir} (found: {tags})")
+model, meta = build_model(checkpoint_dir, None if args.step < 0 else args.step, device)
+step, config = meta["step"], model.config
+tokenizer = get_tokenizer()
+print0(f"model {model_tag} step {step}: {config}")
+
+default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
+try:
+    recurs = [int(v) for v in args.recur.split(",") if v.strip()] or [default_r]
+except ValueError:
+    raise ValueError(f"--recur {args.recur!r}: expected comma-separated integers, e.g. 1,2,4") from None
+if any(r < 1 for r in recurs):
+    raise ValueError(f"--recur {args.recur!r}: every r must be >= 1")
+if config.arch == "gpt" and recurs != [1]:
+    raise ValueError(f"--recur {args.recur!r}: a standard GPT (arch 'gpt') runs its blocks once; only r=1 exists")
+
+bundle = None
+if "core" in evals:
+    if master:
+        resolve_bundle(args.eval_bundle or None, download=True)  # one rank downloads
+    if is_ddp:
+        dist.barrier()
+    bundle = resolve_bundle(args.eval_bundle or None, download=False)
+    print0(f"eval bundle: {bundle}")
+tasks = [t for t in args.tasks.split(",") if t] or None
+
+if "bpb" in evals:
+    data_dir = args.data_dir or default_data_dir()
+    token_bytes = get_token_bytes(device=device)
+    T = config.sequence_len
+    bpb_steps = max(1, args.eval_tokens // (args.device_batch_size * T * world_size))
+
+# -----------------------------------------------------------------------------
+# one pass per r
+
+rows, per_task, samples, missing = [], {}, {}, []
+for r in recurs:
+    row = {"r": r}
+    print0(f"--- r = {r}")
+    if "sample" in evals and master:
+        samples[r] = []
+        for prompt in PROMPTS:
+            out = list(model.generate(tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id()), max_tokens=16, r=r))
+            samples[r].append((prompt, tokenizer.decode(out)))
+            print0(f"  {prompt!r} -> {samples[r][-1][1]!r}")
+    if "core" in evals:
+        t0 = time.time()
+        out = evaluate_core(model, tokenizer, bundle, device, r=r, max_per_task=args.max_per_task, tasks=tasks, log=print0)
+        row["core"], row["core_seconds"], missing = out["core"], time.time() - t0, out["missing"]
+        per_task[r] = out["results"]
+        print0(f"CORE (r={r}): {out['core']:.4f} over {len(out['results'])} tasks in {row['core_seconds']:.0f}s"
+               + (f"; missing: {', '.join(missing)}" if missing else ""))
+    if "bpb" in evals:
+        for split in ("train", "val"):
+            batches = iter(DataLoader(tokenizer, data_dir, split, args.device_batch_size, T, rank, world_size, device))
+            row[f"{split}_bpb"] = evaluate_bpb(model, batches, bpb_steps, token_bytes, r=r)
+        print0(f"bpb (r={r}): train {row['train_bpb']:.4f} | val {row['val_bpb']:.4f}")
+    rows.append(row)
+
+# -----------------------------------------------------------------------------
+# table, CSV, plot, report section
+
+fmt = lambda v, spec: "-" if v is None else format(v, spec)
+columns = [("core", "CORE", ".4f"), ("train_bpb", "train bpb", ".4f"), ("val_bpb", "val bpb", ".4f"),
+           ("core_seconds", "CORE time (s)", ".0f")]
+columns = [c for c in columns if any(c[0] in row for row in rows)]
+table = ["| r | " + " | ".join(c[1] for c in columns) + " |", "|---|" + "---|" * len(columns)]
+table += ["| " + " | ".join([str(row["r"])] + [fmt(row.get(k), s) for k, _, s in columns]) + " |" for row in rows]
+print0(f"\nmodel {model_tag} step {step}, test-time compute:\n" + "\n".join(table))
+
+if master:
+    out_dir = os.path.join(get_base_dir(), "base_eval")
+    os.makedirs(out_dir, exist_ok=True)
+    prefix = os.path.join(out_dir, f"{model_tag}_step{step:06d}")
+    labels = list(per_task[recurs[0]]) if per_task else []
+    header = ["r"] + [k for k, _, _ in columns] + [f"{l}_{m}" for l in labels for m in ("acc", "centered")]
+    with open(prefix + ".csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for row in rows:
+            tasks_r = per_task.get(row["r"], {})
+            w.writerow([row["r"]] + [row.get(k, "") for k, _, _ in columns] +
+                       [tasks_r[l][m] for l in labels for m in ("accuracy", "centered")])
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [p for p, key in (("core", "core"), ("bpb", "val_bpb")) if key in rows[0]]
+    if panels:  # nothing to plot for --eval sample
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, panel in zip(axes[0], panels):
+            keys = ["core"] if panel == "core" else ["train_bpb", "val_bpb"]
+            for key in keys:
+                ax.plot([row["r"] for row in rows], [row[key] for row in rows], marker="o", label=key)
+            ax.set(xlabel="recurrence r", ylabel="CORE" if panel == "core" else "bits per byte",
+                   title=f"{model_tag} step {step}: {'CORE' if panel == 'core' else 'bpb'} vs r")
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(recurs, [str(r) for r in recurs])
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(prefix + ".png", dpi=110)
+        plt.close(fig)
+
+    info = {"model": f"{model_tag}, step {step} ({checkpoint_dir})", "device": f"{device}, world size {world_size}",
+            "CORE examples per task": "all" if args.max_per_task < 0 else args.max_per_task,
+            "eval bundle": bundle or "-", "results": f"{prefix}.csv", "plot": f"{prefix}.png"}
+    task_table = []
+    if labels:
+        task_table = ["| task | examples | " + " | ".join(f"acc r={r} | centered r={r}" for r in recurs) + " |",
+                      "|---|---|" + "---|---|" * len(recurs)]
+        for l in labels:
+            cells = " | ".join(f"{per_task[r][l]['accuracy']:.4f} | {per_task[r][l]['centered']:+.4f}" for r in recurs)
+            task_table.append(f"| {l} | {per_task[recurs[0]][l]['examples']} | {cells} |")
+    sample_text = [f"Greedy samples (r={r}):\n```\n" + "\n".join(f"{p!r} -> {t!r}" for p, t in pairs) + "\n```"
+                   for r, pairs in samples.items()]
+    path = get_report().log(section="Base model evaluation", data=[
+        info, "\n".join(table),
+        f"Tasks missing from the bundle (left out of CORE): {', '.join(missing)}" if missing else "",
+        "\n".join(task_table), *sample_text])
+    print0(f"results: {prefix}.csv, plot: {prefix}.png, report section: {path}")
+compute_cleanup()
