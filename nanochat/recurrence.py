@@ -69,3 +69,17 @@ def expected_recurrence(mean=4, max_r=16, sigma=0.5, bptt_k=None):
     r = np.arange(1, max_r + 1)
     k = max_r if bptt_k is None else bptt_k
     return float(pmf @ r), float(pmf @ np.minimum(r, k))
+
+
+def parse_recur_list(spec, arch, default_r):
+    """`--recur 1,2,4` -> [1, 2, 4] for the eval scripts; empty -> [default_r]. A standard
+    GPT (arch "gpt") runs its blocks once, so only r = 1 exists for it."""
+    try:
+        recurs = [int(v) for v in spec.split(",") if v.strip()] or [default_r]
+    except ValueError:
+        raise ValueError(f"--recur {spec!r}: expected comma-separated integers, e.g. 1,2,4") from None
+    if any(r < 1 for r in recurs):
+        raise ValueError(f"--recur {spec!r}: every r must be >= 1")
+    if arch == "gpt" and recurs != [1]:
+        raise ValueError(f"--recur {spec!r}: a standard GPT (arch 'gpt') runs its blocks once; only r=1 exists")
+    return recurs

@@ -106,3 +106,16 @@ def compile_blocks(model):
     for block in blocks:
         block.compile(dynamic=False)
     return blocks
+
+
+def init_wandb(run, master, project, config):
+    """A wandb run when a run name is given (rank 0 only), else a no-op stand-in."""
+    from nanochat.common import DummyWandb, print0
+    if not (run and master):
+        return DummyWandb()
+    try:
+        import wandb
+    except ImportError:
+        print0("wandb is not installed: logging to stdout only")
+        return DummyWandb()
+    return wandb.init(project=project, name=run, config=config)

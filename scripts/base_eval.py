@@ -25,6 +25,7 @@ from nanochat.dataloader import DataLoader
 from nanochat.dataset import default_data_dir
 from nanochat.eval_bundle import resolve_bundle
 from nanochat.loss_eval import evaluate_bpb
+from nanochat.recurrence import parse_recur_list
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
@@ -75,14 +76,7 @@ tokenizer = get_tokenizer()
 print0(f"model {model_tag} step {step}: {config}")
 
 default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
-try:
-    recurs = [int(v) for v in args.recur.split(",") if v.strip()] or [default_r]
-except ValueError:
-    raise ValueError(f"--recur {args.recur!r}: expected comma-separated integers, e.g. 1,2,4") from None
-if any(r < 1 for r in recurs):
-    raise ValueError(f"--recur {args.recur!r}: every r must be >= 1")
-if config.arch == "gpt" and recurs != [1]:
-    raise ValueError(f"--recur {args.recur!r}: a standard GPT (arch 'gpt') runs its blocks once; only r=1 exists")
+recurs = parse_recur_list(args.recur, config.arch, default_r)
 
 bundle = None
 if "core" in evals:

@@ -21,7 +21,7 @@ import torch
 
 from nanochat import flash_attention
 from nanochat.checkpoint_manager import last_step, load_file, load_meta, save_checkpoint
-from nanochat.common import (COMPUTE_DTYPE, DummyWandb, compute_cleanup, compute_init, get_base_dir,
+from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, get_base_dir,
                              print0, synchronize)
 from nanochat.core_eval import evaluate_core
 from nanochat.dataloader import DataLoader
@@ -32,7 +32,7 @@ from nanochat.loss_eval import evaluate_bpb, unigram_bpb
 from nanochat.recurrence import expected_recurrence, sample_recurrence
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, compile_blocks, gpu_peak_flops, lr_multiplier, muon_momentum
+from nanochat.training import LossLog, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier, muon_momentum
 
 parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
 # model
@@ -188,13 +188,7 @@ if use_compile:
     compile_blocks(model)
     print0("compiled the blocks with torch.compile")
 
-wandb_run = DummyWandb()
-if args.run and master:
-    try:
-        import wandb
-        wandb_run = wandb.init(project="looped-nanochat", name=args.run, config=vars(args))
-    except ImportError:
-        print0("wandb is not installed: logging to stdout only")
+wandb_run = init_wandb(args.run, master, "looped-nanochat", vars(args))
 
 peak_flops = gpu_peak_flops(device)
 print0(f"compute dtype {COMPUTE_DTYPE}; MFU against {peak_flops:.3g} FLOP/s" if peak_flops else

@@ -26,6 +26,7 @@ import time
 from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.engine import Engine
+from nanochat.recurrence import parse_recur_list
 from nanochat.report import get_report
 from nanochat.task_eval import BASELINES, centered_accuracy, chatcore, evaluate_categorical, evaluate_generative
 from tasks.arc import ARC
@@ -76,14 +77,7 @@ model_tag = os.path.basename(find_checkpoint_dir(args.source, args.model_tag or 
 model, tokenizer, meta = load_model(args.source, model_tag, None if args.step < 0 else args.step, device)
 config, step = model.config, meta["step"]
 default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
-try:
-    recurs = [int(v) for v in args.recur.split(",") if v.strip()] or [default_r]
-except ValueError:
-    raise ValueError(f"--recur {args.recur!r}: expected comma-separated integers, e.g. 1,2,4") from None
-if any(r < 1 for r in recurs):
-    raise ValueError(f"--recur {args.recur!r}: every r must be >= 1")
-if config.arch == "gpt" and recurs != [1]:
-    raise ValueError(f"--recur {args.recur!r}: a standard GPT (arch 'gpt') runs its blocks once; only r=1 exists")
+recurs = parse_recur_list(args.recur, config.arch, default_r)
 tasks = {name: TASKS[name]() for name in names}
 print0(f"model: {args.source} step {step} ({config.arch}, width {config.n_embd}); tasks: "
        + ", ".join(f"{n} ({len(t)})" for n, t in tasks.items()))

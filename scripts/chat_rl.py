@@ -31,14 +31,14 @@ import torch
 import torch.distributed as dist
 
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir, load_file, load_meta, save_checkpoint
-from nanochat.common import DummyWandb, compute_cleanup, compute_init, get_base_dir, print0, synchronize
+from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, synchronize
 from nanochat.engine import Engine
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
 from nanochat.recurrence import sample_recurrence
 from nanochat.report import get_report
 from nanochat.task_eval import evaluate_generative, sample_replies
 from nanochat.tokenizer import get_tokenizer
-from nanochat.training import muon_momentum
+from nanochat.training import init_wandb, muon_momentum
 from tasks.gsm8k import GSM8K
 
 parser = argparse.ArgumentParser(description="GRPO-style RL on GSM8K")
@@ -129,13 +129,7 @@ if args.resume:
     start_step, history = step, meta["history"]
     print0(f"resumed from {checkpoint_dir} at step {step}")
 
-wandb_run = DummyWandb()
-if args.run and master:
-    try:
-        import wandb
-        wandb_run = wandb.init(project="looped-nanochat-rl", name=args.run, config=vars(args))
-    except ImportError:
-        print0("wandb is not installed: logging to stdout only")
+wandb_run = init_wandb(args.run, master, "looped-nanochat-rl", vars(args))
 
 # -----------------------------------------------------------------------------
 # rollouts

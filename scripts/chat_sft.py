@@ -35,7 +35,7 @@ import torch.distributed as dist
 from nanochat import flash_attention
 from nanochat.checkpoint_manager import (build_model, find_checkpoint_dir, last_step, load_file, load_meta,
                                          save_checkpoint)
-from nanochat.common import (COMPUTE_DTYPE, DummyWandb, compute_cleanup, compute_init, get_base_dir, print0,
+from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, get_base_dir, print0,
                              synchronize)
 from nanochat.engine import Engine
 from nanochat.loss_eval import evaluate_bpb
@@ -44,7 +44,7 @@ from nanochat.report import get_report
 from nanochat.sft_data import SFTPacker
 from nanochat.task_eval import evaluate_categorical, evaluate_generative
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, compile_blocks, muon_momentum
+from nanochat.training import LossLog, compile_blocks, init_wandb, muon_momentum
 from tasks.arc import ARC
 from tasks.common import TaskMixture, TaskSequence, chat_data_dir
 from tasks.customjson import CustomJSON
@@ -329,13 +329,7 @@ if use_compile:
     compile_blocks(model)
     print0("compiled the blocks with torch.compile")
 
-wandb_run = DummyWandb()
-if args.run and master:
-    try:
-        import wandb
-        wandb_run = wandb.init(project="looped-nanochat-sft", name=args.run, config=vars(args))
-    except ImportError:
-        print0("wandb is not installed: logging to stdout only")
+wandb_run = init_wandb(args.run, master, "looped-nanochat-sft", vars(args))
 print0(f"compute dtype {COMPUTE_DTYPE}")
 
 # -----------------------------------------------------------------------------

@@ -58,3 +58,13 @@ def test_edge_cases_and_bad_input():
             sample_recurrence(0, **kwargs)
     with pytest.raises(ValueError):
         expected_recurrence(4, 16, 0.5, bptt_k=0)
+
+
+def test_parse_recur_list():
+    from nanochat.recurrence import parse_recur_list
+    assert parse_recur_list("1,2, 4", "looped", 4) == [1, 2, 4]
+    assert parse_recur_list("", "looped", 4) == [4]
+    assert parse_recur_list("", "gpt", 1) == [1]
+    for spec, arch, match in (("1,x", "looped", "comma-separated"), ("0,2", "looped", ">= 1"), ("1,2", "gpt", "only r=1")):
+        with pytest.raises(ValueError, match=match):
+            parse_recur_list(spec, arch, 4)
