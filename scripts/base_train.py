@@ -117,6 +117,15 @@ counts = model.num_params(r=eval_r)
 print0("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f" (effective at r={eval_r})")
 print0(f"recurrence: E[r] = {mean_r:.3f}, E[min(r, k)] = {mean_r_grad:.3f}; "
        f"training FLOPs/token {flops_per_token:.4e} (forward {model.forward_flops(mean_r):.4e})")
+if config.arch == "looped":
+    # the seed's ISOFLOP claim, printed for this size: the standard GPT of the same width whose
+    # depth is the looped model's layer count at r = 4 (d20 for s20)
+    depth = config.n_prelude + 4 * config.n_recur + config.n_coda
+    with torch.device("meta"):
+        iso = GPT(dataclasses.replace(config, arch="gpt", n_prelude=0, n_coda=0, n_recur=depth, value_embeds=False))
+    print0(f"training FLOPs/token vs standard GPT d{depth} of the same width: "
+           f"{model.estimate_flops(4, bptt_k) / iso.estimate_flops():.3f} at fixed r=4, "
+           f"{flops_per_token / iso.estimate_flops():.3f} as trained")
 
 # -----------------------------------------------------------------------------
 # batch and horizon: derived from the size unless overridden; each value printed
