@@ -38,3 +38,23 @@ def shard_dir(tmp_path):
     for i in range(4):
         write_shard(os.path.join(tmp_path, f"shard_{i:05d}.parquet"), docs[i * 50:(i + 1) * 50])
     return str(tmp_path)
+
+
+class FakeResponse:
+    """Stands in for a streamed `requests` response in download tests."""
+
+    def __init__(self, data):
+        self.data, self.headers = data, {"content-length": str(len(data))}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def raise_for_status(self):
+        pass
+
+    def iter_content(self, chunk_size):
+        for i in range(0, len(self.data), chunk_size):
+            yield self.data[i:i + chunk_size]

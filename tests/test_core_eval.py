@@ -22,6 +22,7 @@ from nanochat.core_eval import (centered_accuracy, core_metric, evaluate_core, e
                                 fewshot_indices, render_prompts, tokenize_example)
 from nanochat.eval_bundle import Task, load_baselines, load_rows, load_tasks, resolve_bundle
 from nanochat.gpt import GPT, GPTConfig
+from tests.conftest import FakeResponse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_BUNDLE = os.path.join(ROOT, "..", "shared", "data", "eval_bundle")
@@ -327,23 +328,6 @@ def _zip_bytes(bundle_dir):
                 zf.write(path, os.path.join("eval_bundle", os.path.relpath(path, bundle_dir)))
     return buf.getvalue()
 
-
-class FakeResponse:
-    def __init__(self, data):
-        self.data, self.headers = data, {"content-length": str(len(data))}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def raise_for_status(self):
-        pass
-
-    def iter_content(self, n):
-        for i in range(0, len(self.data), n):
-            yield self.data[i:i + n]
 
 
 def test_bundle_download_and_errors(tmp_path, monkeypatch):

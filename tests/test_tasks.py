@@ -19,6 +19,7 @@ from tasks.humaneval import HumanEval, build_program, extract_code
 from tasks.mmlu import MMLU
 from tasks.smoltalk import SmolTalk
 from tasks.spellingbee import SimpleSpelling, SpellingBee, load_words
+from tests.conftest import FakeResponse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "data", "chat")
@@ -364,23 +365,6 @@ def test_missing_explicit_path(tmp_path):
         with pytest.raises(FileNotFoundError, match="nope.jsonl"):
             make()
 
-
-class FakeResponse:
-    def __init__(self, payload):
-        self.payload = payload
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def raise_for_status(self):
-        pass
-
-    def iter_content(self, chunk_size):
-        for i in range(0, len(self.payload), chunk_size):
-            yield self.payload[i:i + chunk_size]
 
 
 def test_default_path_offline_error(tmp_path, monkeypatch):
