@@ -83,3 +83,11 @@ def parse_recur_list(spec, arch, default_r):
     if arch == "gpt" and recurs != [1]:
         raise ValueError(f"--recur {spec!r}: a standard GPT (arch 'gpt') runs its blocks once; only r=1 exists")
     return recurs
+
+
+def step_recurrence(step, arch, fixed=-1, mean=4, max_r=16, sigma=0.5, seed=0):
+    """The r a training step runs: 1 for a standard GPT, `fixed` when it is > 0, else a draw
+    of the sampler seeded by the step (so every rank and a resumed run agree)."""
+    if arch == "gpt":
+        return 1
+    return fixed if fixed > 0 else sample_recurrence(step, mean, max_r, sigma, seed)

@@ -37,6 +37,14 @@ def muon_momentum(step, start=0.85, end=0.95, ramp_steps=300):
     return (1 - frac) * start + frac * end
 
 
+def apply_schedule(optimizer, lrm, step):
+    """Set this step's lr (initial_lr x multiplier) and Muon momentum on every group."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * lrm
+        if group["kind"] == "muon":
+            group["momentum"] = muon_momentum(step)
+
+
 class LossLog:
     """Per-step training records, eval records, an EMA of the loss and wall time; its state is
     saved in checkpoints, so a resumed run continues the same curve and the same smoothing."""

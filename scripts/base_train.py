@@ -29,10 +29,10 @@ from nanochat.dataset import default_data_dir
 from nanochat.eval_bundle import load_tasks, resolve_bundle
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
-from nanochat.recurrence import expected_recurrence, sample_recurrence
+from nanochat.recurrence import expected_recurrence, step_recurrence
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier, muon_momentum
+from nanochat.training import LossLog, apply_schedule, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier
 
 parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
 # model
@@ -249,8 +249,7 @@ while True:
     if last:
         break
 
-    r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else
-                                        sample_recurrence(step, args.recur_mean, args.recur_max, args.recur_sigma, args.seed))
+    r = step_recurrence(step, config.arch, args.recur_fixed, args.recur_mean, args.recur_max, args.recur_sigma, args.seed)
     synchronize(device)
     t0 = time.time()
     train_loss = 0.0
@@ -262,10 +261,7 @@ while True:
         (loss / grad_accum).backward()
         train_loss += loss.detach() / grad_accum
     lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
-        if group["kind"] == "muon":
-            group["momentum"] = muon_momentum(step)
+    apply_schedule(optimizer, lrm, step)
     optimizer.step()
     model.zero_grad(set_to_none=True)
     train_loss = train_loss.item()  # the one host sync per step

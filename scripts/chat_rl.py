@@ -34,11 +34,11 @@ from nanochat.checkpoint_manager import build_model, find_checkpoint_dir, load_f
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, synchronize
 from nanochat.engine import Engine
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
-from nanochat.recurrence import sample_recurrence
+from nanochat.recurrence import step_recurrence
 from nanochat.report import get_report
 from nanochat.task_eval import evaluate_generative, sample_replies
 from nanochat.tokenizer import get_tokenizer
-from nanochat.training import init_wandb, muon_momentum
+from nanochat.training import apply_schedule, init_wandb
 from tasks.gsm8k import GSM8K
 
 parser = argparse.ArgumentParser(description="GRPO-style RL on GSM8K")
@@ -213,8 +213,7 @@ while True:
     if last:
         break
 
-    r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else
-                                        sample_recurrence(step, args.recur_mean, args.recur_max, args.recur_sigma, args.seed))
+    r = step_recurrence(step, config.arch, args.recur_fixed, args.recur_mean, args.recur_max, args.recur_sigma, args.seed)
     synchronize(device)
     t0 = time.time()
     rolls, rewards, lengths = rollouts(step, r)
@@ -238,10 +237,7 @@ while True:
         loss.backward()
         loss_sum += loss.item()
     lrm = 1.0 - step / num_steps
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
-        if group["kind"] == "muon":
-            group["momentum"] = muon_momentum(step)
+    apply_schedule(optimizer, lrm, step)
     optimizer.step()
     model.zero_grad(set_to_none=True)
     synchronize(device)

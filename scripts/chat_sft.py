@@ -39,12 +39,12 @@ from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, get_b
                              synchronize)
 from nanochat.engine import Engine
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.recurrence import sample_recurrence
+from nanochat.recurrence import step_recurrence
 from nanochat.report import get_report
 from nanochat.sft_data import SFTPacker
 from nanochat.task_eval import evaluate_categorical, evaluate_generative
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, compile_blocks, init_wandb, muon_momentum
+from nanochat.training import LossLog, apply_schedule, compile_blocks, init_wandb
 from tasks.arc import ARC
 from tasks.common import TaskMixture, TaskSequence, chat_data_dir
 from tasks.customjson import CustomJSON
@@ -399,8 +399,7 @@ while True:
     if last:
         break
 
-    r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else
-                                        sample_recurrence(step, args.recur_mean, args.recur_max, args.recur_sigma, args.seed))
+    r = step_recurrence(step, config.arch, args.recur_fixed, args.recur_mean, args.recur_max, args.recur_sigma, args.seed)
     synchronize(device)
     t0 = time.time()
     # each micro-step's summed loss over (all supervised tokens of the step, every rank) / world:
@@ -413,10 +412,7 @@ while True:
         (loss * scale).backward()
         loss_sum += loss.detach()
     lrm = 1.0 if args.warmdown_ratio <= 0 else min(1.0, max(0.0, (1 - progress) / args.warmdown_ratio))
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
-        if group["kind"] == "muon":
-            group["momentum"] = muon_momentum(step)
+    apply_schedule(optimizer, lrm, step)
     optimizer.step()
     model.zero_grad(set_to_none=True)
     local_tokens = sum(int((y >= 0).sum()) for _, y in batches)

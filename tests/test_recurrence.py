@@ -68,3 +68,10 @@ def test_parse_recur_list():
     for spec, arch, match in (("1,x", "looped", "comma-separated"), ("0,2", "looped", ">= 1"), ("1,2", "gpt", "only r=1")):
         with pytest.raises(ValueError, match=match):
             parse_recur_list(spec, arch, 4)
+
+
+def test_step_recurrence():
+    from nanochat.recurrence import step_recurrence
+    assert step_recurrence(7, "gpt", fixed=-1) == 1
+    assert step_recurrence(7, "looped", fixed=3) == 3
+    assert step_recurrence(7, "looped", seed=5) == sample_recurrence(7, seed=5)
