@@ -52,7 +52,7 @@ def collect_runs(base_dir, patterns=("*",)):
             print(f"skip {tag}: its meta.json has no flops_per_token or val_bpb")
             continue
         user = meta.get("user_config", {})
-        batch = user.get("total_batch_size", -1)
+        batch = meta.get("total_batch_size", user.get("total_batch_size", -1))  # the batch as derived, when saved
         tokens = step * (batch if batch > 0 else DEFAULT_TOTAL_BATCH)
         arch = meta.get("model_config", {}).get("arch", user.get("arch", "looped"))
         runs.append(dict(tag=tag, arch=arch, size=user.get("size"), step=step, tokens=tokens,

@@ -55,6 +55,7 @@ VE_GATE_CHANNELS = 12    # value-embedding gate reads the first 12 channels (nan
 INIT_STATE_SEED = 1337   # fixed noise for init_state="randn" when no generator is given
 NOISE_CHUNK = 128        # positions per independently seeded chunk of that fixed noise
 VOCAB_MULTIPLE = 64
+NORM_LR = 0.02           # AdamW lr of the RMSNorm weights (BENCHMARKS.md, "norm-weight learning rate")
 
 
 @dataclass
@@ -73,7 +74,7 @@ class GPTConfig:
     value_embeds: bool = False
     init_state: str = "copy"      # "copy": s_0 = e | "randn": truncated normal noise
     init_state_std: float = 1.0   # e leaves a sandwich-normed block with RMS ~1: same scale
-    inject_init: str = "identity"  # "identity": [I | 0], u = e | "sum": [I | I], u = e + s
+    inject_init: str = "identity"  # "identity": [I | 0], u = e | "sum": [I | I], u = e + s | "random": like c_q
     softcap: float = 15.0
 
     def __post_init__(self):
@@ -99,8 +100,8 @@ class GPTConfig:
             bad("init_state", "'copy' or 'randn'")
         if not self.init_state_std > 0:
             bad("init_state_std", "> 0")
-        if self.inject_init not in ("identity", "sum"):
-            bad("inject_init", "'identity' or 'sum'")
+        if self.inject_init not in ("identity", "sum", "random"):
+            bad("inject_init", "'identity', 'sum' or 'random'")
         if not self.softcap > 0:
             bad("softcap", "> 0")
         if self.value_embeds and self.n_embd < VE_GATE_CHANNELS:
@@ -277,7 +278,8 @@ class GPT(nn.Module):
         | attn c_proj, mlp c_proj            | zeros (each block starts as n(h))     |
         | value embeds                       | uniform, std 1/sqrt(n_embd) (as c_v)  |
         | ve_gate                            | uniform(0, 0.02): gate ~1.5 at start  |
-        | inject (C, 2C) over concat(e, s)   | [I | 0] "identity", [I | I] "sum"    |
+        | inject (C, 2C) over concat(e, s)   | [I | 0] "identity", [I | I] "sum",   |
+        |                                    | "random": uniform, std 1/sqrt(2C)     |
         | every RMSNorm weight               | ones                                  |
         | lm_head                            | normal, std 0.001                     |
         | cos, sin buffers                   | rotary table, base 100_000, fp32      |
@@ -294,7 +296,10 @@ class GPT(nn.Module):
                 nn.init.uniform_(block.attn.ve_gate.weight, 0.0, 0.02, generator=generator)
         for emb in self.value_embeds.values():
             nn.init.uniform_(emb.weight, -bound, bound, generator=generator)
-        if self.inject is not None:
+        if self.inject is not None and self.config.inject_init == "random":  # Huginn: a plain matrix
+            b = math.sqrt(3) / math.sqrt(2 * C)
+            nn.init.uniform_(self.inject.weight, -b, b, generator=generator)
+        elif self.inject is not None:
             eye = torch.eye(C, device=self.inject.weight.device)
             state_part = eye if self.config.inject_init == "sum" else torch.zeros_like(eye)
             self.inject.weight.copy_(torch.cat([eye, state_part], dim=1))  # columns: [e | s]
@@ -382,12 +387,19 @@ class GPT(nn.Module):
     # optimizer
 
     def optimizer_groups(self, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.5,
-                         weight_decay=0.0):
-        """Parameter groups by role, for MuonAdamW. Muon: the 2-D matrices of every block and
-        inject, one group per shape (so same-shape matrices can be stacked), with weight
-        decay. AdamW (no weight decay): wte and value embeds (embedding_lr), lm_head
-        (unembedding_lr), both scaled by 1/sqrt(n_embd/768) as nanochat does; norm weights
-        and value-embedding gates (scalar_lr, unscaled)."""
+                         weight_decay=0.0, norm_lr=NORM_LR, muon_beta2=0.0, cautious_weight_decay=False):
+        """Parameter groups by role, for MuonAdamW:
+        - Muon: the 2-D matrices of every block and inject, one group per shape (so same-shape
+          matrices can be stacked), with weight decay (cautious or plain) and NorMuon's
+          variance normalisation when muon_beta2 > 0 (see optim.MuonAdamW);
+        - AdamW, no weight decay: wte and value embeds (embedding_lr) and lm_head
+          (unembedding_lr), both scaled by 1/sqrt(n_embd/768) as nanochat does;
+        - AdamW "norms": every RMSNorm weight (init 1) at norm_lr. Adam's first steps are sign
+          steps of size lr, so lr is the fraction of its value a norm weight moves per step:
+          at nanochat's scalar lr 0.5 half the residual norms turned negative within 3 steps
+          (BENCHMARKS.md, "norm-weight learning rate"); Huginn trains them at the global rate;
+        - AdamW "gates": value-embedding gates, mixing weights read through a sigmoid, at
+          scalar_lr (nanochat's lr for its mixing scalars)."""
         dmodel_scale = (self.config.n_embd / 768) ** -0.5
         gates = [b.attn.ve_gate.weight for b in self.recur if b.attn.ve_gate is not None]
         gate_ids = {id(p) for p in gates}
@@ -401,11 +413,13 @@ class GPT(nn.Module):
             dict(name="wte", params=list(self.wte.parameters()), lr=embedding_lr * dmodel_scale, **adamw),
             dict(name="value_embeds", params=list(self.value_embeds.parameters()), lr=embedding_lr * dmodel_scale, **adamw),
             dict(name="lm_head", params=list(self.lm_head.parameters()), lr=unembedding_lr * dmodel_scale, **adamw),
-            dict(name="scalars", params=norms + gates, lr=scalar_lr, **adamw),
+            dict(name="norms", params=norms, lr=norm_lr, **adamw),
+            dict(name="gates", params=gates, lr=scalar_lr, **adamw),
         ]
         for shape in sorted({tuple(p.shape) for p in matrices}):
             groups.append(dict(name=f"matrices {shape[0]}x{shape[1]}", kind="muon", lr=matrix_lr, momentum=0.95,
-                               weight_decay=weight_decay, params=[p for p in matrices if tuple(p.shape) == shape]))
+                               weight_decay=weight_decay, beta2=muon_beta2, cautious=cautious_weight_decay,
+                               params=[p for p in matrices if tuple(p.shape) == shape]))
         groups = [g for g in groups if g["params"]]
         grouped = [id(p) for g in groups for p in g["params"]]
         every = [id(p) for p in self.parameters()]
@@ -414,9 +428,10 @@ class GPT(nn.Module):
         return groups
 
     def setup_optimizer(self, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.5,
-                        weight_decay=0.0):
+                        weight_decay=0.0, norm_lr=NORM_LR, muon_beta2=0.0, cautious_weight_decay=False):
         from nanochat.optim import MuonAdamW  # sets each group's initial_lr
-        return MuonAdamW(self.optimizer_groups(matrix_lr, embedding_lr, unembedding_lr, scalar_lr, weight_decay))
+        return MuonAdamW(self.optimizer_groups(matrix_lr, embedding_lr, unembedding_lr, scalar_lr, weight_decay,
+                                               norm_lr, muon_beta2, cautious_weight_decay))
 
     # -------------------------------------------------------------------------
     # forward

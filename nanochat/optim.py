@@ -57,7 +57,7 @@ POLAR_EXPRESS_COEFFS = [
 _CONVERGENT_QUINTIC = (15 / 8, -10 / 8, 3 / 8)
 
 ADAMW_DEFAULTS = {"betas": (0.8, 0.95), "eps": 1e-10, "weight_decay": 0.0}
-MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "weight_decay": 0.0}
+MUON_DEFAULTS = {"momentum": 0.95, "ns_steps": 5, "weight_decay": 0.0, "beta2": 0.0, "cautious": False}
 _COMMON_KEYS = {"params", "kind", "lr", "initial_lr", "name"}  # name: an optional label for logs
 
 
@@ -87,11 +87,18 @@ def orthogonalize(G, steps=5):
 class MuonAdamW(torch.optim.Optimizer):
     """param_groups: a list of dicts {"params": [...], "kind": "muon" | "adamw", "lr": float, ...}.
     adamw groups take betas (0.8, 0.95), eps (1e-10), weight_decay (0.0): torch.optim.AdamW's math.
-    muon groups take momentum (0.95, Nesterov), ns_steps (5), weight_decay (0.0); their params
-    must be 2-D. The update is lr * max(1, rows/cols)**0.5 * orthogonalize(nesterov momentum),
-    the aspect-ratio factor keeping the per-element RMS of the update of tall matrices in line
-    with square ones. Weight decay is plain and decoupled, p *= 1 - lr * wd (scaled by lr so
-    it follows the schedule), for both kinds.
+    muon groups take momentum (0.95, Nesterov), ns_steps (5), weight_decay (0.0), beta2 (0.0)
+    and cautious (False); their params must be 2-D. The update is
+    lr * max(1, rows/cols)**0.5 * O, O = orthogonalize(nesterov momentum), the aspect-ratio
+    factor keeping the per-element RMS of the update of tall matrices in line with square ones.
+    beta2 > 0 turns on NorMuon's variance normalisation (Li et al. 2025, arXiv 2510.05491, as
+    nanochat master has it): an EMA (beta2) of the mean square of O per row (per column for
+    wide matrices) rescales each row of O by its inverse RMS, then O is scaled back to its
+    Frobenius norm, so rows that Muon keeps moving hard are damped and the step size stays.
+    Weight decay is decoupled and scaled by lr so it follows the schedule: p -= lr * wd * p
+    for adamw (plain), and for muon either plain or, with cautious=True
+    (Chen et al. 2025, "cautious weight decay"; nanochat), only where the update already
+    shrinks |p| (sign(O) == sign(p)).
     Each group gets initial_lr = lr here; the training script sets lr = initial_lr * multiplier
     and may schedule a muon group's momentum by writing group["momentum"]."""
 
@@ -255,7 +262,7 @@ class MuonAdamW(torch.optim.Optimizer):
         """Muon on a list of (param, averaged grad) pairs of one shape, orthogonalised as a batch."""
         if not owned:
             return
-        momentum, lr, wd = group["momentum"], group["lr"], group["weight_decay"]
+        momentum, lr, wd, beta2 = group["momentum"], group["lr"], group["weight_decay"], group["beta2"]
         updates = []
         for p, g in owned:
             state = self.state[p]
@@ -266,7 +273,24 @@ class MuonAdamW(torch.optim.Optimizer):
             updates.append(g.lerp(buf, momentum))  # Nesterov: look one momentum step ahead
         O = orthogonalize(torch.stack(updates), group["ns_steps"])
         rows, cols = owned[0][0].shape
+        if beta2 > 0:
+            O = torch.stack([self._normalize_variance(p, o, beta2) for (p, _), o in zip(owned, O)])
         step_size = lr * max(1.0, rows / cols) ** 0.5
         for (p, _), o in zip(owned, O):
-            p.mul_(1 - lr * wd)
+            if group["cautious"]:
+                p.sub_(p * (o * p >= 0), alpha=lr * wd)
+            else:
+                p.mul_(1 - lr * wd)
             p.add_(o.to(p.dtype), alpha=-step_size)
+
+    def _normalize_variance(self, p, o, beta2):
+        """NorMuon: divide each row (tall or square) or column (wide) of o by the RMS of its
+        EMA, then restore o's Frobenius norm."""
+        dim = -1 if o.size(-2) >= o.size(-1) else -2
+        state = self.state[p]
+        if "second_moment" not in state:
+            state["second_moment"] = torch.zeros_like(o.mean(dim=dim, keepdim=True))
+        v = state["second_moment"]
+        v.lerp_(o.float().square().mean(dim=dim, keepdim=True), 1 - beta2)
+        scaled = o.float() * v.clamp_min(1e-10).rsqrt()
+        return (scaled * (o.float().norm() / scaled.norm().clamp_min(1e-12))).to(o.dtype)

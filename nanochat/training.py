@@ -4,6 +4,7 @@ device's bf16 peak for MFU, and a loss log that survives resume and draws the lo
 """
 
 import csv
+import math
 import os
 
 # dense bf16 peak FLOP/s by device name (H100 SXM; H200 has the same compute)
@@ -19,30 +20,46 @@ def gpu_peak_flops(device):
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def lr_multiplier(step, num_iterations, warmup_ratio, warmdown_ratio, final_lr_frac):
-    """Linear warmup, constant, then linear warmdown to final_lr_frac."""
-    warmup = round(warmup_ratio * num_iterations)
+def lr_multiplier(step, num_iterations, warmup_steps, warmdown_ratio, final_lr_frac):
+    """Linear warmup over warmup_steps, constant, then linear warmdown over the last
+    warmdown_ratio of the steps down to final_lr_frac at the last step (nanochat master)."""
     warmdown = round(warmdown_ratio * num_iterations)
-    if step < warmup:
-        return (step + 1) / warmup
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
     if step < num_iterations - warmdown:
         return 1.0
     progress = (num_iterations - step) / max(warmdown, 1)
     return progress + (1 - progress) * final_lr_frac
 
 
-def muon_momentum(step, start=0.85, end=0.95, ramp_steps=300):
-    """Muon momentum rises from 0.85 to 0.95 over the first 300 steps (nanochat's schedule)."""
-    frac = min(step / ramp_steps, 1.0)
-    return (1 - frac) * start + frac * end
+def muon_momentum(step, num_iterations=None, warmdown_ratio=0.0):
+    """Muon momentum (nanochat master): 0.85 -> 0.97 over the first 400 steps (a short
+    memory while the gradients change fast), then down to 0.90 across the warmdown, when
+    num_iterations is given (so the last steps follow the latest gradients)."""
+    if step < 400:
+        return 0.85 + 0.12 * step / 400
+    warmdown = round(warmdown_ratio * num_iterations) if num_iterations else 0
+    start = (num_iterations or 0) - warmdown
+    if warmdown and step >= start:
+        return 0.97 - 0.07 * min((step - start) / warmdown, 1.0)
+    return 0.97
 
 
-def apply_schedule(optimizer, lrm, step):
-    """Set this step's lr (initial_lr x multiplier) and Muon momentum on every group."""
+def weight_decay_multiplier(step, num_iterations):
+    """Cosine from 1 to 0 over the run (nanochat master), on top of the lr multiplier."""
+    return 0.5 * (1 + math.cos(math.pi * min(step / num_iterations, 1.0)))
+
+
+def apply_schedule(optimizer, lrm, step, num_iterations=None, warmdown_ratio=0.0):
+    """Set this step's lr (initial_lr x multiplier) on every group, and Muon's momentum; with
+    num_iterations also Muon's weight decay (its initial value x the cosine multiplier)."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * lrm
         if group["kind"] == "muon":
-            group["momentum"] = muon_momentum(step)
+            group["momentum"] = muon_momentum(step, num_iterations, warmdown_ratio)
+            if num_iterations:
+                group.setdefault("initial_weight_decay", group["weight_decay"])
+                group["weight_decay"] = group["initial_weight_decay"] * weight_decay_multiplier(step, num_iterations)
 
 
 class LossLog:

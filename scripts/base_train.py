@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import os
+import sys
 import time
 
 import torch
@@ -27,7 +28,7 @@ from nanochat.core_eval import evaluate_core
 from nanochat.dataloader import DataLoader
 from nanochat.dataset import default_data_dir
 from nanochat.eval_bundle import load_tasks, resolve_bundle
-from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt import GPT, NORM_LR, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
 from nanochat.recurrence import expected_recurrence, step_recurrence
 from nanochat.report import get_report
@@ -35,14 +36,22 @@ from nanochat.tokenizer import get_token_bytes, get_tokenizer
 from nanochat.training import LossLog, apply_schedule, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier
 
 parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
-# model
+# model (every GPTConfig field: the dial sets it, these flags override it)
 parser.add_argument("--size", type=int, default=20, help="the dial: width = ceil(size*64/128)*128; for --arch gpt also the depth")
 parser.add_argument("--arch", type=str, default="looped", choices=["looped", "gpt"], help="looped (prelude/recur/coda) or standard GPT")
+parser.add_argument("--n-prelude", type=int, default=-1, help="prelude blocks (-1 = 2 for looped, 0 for gpt)")
+parser.add_argument("--n-recur", type=int, default=-1, help="blocks of the repeated stack (-1 = 4 for looped, --size for gpt)")
+parser.add_argument("--n-coda", type=int, default=-1, help="coda blocks (-1 = 2 for looped, 0 for gpt)")
 parser.add_argument("--max-seq-len", type=int, default=2048, help="context length T")
 parser.add_argument("--n-kv-head", type=int, default=-1, help="GQA key/value heads (-1 = as many as query heads)")
 parser.add_argument("--value-embeds", type=int, default=0, choices=[0, 1], help="value embeddings in the recurrent block")
 parser.add_argument("--init-state", type=str, default="copy", choices=["copy", "randn"], help="initial recurrent state")
+parser.add_argument("--init-state-std", type=float, default=1.0, help="std of the randn initial state (Huginn: sqrt(2/5))")
+parser.add_argument("--inject-init", type=str, default="identity", choices=["identity", "sum", "random"],
+                    help="inject weight over concat(e, s): [I | 0], [I | I], or random like any matrix")
 parser.add_argument("--window-pattern", type=str, default="SSSL", help="sliding-window pattern of the repeated blocks")
+parser.add_argument("--short-window", type=int, default=-1, help="keys an S block sees (-1 = a quarter of T, rounded up to 128)")
+parser.add_argument("--softcap", type=float, default=15.0, help="logit softcap c in c*tanh(z/c)")
 # recurrence
 parser.add_argument("--recur-mean", type=float, default=4, help="E[r] of the Poisson log-normal sampler")
 parser.add_argument("--recur-max", type=int, default=16, help="largest r drawn")
@@ -54,16 +63,21 @@ parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer st
 parser.add_argument("--target-flops", type=float, default=-1, help="training FLOPs budget (-1 = use the ratio)")
 parser.add_argument("--target-param-data-ratio", type=float, default=4, help="tokens = ratio x non-embedding params")
 parser.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per rank")
-parser.add_argument("--total-batch-size", type=int, default=-1, help="tokens per optimizer step (-1 = 524288)")
-# optimizer
+parser.add_argument("--total-batch-size", type=int, default=-1, help="tokens per optimizer step (-1 = from the horizon, Power Lines)")
+# optimizer (lrs as tuned at nanochat's reference batch of 2^19 tokens; --batch-scaling 1 rescales them to this batch)
 parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr for block matrices and inject")
 parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr for wte and value embeds (x 1/sqrt(dim/768))")
 parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr for lm_head (x 1/sqrt(dim/768))")
-parser.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW lr for norm weights and gates")
-parser.add_argument("--weight-decay", type=float, default=0.0, help="Muon weight decay")
-parser.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps of linear lr warmup")
-parser.add_argument("--warmdown-ratio", type=float, default=0.4, help="fraction of steps of linear lr decay at the end")
-parser.add_argument("--final-lr-frac", type=float, default=0.0, help="lr multiplier at the last step")
+parser.add_argument("--norm-lr", type=float, default=NORM_LR, help="AdamW lr for the RMSNorm weights")
+parser.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW lr for the value-embedding gates")
+parser.add_argument("--weight-decay", type=float, default=0.28, help="Muon cautious weight decay at the reference batch and horizon")
+parser.add_argument("--muon-beta2", type=float, default=0.9, help="NorMuon variance-normalisation EMA (0 = off)")
+parser.add_argument("--batch-scaling", type=int, default=0, choices=[0, 1],
+                    help="1: lrs x sqrt(B/2^19), weight decay x sqrt(B/2^19) x D_ref/D (nanochat); 0: as given "
+                         "(default: at toy batches the rules undershoot, BENCHMARKS.md)")
+parser.add_argument("--warmup-steps", type=int, default=40, help="steps of linear lr warmup")
+parser.add_argument("--warmdown-ratio", type=float, default=0.65, help="fraction of steps of linear lr decay at the end")
+parser.add_argument("--final-lr-frac", type=float, default=0.05, help="lr multiplier at the last step")
 # evaluation, logging, checkpoints
 parser.add_argument("--eval-every", type=int, default=250, help="val bpb every N steps (-1 = only at the end)")
 parser.add_argument("--eval-tokens", type=int, default=10 * 524288, help="validation tokens per bpb evaluation")
@@ -92,14 +106,19 @@ flash_attention.announce()
 
 tokenizer = get_tokenizer()
 token_bytes = get_token_bytes(device=device)
-overrides = dict(value_embeds=bool(args.value_embeds), init_state=args.init_state, window_pattern=args.window_pattern)
-if args.n_kv_head > 0:
-    overrides["n_kv_head"] = args.n_kv_head
+overrides = dict(value_embeds=bool(args.value_embeds), init_state=args.init_state, init_state_std=args.init_state_std,
+                 inject_init=args.inject_init, window_pattern=args.window_pattern, softcap=args.softcap)
+for name in ("n_kv_head", "n_prelude", "n_recur", "n_coda", "short_window"):
+    if getattr(args, name) >= 0:
+        overrides[name] = getattr(args, name)
 config = GPTConfig.from_size(args.size, arch=args.arch, vocab_size=tokenizer.get_vocab_size(),
                              sequence_len=args.max_seq_len, **overrides)
 print0(f"model config: {config}")
 with torch.device("meta"):
     model = GPT(config)
+    # the reference of nanochat's batch and weight-decay rules: its d12 at the reference batch of
+    # 2^19 tokens, here the same family at size 12 (s12 for looped) with this run's context and vocab
+    ref_model = GPT(GPTConfig.from_size(12, arch=args.arch, vocab_size=config.vocab_size, sequence_len=config.sequence_len))
 model.to_empty(device=device)
 torch.manual_seed(args.seed)
 model.init_weights()
@@ -128,32 +147,63 @@ if config.arch == "looped":
            f"{flops_per_token / iso.estimate_flops():.3f} as trained")
 
 # -----------------------------------------------------------------------------
-# batch and horizon: derived from the size unless overridden; each value printed
+# horizon -> batch -> learning rates -> weight decay: derived from the size unless overridden,
+# each value printed with its source (nanochat master's chain)
 
+B_REF = 2**19  # tokens per step at which the lrs and weight decay were tuned (nanochat's d12)
 T = args.max_seq_len
-total_batch = args.total_batch_size if args.total_batch_size > 0 else 524288
 tokens_per_micro = args.device_batch_size * T * world_size
+ref_tokens = args.target_param_data_ratio * ref_model.num_params()["non_embedding"]
+if args.num_iterations > 0:  # a horizon in steps: the batch cannot follow from it
+    total_batch = args.total_batch_size if args.total_batch_size > 0 else B_REF
+    batch_src = "--total-batch-size" if args.total_batch_size > 0 else "2^19, the reference (--num-iterations)"
+    num_iterations, horizon = args.num_iterations, "--num-iterations"
+    target_tokens = num_iterations * total_batch
+else:
+    if args.target_flops > 0:
+        target_tokens, horizon = args.target_flops / flops_per_token, "--target-flops"
+    else:
+        target_tokens, horizon = args.target_param_data_ratio * counts["non_embedding"], "--target-param-data-ratio"
+    if args.total_batch_size > 0:
+        total_batch, batch_src = args.total_batch_size, "--total-batch-size"
+    else:  # Power Lines (Bergsma et al. 2025, arXiv 2505.13738): the best batch grows as D^0.383
+        predicted = B_REF * (target_tokens / ref_tokens) ** 0.383
+        total_batch = max(2 ** round(math.log2(predicted)), tokens_per_micro)
+        batch_src = f"2^19 x (D / D_ref)^0.383 = {predicted:,.0f}, to a power of 2 (Power Lines)"
+    num_iterations = max(1, round(target_tokens / total_batch))
 if total_batch % tokens_per_micro:
     raise ValueError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
                      f"= {args.device_batch_size} x {T} x {world_size} = {tokens_per_micro}")
 grad_accum = total_batch // tokens_per_micro
-if args.num_iterations > 0:
-    num_iterations, horizon = args.num_iterations, "--num-iterations"
-elif args.target_flops > 0:
-    num_iterations, horizon = round(args.target_flops / (flops_per_token * total_batch)), "--target-flops"
-else:
-    target_tokens = args.target_param_data_ratio * counts["non_embedding"]
-    num_iterations, horizon = max(1, round(target_tokens / total_batch)), "--target-param-data-ratio"
 total_tokens = num_iterations * total_batch
-print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} x {world_size} ranks x {grad_accum} accum")
 print0(f"horizon ({horizon}): {num_iterations:,} steps, {total_tokens:,} tokens "
        f"({total_tokens / counts['non_embedding']:.2f} tokens/non-embedding param), "
-       f"{flops_per_token * total_tokens:.3e} FLOPs")
+       f"{flops_per_token * total_tokens:.3e} FLOPs; D_ref = {ref_tokens:,.0f} tokens (size-12 model at the same ratio)")
+print0(f"batch ({batch_src}): {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} x {world_size} ranks "
+       f"x {grad_accum} accum")
+lr_scale = math.sqrt(total_batch / B_REF) if args.batch_scaling else 1.0
+# T_epoch rule (Bergsma et al. 2024, arXiv 2405.13698): keep B / (lr * wd * D) constant, with lr ~ sqrt(B)
+weight_decay = args.weight_decay * (math.sqrt(total_batch / B_REF) * ref_tokens / target_tokens if args.batch_scaling else 1.0)
+lrs = dict(matrix_lr=args.matrix_lr * lr_scale, embedding_lr=args.embedding_lr * lr_scale,
+           unembedding_lr=args.unembedding_lr * lr_scale, scalar_lr=args.scalar_lr * lr_scale,
+           norm_lr=args.norm_lr * lr_scale, weight_decay=weight_decay)
+print0(f"learning rates: x {lr_scale:.4f} " + ("= sqrt(B / 2^19) (nanochat)" if args.batch_scaling else "(--batch-scaling 0)")
+       + ": " + ", ".join(f"{k} {v:.4g}" for k, v in lrs.items() if k != "weight_decay"))
+print0(f"weight decay (Muon, cautious, cosine to 0): {weight_decay:.4g} = {args.weight_decay:g}"
+       + (f" x sqrt(B / 2^19) x D_ref / D (T_epoch rule)" if args.batch_scaling else " (--batch-scaling 0)"))
+warmup_steps = min(args.warmup_steps, num_iterations)
+print0(f"schedule: warmup {warmup_steps} steps, warmdown over the last {args.warmdown_ratio:.0%} to "
+       f"{args.final_lr_frac:g} x lr (nanochat master); Muon momentum 0.85 -> 0.97 (400 steps) -> 0.90 in the "
+       f"warmdown; NorMuon beta2 {args.muon_beta2:g}")
 
-optimizer = model.setup_optimizer(args.matrix_lr, args.embedding_lr, args.unembedding_lr, args.scalar_lr, args.weight_decay)
+optimizer = model.setup_optimizer(**lrs, muon_beta2=args.muon_beta2, cautious_weight_decay=True)
 
 # -----------------------------------------------------------------------------
 # data, resume
+
+RESUME_MUST_MATCH = [a for a in vars(args) if a not in (  # the flags a resumed run may change
+    "resume", "run", "device_type", "compile", "data_dir", "eval_every", "eval_tokens", "sample_every",
+    "core_metric_every", "core_metric_max_per_task", "eval_bundle", "save_every", "model_tag")]
 
 data_dir = args.data_dir or default_data_dir()
 model_tag = args.model_tag or (f"d{args.size}" if config.arch == "gpt" else f"s{args.size}")
@@ -161,8 +211,16 @@ checkpoint_dir = os.path.join(get_base_dir(), "base_checkpoints", model_tag)
 start_step, loader_state, loss_log = 0, None, LossLog()
 if args.resume:
     step, meta = load_meta(checkpoint_dir)
-    if meta["model_config"] != dataclasses.asdict(config):
-        raise ValueError(f"--resume: checkpoint config {meta['model_config']} differs from this run's {dataclasses.asdict(config)}")
+    saved = meta["user_config"]
+    # what decides the model, the schedule, the data order or the r draws must match the checkpoint's
+    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != getattr(args, k)]
+    if changed:
+        k = changed[0]
+        flag = "--" + k.replace("_", "-")
+        print(f"error: --resume: {flag} is {getattr(args, k)!r} here but {saved.get(k)!r} in {checkpoint_dir}; "
+              f"rerun with {flag} {saved.get(k)} (or start a new --model-tag)", file=sys.stderr)
+        raise SystemExit(2)
+    assert meta["model_config"] == dataclasses.asdict(config), "same flags, same config: " + str(meta["model_config"])
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     optimizer.load_state_dict(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     loader_state = load_file(checkpoint_dir, step, f"loader_rank{rank}.pt")
@@ -209,16 +267,18 @@ print0(f"compute dtype {COMPUTE_DTYPE}; MFU against {peak_flops:.3g} FLOP/s" if 
 
 def sample_text(prompts=("The President said that", "Fellow citizens,", "The meaning of life is")):
     model.eval()
-    for prompt in prompts:
-        ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-        out = list(model.generate(ids, max_tokens=24, r=eval_r))
-        print0(f"  {prompt!r} -> {tokenizer.decode(out)!r}")
+    with torch.compiler.set_stance("force_eager"):  # every new length would compile new graphs
+        for prompt in prompts:
+            ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+            out = list(model.generate(ids, max_tokens=24, r=eval_r))
+            print0(f"  {prompt!r} -> {tokenizer.decode(out)!r}")
     model.train()
 
 
 def save(step, val_bpb):
     meta = {"model_config": dataclasses.asdict(config), "user_config": vars(args), "val_bpb": val_bpb,
-            "loop_state": loss_log.state_dict(), "eval_r": eval_r, "flops_per_token": flops_per_token}
+            "loop_state": loss_log.state_dict(), "eval_r": eval_r, "flops_per_token": flops_per_token,
+            "total_batch_size": total_batch, "lrs": lrs}
     save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer.state_dict(), train_loader.state_dict(), meta, rank)
 
 
@@ -260,8 +320,8 @@ while True:
         loss = model.loss(x, y, r=r, bptt_k=bptt_k, generator=gen)
         (loss / grad_accum).backward()
         train_loss += loss.detach() / grad_accum
-    lrm = lr_multiplier(step, num_iterations, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
-    apply_schedule(optimizer, lrm, step)
+    lrm = lr_multiplier(step, num_iterations, warmup_steps, args.warmdown_ratio, args.final_lr_frac)
+    apply_schedule(optimizer, lrm, step, num_iterations, args.warmdown_ratio)
     optimizer.step()
     model.zero_grad(set_to_none=True)
     train_loss = train_loss.item()  # the one host sync per step
@@ -273,7 +333,8 @@ while True:
         raise FloatingPointError(f"step {step}: loss is {train_loss} (r={r}); the last checkpoint is intact")
     smooth = loss_log.record_step(step, train_loss, lrm, r, dt)
     tok_per_s = total_batch / dt
-    mfu = f" | mfu {100 * flops_per_token * tok_per_s / (peak_flops * world_size):.1f}%" if peak_flops else ""
+    step_flops = model.estimate_flops(r, bptt_k) if config.arch == "looped" else flops_per_token  # this step's r
+    mfu = f" | mfu {100 * step_flops * tok_per_s / (peak_flops * world_size):.1f}%" if peak_flops else ""
     eta = loss_log.mean_step_seconds() * (num_iterations - step)
     print0(f"step {step:05d}/{num_iterations} | loss {smooth:.4f} | r {r:2d} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms"
            f" | tok/s {tok_per_s:,.0f}{mfu} | eta {eta / 60:.1f}m")

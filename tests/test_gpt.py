@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from nanochat import flash_attention
-from nanochat.gpt import GPT, GPTConfig, ROTARY_BASE
+from nanochat.gpt import GPT, GPTConfig, ROTARY_BASE, RMSNorm
 from nanochat.recurrence import expected_recurrence
 
 V = 300  # padded to 320 inside the model
@@ -255,6 +255,10 @@ def test_inject_identity_and_sum():
     idx = tokens()  # same weights but inject: the whole model changes
     a, b = build(tiny(inject_init="identity")), build(tiny(inject_init="sum"))
     assert not torch.allclose(a(idx, r=2), b(idx, r=2), atol=1e-3)
+    # "random": a plain matrix over concat(e, s), std 1/sqrt(2C) like the other input projections
+    w = build(tiny(inject_init="random"), perturb=False).inject.weight
+    assert w.std().item() == pytest.approx((2 * 64) ** -0.5, rel=0.05)
+    assert not torch.allclose(w[:, :64], torch.eye(64), atol=0.5) and w[:, 64:].abs().sum() > 0
 
 
 @torch.no_grad()
@@ -408,7 +412,7 @@ def test_optimizer_groups_cover_every_parameter_once():
     for cfg in (tiny(value_embeds=True), tiny(arch="gpt", value_embeds=True)):
         model = build(cfg, perturb=False)
         groups = model.optimizer_groups(matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.5,
-                                        weight_decay=0.1)
+                                        weight_decay=0.1, norm_lr=0.01)
         ids = [id(p) for g in groups for p in g["params"]]
         assert len(ids) == len(set(ids)) == len(list(model.parameters()))
         muon = [p for g in groups if g["kind"] == "muon" for p in g["params"]]
@@ -420,7 +424,8 @@ def test_optimizer_groups_cover_every_parameter_once():
         assert by_param[id(model.lm_head.weight)]["lr"] == pytest.approx(0.004 * scale)
         assert by_param[id(model.value_embeds["1"].weight)]["kind"] == "adamw"
         assert by_param[id(model.recur[1].attn.ve_gate.weight)]["lr"] == 0.5
-        assert by_param[id(model.norm_f.weight)]["lr"] == 0.5
+        norms = [m.weight for m in model.modules() if isinstance(m, RMSNorm)]
+        assert {by_param[id(w)]["name"] for w in norms} == {"norms"} and by_param[id(model.norm_f.weight)]["lr"] == 0.01
         assert by_param[id(model.recur[0].attn.c_q.weight)]["kind"] == "muon"
         if model.inject is not None:
             assert by_param[id(model.inject.weight)]["kind"] == "muon"

@@ -264,3 +264,34 @@ def test_two_gloo_ranks_equal_one(tmp_path):
     numels = [res["state_numel"] for res in results]
     assert sum(numels) == total, (numels, total)
     assert max(numels) < 0.6 * total, (numels, total)
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48)])
+def test_muon_normuon_and_cautious_decay_by_hand(shape):
+    """beta2 > 0: each row (tall) or column (wide) of the orthogonalised update is divided by
+    the RMS of its EMA, then the update gets its Frobenius norm back; cautious decay shrinks
+    only the entries the update already shrinks."""
+    torch.manual_seed(1)
+    lr, mom, wd, beta2 = 0.02, 0.9, 0.5, 0.9
+    p0 = torch.randn(shape)
+    p = nn.Parameter(p0.clone())
+    opt = MuonAdamW([{"params": [p], "kind": "muon", "lr": lr, "momentum": mom, "weight_decay": wd,
+                      "beta2": beta2, "cautious": True}])
+    scale = max(1.0, shape[0] / shape[1]) ** 0.5
+    g = torch.randn(shape)
+    p.grad = g.clone()
+    opt.step()
+    o = orthogonalize((1 - mom) * g + mom * (1 - mom) * g)
+    dim = -1 if shape[0] >= shape[1] else -2
+    v = (1 - beta2) * o.square().mean(dim=dim, keepdim=True)
+    n = o / v.sqrt()
+    n = n * o.norm() / n.norm()
+    expected = p0 - lr * wd * p0 * (n * p0 >= 0) - lr * scale * n
+    torch.testing.assert_close(p.detach(), expected, atol=1e-6, rtol=0)
+    assert opt.state[p]["second_moment"].shape == ((shape[0], 1) if dim == -1 else (1, shape[1]))
+    # the rows (columns) of the normalised update have equal RMS after the first step
+    rms = n.square().mean(dim=dim).sqrt()
+    torch.testing.assert_close(rms, rms.mean().expand_as(rms), atol=1e-5, rtol=1e-4)
+    # entries where the update grows |p| were not decayed at all
+    grow = (n * p0) < 0
+    torch.testing.assert_close(p.detach()[grow], (p0 - lr * scale * n)[grow], atol=1e-6, rtol=0)

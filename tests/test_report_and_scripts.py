@@ -159,7 +159,7 @@ def clean_env():
     """This process's environment without anything the scripts read, so tests are hermetic."""
     drop = re.compile(r"^(SLURM_|NANOCHAT_|DRY_RUN|DATA_DIR|VENV|NPROC|SIZE|SIZES|BUDGETS|ARCHS|RL|WANDB_RUN|MODEL_TAG|"
                       r"SOURCE|TASKS|RECUR|RESUME|CORE|DEVICE_BATCH_SIZE|LAUNCHER|MASTER_|GPUS_PER_NODE|RANK|"
-                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS)")
+                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS|SEEDS|DEPTH|BUDGET)")
     return {k: v for k, v in os.environ.items() if not drop.match(k)}
 
 
@@ -279,6 +279,22 @@ def test_speedrun_bad_input_fails_clearly(cluster, env, message):
     assert not any(module_args(shlex.split(l[2:]), "scripts.base_train") for l in out.stdout.splitlines() if l.startswith("+ "))
 
 
+def test_isoflop_cpu_dry_run(cluster):
+    out = cluster.run("runs/isoflop_cpu.sh", SEEDS="1 2", DEPTH="6", BUDGET="2e12",
+                      DATA_DIR=str(cluster.base / "base_data"))
+    assert out.returncode == 0, out.stderr
+    cmds = commands(out)
+    trains = find(cmds, "scripts.base_train")
+    assert [value(a, "--model-tag") for a in trains] == ["loop_s1", "gpt6_s1", "loop_s2", "gpt6_s2"]
+    assert all(value(a, "--target-flops") == "2e12" for a in trains)  # equal training FLOPs by construction
+    assert value(trains[1], "--arch") == "gpt" and value(trains[1], "--n-recur") == "6"
+    assert [value(a, "--recur") for a in find(cmds, "scripts.base_eval")] == ["1,2,4,8,16"] * 2
+    table = next(c for c in cmds if "dev/isoflop_table.py" in c)
+    assert value(table, "--looped") == "loop_s1,loop_s2" and value(table, "--gpt") == "gpt6_s1,gpt6_s2"
+    bad = cluster.run("runs/isoflop_cpu.sh", SEEDS="x")
+    assert bad.returncode != 0 and "SEEDS: 'x'" in bad.stderr
+
+
 def test_scaling_laws_dry_run(cluster):
     cluster.make("base_checkpoints", "s8_f1e18")  # done already: skipped
     out = cluster.run("runs/scaling_laws.sh", SIZES="4 8", BUDGETS="1e18 2.5e18", NPROC="2")
@@ -377,7 +393,8 @@ def all_dry_run_commands(tmp_path_factory):
                         ("slurm/chat_sft.sbatch", dict(WANDB_RUN="w")),
                         ("slurm/chat_rl.sbatch", dict(WANDB_RUN="w")),
                         ("slurm/chat_eval.sbatch", dict(TASKS="GSM8K", RECUR="1,4")),
-                        ("slurm/scaling_laws.sbatch", dict(SIZES="4", BUDGETS="1e18"))]):
+                        ("slurm/scaling_laws.sbatch", dict(SIZES="4", BUDGETS="1e18")),
+                        ("runs/isoflop_cpu.sh", dict(DATA_DIR="SHARDS", SEEDS="1 2"))]):
         base, shards = tmp / f"base{k}", tmp / "shards"
         for d in (base / "tokenizer", shards, *(base / f / "s20" / "step_000001" for f in
                                                 ("base_checkpoints", "chatsft_checkpoints"))):
@@ -431,7 +448,7 @@ def help_text(program):
 
 DRIFT_PROGRAMS = ["scripts.tok_train", "scripts.tok_eval", "scripts.base_train", "scripts.base_eval", "scripts.chat_sft",
                   "scripts.chat_rl", "scripts.chat_eval", "nanochat.dataset", "nanochat.report", "dev/plot_scaling.py",
-                  "torch.distributed.run"]
+                  "dev/isoflop_table.py", "torch.distributed.run"]
 
 
 @pytest.mark.slow

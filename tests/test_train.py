@@ -131,6 +131,9 @@ def _steps(model, opt, batches, r, bptt_k, accum):
     return losses
 
 
+OPTIM = dict(weight_decay=0.1, muon_beta2=0.9, cautious_weight_decay=True)  # base_train's Muon: NorMuon, cautious decay
+
+
 def _data(steps=4):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 64, (steps, 2, 2, 16), generator=g)  # (step, micro/rank, B, T)
@@ -142,7 +145,7 @@ def _ddp_worker(rank, world, init_file, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model = tiny_model(value_embeds=True)
-    opt = model.setup_optimizer()
+    opt = model.setup_optimizer(**OPTIM)
     x, y = _data()
     batches = [[(x[s, rank], y[s, rank])] for s in range(x.size(0))]
     local = _steps(model, opt, batches, r=[3, 1, 5, 2], bptt_k=2, accum=1)
@@ -158,7 +161,7 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), out), nprocs=2, join=True)
     ddp = torch.load(out)
     model = tiny_model(value_embeds=True)
-    opt = model.setup_optimizer()
+    opt = model.setup_optimizer(**OPTIM)
     x, y = _data()
     batches = [[(x[s, m], y[s, m]) for m in range(2)] for s in range(x.size(0))]
     single = _steps(model, opt, batches, r=[3, 1, 5, 2], bptt_k=2, accum=2)
@@ -217,3 +220,51 @@ def test_bpb_by_hand():
     p3 = (3 + 1) / (3 + 4)
     got = unigram_bpb(train, 1, iter([(x, torch.tensor([[3, 0]]))]), 1, token_bytes)
     assert got == pytest.approx(-math.log(p3) / (math.log(2) * 3))
+
+
+# -----------------------------------------------------------------------------
+# the schedule (nanochat master's shapes), the norm weights under the default flags, resume guards
+
+def test_schedule_shapes():
+    from nanochat.training import apply_schedule, lr_multiplier, muon_momentum, weight_decay_multiplier
+    N = 100
+    lrm = [lr_multiplier(s, N, 10, 0.5, 0.05) for s in range(N)]
+    assert lrm[0] == pytest.approx(0.1) and lrm[9] == 1.0 and lrm[10:51] == [1.0] * 41
+    assert lrm[51] < 1 and lrm[-1] == pytest.approx(1 / 50 + (1 - 1 / 50) * 0.05)  # reaches 0.05 at step N
+    assert lr_multiplier(N, N, 10, 0.5, 0.05) == pytest.approx(0.05)
+    assert muon_momentum(0) == 0.85 and muon_momentum(200) == pytest.approx(0.91) and muon_momentum(400) == 0.97
+    assert muon_momentum(1000, 1000, 0.5) == pytest.approx(0.90) and muon_momentum(500, 1000, 0.5) == 0.97
+    assert weight_decay_multiplier(0, N) == 1 and weight_decay_multiplier(N, N) == pytest.approx(0)
+    model = tiny_model()
+    opt = model.setup_optimizer(weight_decay=0.2)
+    apply_schedule(opt, 0.5, 50, N, 0.5)
+    muon = next(g for g in opt.param_groups if g["kind"] == "muon")
+    assert muon["lr"] == pytest.approx(0.01) and muon["weight_decay"] == pytest.approx(0.1)  # half-way: cos = 0.5
+    apply_schedule(opt, 1.0, 0, N, 0.5)
+    assert muon["weight_decay"] == pytest.approx(0.2)
+
+
+def test_default_flags_keep_norm_weights_near_one(base_dir, shard_dir):
+    """Adam's first steps are sign steps of size lr: at nanochat's scalar lr 0.5 a norm weight
+    moved by 0.5 per step and half the residual norms were negative after 3 steps. With the
+    default flags (norm lr 0.02, 40-step warmup capped at the run) 5 steps move each by at
+    most sum(lr) = 0.02 * (1 + 2 + 3 + 4 + 5) / 5 = 0.06, plus Adam's slack."""
+    run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "5", "--eval-every", "-1")
+    state = load_file(base_dir / "base_checkpoints" / "s1", 5, "model.pt")
+    norms = {k: v for k, v in state.items() if k.endswith(("n1.weight", "n2.weight", "n3.weight", "n4.weight",
+                                                           "norm_r.weight", "norm_f.weight"))}
+    assert len(norms) == 4 * 8 + 2
+    moved = max((v - 1).abs().max().item() for v in norms.values())
+    assert 0 < moved <= 0.08, moved
+    assert all(v.min() > 0.9 for v in norms.values())
+
+
+def test_resume_refuses_a_changed_schedule(base_dir, shard_dir):
+    run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "2", "--eval-every", "-1")
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir)}
+    proc = subprocess.run([sys.executable, "-m", "scripts.base_train", *TINY, "--data-dir", shard_dir, "--resume",
+                           "--num-iterations", "4", "--eval-every", "-1", "--warmdown-ratio", "0.5"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --resume: --num-iterations is 4 here but 2 in") and "rerun with --num-iterations 2" in last
