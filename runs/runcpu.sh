@@ -24,6 +24,18 @@ python -m scripts.base_train --size 2 --max-seq-len 512 --device-batch-size 4 --
     --num-iterations "$STEPS" --eval-every 50 --eval-tokens 16384 --sample-every -1 --save-every 50 \
     --embedding-lr 0.3 --matrix-lr 0.03 --data-dir "$DATA_DIR"
 echo "loss curve: $NANOCHAT_BASE_DIR/base_checkpoints/s2/train_log.png"
+# test-time compute: val bpb of the same checkpoint at r = 1..16 (table, CSV and PNG under base_eval/)
+python -m scripts.base_eval --model-tag s2 --eval bpb --recur 1,2,4,8,16 --data-dir "$DATA_DIR" --eval-tokens 16384 \
+    --device-batch-size 4
+r_curve() {  # the last lines: val bpb at r = 1 and r = 4 from base_eval's CSV
+    python - "$NANOCHAT_BASE_DIR/base_eval" <<'PY'
+import csv, glob, os, sys
+path = max(glob.glob(os.path.join(sys.argv[1], "s2_step*.csv")), key=os.path.getmtime)
+bpb = {int(row["r"]): float(row["val_bpb"]) for row in csv.DictReader(open(path))}
+print(f"looped s2 val bpb: r = 1 {bpb[1]:.4f} | r = 4 {bpb[4]:.4f} ({100 * (bpb[4] / bpb[1] - 1):+.2f} %) | "
+      f"r = 16 {bpb[16]:.4f}  ({path})")
+PY
+}
 
 # chat: SFT for one epoch of a small slice of the mixture (~15 steps), the chat evals on 8 problems per task at
 # r = 1 and 4, and one reply. Data: CHAT_DATA if set, else ../shared/data/chat (the layout tasks/ reads), linked
@@ -31,6 +43,7 @@ echo "loss curve: $NANOCHAT_BASE_DIR/base_checkpoints/s2/train_log.png"
 CHAT_DATA=${CHAT_DATA:-../shared/data/chat}
 if [ ! -d "$CHAT_DATA" ]; then
     echo "skipping the chat stages: no chat data at $CHAT_DATA (point CHAT_DATA at a folder laid out like ../shared/data/chat)"
+    r_curve
     exit 0
 fi
 [ -e "$NANOCHAT_BASE_DIR/chat_data" ] || ln -s "$(cd "$CHAT_DATA" && pwd)" "$NANOCHAT_BASE_DIR/chat_data"
@@ -40,3 +53,4 @@ python -m scripts.chat_sft --model-tag s2 --smoltalk-path "$CHAT_DATA/sft/sft_co
     --eval-every 5 --eval-tokens 8192 --chat-eval-every -1
 python -m scripts.chat_eval --source sft --model-tag s2 --max-problems 8 --max-new-tokens 64 --recur 1,4
 python -m scripts.chat_cli --source sft --model-tag s2 -p "Why is the sky blue?" --max-tokens 48
+r_curve

@@ -75,7 +75,7 @@ parser.add_argument("--muon-beta2", type=float, default=0.9, help="NorMuon varia
 parser.add_argument("--batch-scaling", type=int, default=0, choices=[0, 1],
                     help="1: lrs x sqrt(B/2^19), weight decay x sqrt(B/2^19) x D_ref/D (nanochat); 0: as given "
                          "(default: at toy batches the rules undershoot, BENCHMARKS.md)")
-parser.add_argument("--warmup-steps", type=int, default=40, help="steps of linear lr warmup")
+parser.add_argument("--warmup-steps", type=int, default=-1, help="steps of linear lr warmup (-1 = 40, at most 1%% of the steps)")
 parser.add_argument("--warmdown-ratio", type=float, default=0.65, help="fraction of steps of linear lr decay at the end")
 parser.add_argument("--final-lr-frac", type=float, default=0.05, help="lr multiplier at the last step")
 # evaluation, logging, checkpoints
@@ -191,8 +191,11 @@ print0(f"learning rates: x {lr_scale:.4f} " + ("= sqrt(B / 2^19) (nanochat)" if 
        + ": " + ", ".join(f"{k} {v:.4g}" for k, v in lrs.items() if k != "weight_decay"))
 print0(f"weight decay (Muon, cautious, cosine to 0): {weight_decay:.4g} = {args.weight_decay:g}"
        + (f" x sqrt(B / 2^19) x D_ref / D (T_epoch rule)" if args.batch_scaling else " (--batch-scaling 0)"))
-warmup_steps = min(args.warmup_steps, num_iterations)
-print0(f"schedule: warmup {warmup_steps} steps, warmdown over the last {args.warmdown_ratio:.0%} to "
+# nanochat master warms up for 40 steps; in 100-step toy runs that cost 0.04 bpb (BENCHMARKS.md), so the
+# default keeps master's 40 only in runs of 4000+ steps
+warmup_steps = min(args.warmup_steps, num_iterations) if args.warmup_steps >= 0 else min(40, num_iterations // 100)
+print0(f"schedule: warmup {warmup_steps} steps" + (" (40, at most 1% of the steps)" if args.warmup_steps < 0 else "")
+       + f", warmdown over the last {args.warmdown_ratio:.0%} to "
        f"{args.final_lr_frac:g} x lr (nanochat master); Muon momentum 0.85 -> 0.97 (400 steps) -> 0.90 in the "
        f"warmdown; NorMuon beta2 {args.muon_beta2:g}")
 

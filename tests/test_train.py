@@ -247,15 +247,18 @@ def test_schedule_shapes():
 def test_default_flags_keep_norm_weights_near_one(base_dir, shard_dir):
     """Adam's first steps are sign steps of size lr: at nanochat's scalar lr 0.5 a norm weight
     moved by 0.5 per step and half the residual norms were negative after 3 steps. With the
-    default flags (norm lr 0.02, 40-step warmup capped at the run) 5 steps move each by at
-    most sum(lr) = 0.02 * (1 + 2 + 3 + 4 + 5) / 5 = 0.06, plus Adam's slack."""
+    default flags (norm lr 0.02, no warmup in so short a run, warmdown over the last 65 %) 5
+    steps move each weight by about 0.02 x (1 + 1 + 1 + 0.68 + 0.37) = 0.081 when every step
+    is a full sign step (Adam's bias-corrected m/sqrt(v) is near 1 then, and below 1 when the
+    gradient's sign flips); 0.1 bounds it with room, and no weight gets near 0."""
     run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "5", "--eval-every", "-1")
     state = load_file(base_dir / "base_checkpoints" / "s1", 5, "model.pt")
     norms = {k: v for k, v in state.items() if k.endswith(("n1.weight", "n2.weight", "n3.weight", "n4.weight",
                                                            "norm_r.weight", "norm_f.weight"))}
     assert len(norms) == 4 * 8 + 2
     moved = max((v - 1).abs().max().item() for v in norms.values())
-    assert 0 < moved <= 0.08, moved
+    print(f"largest norm-weight change after 5 default steps: {moved:.4f}")
+    assert 0 < moved <= 0.1, moved
     assert all(v.min() > 0.9 for v in norms.values())
 
 
