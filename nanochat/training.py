@@ -133,6 +133,22 @@ def compile_blocks(model):
     return blocks
 
 
+def sample_greedy(model, tokenizer, prompts, r, max_tokens=24):
+    """Greedy continuations of each prompt, run eagerly: with compiled blocks every new sequence
+    length would otherwise compile new graphs (two per block per token), while the other ranks
+    wait. Returns [(prompt, continuation)]."""
+    import torch
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.compiler.set_stance("force_eager"):
+        for prompt in prompts:
+            ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+            out.append((prompt, tokenizer.decode(list(model.generate(ids, max_tokens=max_tokens, r=r)))))
+    model.train(was_training)
+    return out
+
+
 def init_wandb(run, master, project, config):
     """A wandb run when a run name is given (rank 0 only), else a no-op stand-in."""
     from nanochat.common import DummyWandb, print0

@@ -33,7 +33,8 @@ from nanochat.loss_eval import evaluate_bpb, unigram_bpb
 from nanochat.recurrence import expected_recurrence, step_recurrence
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, apply_schedule, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier
+from nanochat.training import (LossLog, apply_schedule, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier,
+                               sample_greedy)
 
 parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
 # model (every GPTConfig field: the dial sets it, these flags override it)
@@ -269,13 +270,8 @@ print0(f"compute dtype {COMPUTE_DTYPE}; MFU against {peak_flops:.3g} FLOP/s" if 
 
 
 def sample_text(prompts=("The President said that", "Fellow citizens,", "The meaning of life is")):
-    model.eval()
-    with torch.compiler.set_stance("force_eager"):  # every new length would compile new graphs
-        for prompt in prompts:
-            ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-            out = list(model.generate(ids, max_tokens=24, r=eval_r))
-            print0(f"  {prompt!r} -> {tokenizer.decode(out)!r}")
-    model.train()
+    for prompt, text in sample_greedy(model, tokenizer, prompts, eval_r):
+        print0(f"  {prompt!r} -> {text!r}")
 
 
 def save(step, val_bpb):

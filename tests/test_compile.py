@@ -45,3 +45,23 @@ def test_compiled_matches_eager():
         compile_blocks(model)  # inductor, as on GPU
         compiled = model(x, r=3)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_during_training_does_not_compile(monkeypatch):
+    """base_train's samples (greedy, a new length every token) run eagerly: no new graphs."""
+    from nanochat.training import sample_greedy
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_model()
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
+    compile_blocks(model)
+    x = torch.randint(0, 64, (2, 16))
+    _train_step(model, x, r=3)
+    warm = dict(counters["stats"])
+    vocab_ok = type("Tok", (), {"encode": lambda self, s, prepend: [prepend, 5, 6], "get_bos_token_id": lambda self: 1,
+                                "decode": lambda self, ids: " ".join(map(str, ids))})()
+    out = sample_greedy(model, vocab_ok, ["a", "b"], r=2, max_tokens=6)
+    assert [p for p, _ in out] == ["a", "b"] and all(len(t.split()) == 6 for _, t in out)
+    assert dict(counters["stats"]) == warm, (warm, dict(counters["stats"]))
+    assert model.training  # back in training mode
