@@ -11,8 +11,9 @@ Evaluate a chat model on tasks (tasks/*.py), the way nanochat's chat_eval does, 
 - ChatCORE: the mean over tasks of the centered accuracy (acc - b) / (1 - b), with b = 0.25
   for the 4-choice tasks and 0 for the open-ended ones (nanochat's baselines).
 
-Problems: the first max_problems of the task (-1 = all), dealt to ranks round-robin (problem
-i to rank i mod W); the counts are summed over ranks with one all_reduce, so every rank
+Problems: the first max_problems of the task (-1 = all), in the task's seeded shuffled order,
+so a prefix is a representative subset; dealt to ranks round-robin (problem i to rank i mod W);
+the counts are summed over ranks with one all_reduce, so every rank
 returns the same numbers. Collective under torchrun: every rank must call.
 """
 

@@ -49,7 +49,7 @@ parser.add_argument("-i", "--task-name", type=str, default="all", help=f"comma-s
 parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the one saved last)")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
-parser.add_argument("--max-problems", type=int, default=-1, help="first N problems of each task (-1 = all)")
+parser.add_argument("--max-problems", type=int, default=-1, help="first N problems of each task, in its seeded shuffled order (-1 = all)")
 parser.add_argument("--recur", type=str, default="", help="r values, comma-separated, e.g. 1,2,4,8 (empty = the checkpoint's eval r)")
 parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit: KL threshold per decoded token, r is the cap (-1 = off)")
 parser.add_argument("--num-samples", type=int, default=1, help="samples per generative problem: pass@1..N")

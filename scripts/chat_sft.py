@@ -210,8 +210,8 @@ def build_mixture():
 
 
 def build_val():
-    """The held-out slice for val bpb: SmolTalk test, the first 5.2K of MMLU test, the first 420
-    of GSM8K test (nanochat's proportions); parts whose data is missing are left out."""
+    """The held-out slice for val bpb: SmolTalk test, 5.2K of MMLU test, 420 of GSM8K test
+    (nanochat's proportions; the first of each task's shuffled order, so every MMLU subject); parts whose data is missing are left out."""
     parts = []
     for name, make in (("SmolTalk test", lambda: smoltalk("test")[0]), ("MMLU test", lambda: MMLU("test", stop=5200)),
                        ("GSM8K test", lambda: GSM8K("test", stop=420))):
