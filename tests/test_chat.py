@@ -131,7 +131,7 @@ class ListTask(Task):
     eval_type = "categorical"
 
     def __init__(self, conversations):
-        super().__init__()
+        super().__init__(seed=None)  # the stored order: max_problems=2 takes the first two
         self.conversations = conversations
 
     def num_examples(self):
@@ -181,10 +181,10 @@ def test_categorical_accuracy_on_a_stub_model(tokenizer):
         decoy = tokenizer.encode("E" if len(opts) == 4 else "D")[0]  # a letter, but not one of this question's
         choices[tuple(tokenizer.render_for_completion(conv))] = (ids[pick], decoy, ids[answer])
         conversations.append(conv)
-    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", batch_size=2)
-    assert res == dict(accuracy=3 / 5, correct=3, total=5)
-    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", max_problems=2)
-    assert res == dict(accuracy=1 / 2, correct=1, total=2)
+    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", r=2, batch_size=2)
+    assert res == dict(accuracy=3 / 5, correct=3, total=5, mean_depth=2.0)
+    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", r=2, max_problems=2)
+    assert res == dict(accuracy=1 / 2, correct=1, total=2, mean_depth=2.0)
 
 
 def test_chatcore_centering():
