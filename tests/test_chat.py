@@ -385,14 +385,20 @@ def test_chat_sft_two_ranks_to_the_end_of_the_epoch(chat_base, tmp_path):
 def test_chat_eval_end_to_end(sft_run):
     base, _, _ = sft_run
     out = run_script(base, "scripts.chat_eval", "-i", "ARC-Easy,GSM8K", "--model-tag", "s1", "--max-problems", "3",
-                     "--max-new-tokens", "8", "--recur", "1,2")
+                     "--max-new-tokens", "8", "--recur", "1,2", "--adaptive", "0")
     assert "r=1 | ARC-Easy      | 3 problems" in out and "r=2 | GSM8K         | 3 problems" in out
+    assert "r=2 adaptive | ARC-Easy      | 3 problems" in out and "r=1 | adaptive: skipped" in out
     with open(base / "chat_eval" / "sft_s1_step000002.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["r"] for row in rows] == ["1", "2"] and all(0 <= float(row["GSM8K_acc"]) <= 1 for row in rows)
+    assert [(row["r"], row["mode"]) for row in rows] == [("1", "fixed"), ("2", "fixed"), ("2", "adaptive")]
+    assert all(0 <= float(row["GSM8K_acc"]) <= 1 for row in rows)
+    # adaptive exit at threshold 0 never stops a token: the fixed r = 2 function, every task at depth 2
+    fixed, adaptive = rows[1], rows[2]
+    assert all(fixed[k] == adaptive[k] for k in ("ARC-Easy_acc", "GSM8K_acc"))
+    assert all(float(adaptive[k]) == 2.0 for k in ("ARC-Easy_mean_depth", "GSM8K_mean_depth", "mean_depth"))
     assert os.path.exists(base / "chat_eval" / "sft_s1_step000002.png")
     report = open(base / "report" / "chat_eval_sft.md").read()
-    assert "| r | ARC-Easy | GSM8K |" in report
+    assert "| r | ARC-Easy | GSM8K |" in report and "| cap r | mean depth | ARC-Easy (depth) | GSM8K (depth) |" in report
     # the same accuracy from two ranks, one with 2 problems and one with 1
     two = run_script(base, "scripts.chat_eval", "-i", "ARC-Easy", "--model-tag", "s1", "--max-problems", "3",
                      "--recur", "1", nproc=2)
