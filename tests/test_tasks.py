@@ -60,7 +60,7 @@ def test_sizes(tasks):
                 "gsm8k_train": 7473, "gsm8k_test": 1319, "humaneval": 164, "smoltalk_test": 747,
                 "smoltalk_train": 14928 - 747, "identity_original": 997, "spellingbee": 300, "simplespelling": 300}
     assert {name: len(tasks[name]) for name in expected} == expected
-    assert 40 <= len(tasks["identity"]) <= 80
+    assert len(tasks["identity"]) == 1000  # dev/make_identity_conversations.py
 
 
 def test_arc_first_rows(tasks):
