@@ -128,6 +128,18 @@ class SFTPacker:
             except StopIteration:
                 return
 
+    def count_batches(self):
+        """Exhaust this packer: the number of batches it yields from here to the end of its
+        share (rows are packed, not turned into tensors). On a fresh packer this is the length
+        of the epoch, known before training, so the lr schedule can end on the last step."""
+        n = 0
+        while True:
+            try:
+                self.next_rows()
+            except StopIteration:
+                return n
+            n += 1
+
     @property
     def progress(self):
         """Fraction of this rank's share of the epoch packed so far, in tokens: packed tokens over

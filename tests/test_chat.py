@@ -4,6 +4,7 @@ update, and chat_sft / chat_eval / chat_rl end to end on a tiny base checkpoint 
 synthetic chat_data folder (hermetic: no network, no ../shared)."""
 
 import csv
+import gzip
 import json
 import os
 import random
@@ -93,6 +94,14 @@ def test_best_fit_pads_little_and_keeps_every_token():
     for ids, _ in rows:
         for conv_id in set(ids) - {0}:
             assert ids.count(conv_id) == data[conv_id - 10]["n"] - 1
+
+
+def test_count_batches_is_the_epoch_length():
+    data = length_dataset()
+    for rank, world in ((0, 1), (1, 3)):
+        packer = SFTPacker(LengthTokenizer(), data, B=3, T=63, buffer_size=16, rank=rank, world_size=world)
+        n = SFTPacker(LengthTokenizer(), data, B=3, T=63, buffer_size=16, rank=rank, world_size=world).count_batches()
+        assert n == len(list(packer)) > 5
 
 
 def test_resume_gives_the_same_next_rows():
@@ -286,6 +295,13 @@ def make_chat_data(root):
     arc = [{"question": f"Which word is number {i}?", "choices": {"text": rng.sample(words, 4), "label": list("ABCD")},
             "answerKey": "ABCD"[i % 4]} for i in range(6)]
     write_jsonl(os.path.join(root, "arc", "ARC-Easy-test.jsonl"), arc)
+    write_jsonl(os.path.join(root, "arc", "ARC-Challenge-test.jsonl"), arc[::-1])
+    humaneval = [{"task_id": f"HumanEval/{i}", "prompt": f"def add{i}(a, b):\n    \"\"\"The sum.\"\"\"\n",
+                  "canonical_solution": "    return a + b\n", "entry_point": f"add{i}",
+                  "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"} for i in range(2)]
+    os.makedirs(os.path.join(root, "humaneval"), exist_ok=True)
+    with gzip.open(os.path.join(root, "humaneval", "HumanEval.jsonl.gz"), "wt") as f:
+        f.writelines(json.dumps(row) + "\n" for row in humaneval)
     mmlu = [{"subject": "misc", "question": f"Pick {w}.", "choices": rng.sample(words, 4), "answer": i % 4}
             for i, w in enumerate(words[:8])]
     for split in ("auxiliary_train", "test"):
@@ -349,6 +365,8 @@ def test_chat_sft_end_to_end(sft_run):
     assert "(9 rows dropped)" in out  # the stand-in's nanochat_identity and gsm8k_train rows of the train split
     assert "note: SmolTalk: 12 asked, only" not in out and "| SmolTalk |" in out
     assert "step 00002/2" in out and "val bpb" in out and "quick chat eval" in out
+    quick = [line for line in out.splitlines() if "quick chat eval" in line]
+    assert len(quick) == 1 and "HumanEval" in quick[0] and "ChatCORE" in quick[0]  # at the end, all six tasks
     ckpt = base / "chatsft_checkpoints" / "s1"
     assert last_step(ckpt) == 2 and os.path.exists(ckpt / "train_log.png")
     assert os.path.exists(base / "report" / "chat_sft.md")
@@ -377,8 +395,9 @@ def test_chat_sft_two_ranks_to_the_end_of_the_epoch(chat_base, tmp_path):
                      "--chat-eval-every", "-1", "--load-optimizer", "0", "--warmdown-ratio", "0.5", nproc=2)
     assert "world size 2" in out and "x 2 ranks x 1 accum" in out and "optimizer: fresh state" in out
     steps = [line for line in out.splitlines() if line.startswith("step ") and "| loss" in line]
-    assert len(steps) >= 2 and "% of the epoch" in steps[-1]
-    assert "lrm 1.00" in steps[0] and "lrm 1.00" not in steps[-1]  # the decay over the end of the epoch
+    counted = int(out.split("epoch: ")[1].split(" steps")[0])
+    assert len(steps) == counted >= 2 and "(100.0% of the epoch)" in steps[-1]
+    assert "lrm 1.00" in steps[0] and "lrm 0.00" in steps[-1]  # the decay ends on the last step of the epoch
     assert last_step(base / "chatsft_checkpoints" / "s1") == len(steps)
 
 
