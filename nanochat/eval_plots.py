@@ -7,6 +7,7 @@ spans at least MIN_SPAN, so a difference of 0.003 never fills the panel as a cli
 """
 
 import math
+import textwrap
 
 MIN_SPAN = 0.1  # the least y range of a panel (accuracy-like metrics in [0, 1])
 X_OFFSET = 1.06  # adaptive points drawn at r x this (log axis): beside the fixed point of the same r
@@ -33,7 +34,8 @@ def plot_sweep(path, rows, panels, title, depth_key=None):
     import matplotlib.pyplot as plt
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows + 0.6), squeeze=False)
+    width = max(3.6 * ncols, 6.0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, 3.0 * nrows + 0.7), squeeze=False)
     recurs = sorted({row["r"] for row in rows})
     # adaptive points sit a little to the right, hollow: equal values never hide a line
     styles = {"fixed": (1.0, dict(ls="-", marker="o", ms=5)), "adaptive": (X_OFFSET, dict(ls="--", marker="s", ms=6, mfc="none"))}
@@ -50,22 +52,23 @@ def plot_sweep(path, rows, panels, title, depth_key=None):
             if mode == "adaptive":
                 for x, y, d in zip(xs, ys, depths):
                     if d is not None and math.isfinite(d):
-                        ax.annotate(f"d={d:.1f}", (x, y), textcoords="offset points", xytext=(0, -13), fontsize=7,
-                                    ha="center", color=ax.lines[-1].get_color())
+                        ax.annotate(f"d={d:.1f}", (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7,
+                                    ha="left", va="bottom", color=ax.lines[-1].get_color())
         if chance is not None:
             ax.axhline(chance, color="gray", ls=":", lw=1, label=f"chance {chance:g}")
         ax.set_ylim(*y_range(values, chance))
         ax.set_title(label, fontsize=10)
         ax.set_xscale("log", base=2)
         ax.set_xticks(recurs, [str(r) for r in recurs])
-        ax.set_xlim(recurs[0] / 1.3, recurs[-1] * 1.3)
+        ax.set_xlim(recurs[0] / 1.3, recurs[-1] * 1.5)  # room for the depth labels on the right
         ax.set_xlabel("r (loop iterations)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(title + ("\nd = mean depth of an adaptive point" if any(r.get("mode") == "adaptive" for r in rows) else ""),
-                 fontsize=10)
+    if any(r.get("mode") == "adaptive" for r in rows):
+        title += "; d = mean depth of an adaptive point"
+    fig.suptitle(textwrap.fill(title, width=int(width * 12)), fontsize=10)  # ~12 characters an inch at 10 pt
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

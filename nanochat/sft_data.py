@@ -141,18 +141,6 @@ class SFTPacker:
             n += 1
 
     @property
-    def progress(self):
-        """Fraction of this rank's share of the epoch packed so far, in tokens: packed tokens over
-        (mean tokens per conversation rendered so far x conversations in the share). Counting
-        conversations instead would run ahead of the rows: best fit takes long conversations
-        first and leaves the short ones for the end of the epoch."""
-        s = self.stats
-        if s["rendered"] == 0:
-            return 0.0
-        share = len(range(self.rank, len(self.dataset), self.world_size))
-        return (s["tokens"] - s["pad"]) / (s["rendered_tokens"] / s["rendered"] * share)
-
-    @property
     def pad_fraction(self):
         return self.stats["pad"] / max(self.stats["tokens"], 1)
 
