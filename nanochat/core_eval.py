@@ -27,6 +27,10 @@ with BOS (the model is causal: padding never changes the positions scored).
 centered = (accuracy - b) / (1 - b), b = the task's random baseline / 100; CORE = the mean of
 centered over the tasks evaluated.
 
+Adaptive exit (exit_threshold >= 0, r the cap): the forward of each example is one prefill
+with per-position exit (nanochat/eval_forward.py); a task reports the mean depth of the
+positions that predict its continuation tokens (every choice's), CORE the mean over tasks.
+
 Where this differs from nanochat, and why:
 - A prompt longer than max_seq_len (default: the model's training context) loses tokens from
   the LEFT. nanochat crops only for models that declare a max_seq_len (its GPT-2 wrapper) and
@@ -47,6 +51,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nanochat.common import print0
+from nanochat.eval_forward import DepthMeter, scoring_forward
 from nanochat.eval_bundle import load_baselines, load_rows, load_tasks
 
 SHUFFLE_SEED = 1337   # nanochat's task order
@@ -132,14 +137,20 @@ def crop_left(rows, starts, ends, max_len):
 # scoring
 
 @torch.no_grad()
-def score_rows(model, rows, starts, ends, task_type, pad_id, device, r=None):
+def score_rows(model, rows, starts, ends, task_type, pad_id, device, r=None, exit_threshold=-1.0, depths=None):
     """Prediction of one example: the index of the chosen prompt (multiple_choice, schema), or
-    whether every continuation token is the argmax (language_modeling)."""
+    whether every continuation token is the argmax (language_modeling). exit_threshold >= 0:
+    adaptive exit (eval_forward.py); the depths of the positions that predict continuation
+    tokens are added to `depths` (an eval_forward.DepthMeter)."""
     ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     for i, t in enumerate(rows):
         ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
     ids = ids.to(device)
-    logits = model(ids, r=r)  # (B, T, V)
+    logits, depth = scoring_forward(model, ids, r, exit_threshold)  # (B, T, V), (B, T) or None
+    if depths is not None:
+        scored = [(i, t) for i, (s, e) in enumerate(zip(starts, ends)) for t in range(s - 1, e - 1)]
+        if scored:
+            depths.add(depth, [i for i, _ in scored], [t for _, t in scored])
     if task_type == "language_modeling":
         s, e = starts[0], ends[0]
         return bool(torch.equal(logits[0, s - 1:e - 1].argmax(dim=-1), ids[0, s:e]))
@@ -154,9 +165,9 @@ def score_rows(model, rows, starts, ends, task_type, pad_id, device, r=None):
     return best
 
 
-def evaluate_example(model, tokenizer, task, rows, idx, device, r, max_seq_len):
+def evaluate_example(model, tokenizer, task, rows, idx, device, r, max_seq_len, exit_threshold=-1.0, depths=None):
     """(correct, skipped) for example idx of rows; skipped = counted wrong because its
-    continuation does not fit in max_seq_len tokens."""
+    continuation does not fit in max_seq_len tokens. exit_threshold, depths: as score_rows."""
     item = rows[idx]
     shots = [rows[i] for i in fewshot_indices(len(rows), idx, task.num_fewshot)]
     prompts = render_prompts(task.task_type, item, task.delimiter, shots)
@@ -167,30 +178,37 @@ def evaluate_example(model, tokenizer, task, rows, idx, device, r, max_seq_len):
     if cropped is None:
         return False, True
     tokens, starts, ends = cropped
-    pred = score_rows(model, tokens, starts, ends, task.task_type, tokenizer.get_bos_token_id(), device, r)
+    pred = score_rows(model, tokens, starts, ends, task.task_type, tokenizer.get_bos_token_id(), device, r,
+                      exit_threshold, depths)
     return (pred if task.task_type == "language_modeling" else pred == item["gold"]), False
 
 
-def evaluate_task(model, tokenizer, task, rows, device, r=None, max_seq_len=None, log=None):
+def evaluate_task(model, tokenizer, task, rows, device, r=None, max_seq_len=None, log=None, exit_threshold=-1.0):
     """Accuracy of the model on rows (in evaluation order). Under torchrun rank k takes rows
     k::world and the counts are summed over ranks. Returns dict(accuracy, examples, skipped,
-    correct = a 0/1 list per example). max_seq_len defaults to model.config.sequence_len."""
+    correct = a 0/1 list per example, mean_depth). max_seq_len defaults to
+    model.config.sequence_len. exit_threshold >= 0: adaptive exit with r the cap; mean_depth is
+    the mean loop iterations of the positions that predict continuation tokens (r when fixed)."""
     rank, world = _dist()
     max_seq_len = max_seq_len or model.config.sequence_len
     counts = torch.zeros(2, len(rows), dtype=torch.float32, device=device)  # (correct, skipped) per example
+    depths = DepthMeter(r)
     t0 = t_log = time.time()
     for done, idx in enumerate(range(rank, len(rows), world), 1):
-        ok, skipped = evaluate_example(model, tokenizer, task, rows, idx, device, r, max_seq_len)
+        ok, skipped = evaluate_example(model, tokenizer, task, rows, idx, device, r, max_seq_len, exit_threshold, depths)
         counts[0, idx], counts[1, idx] = float(ok), float(skipped)
         if log is not None and rank == 0 and time.time() - t_log > PROGRESS_SECONDS:
             t_log = time.time()
             log(f"  {task.label}: {done * world}/{len(rows)} | acc so far {counts[0].sum().item() / done:.4f} "
                 f"(rank 0) | {t_log - t0:.0f}s")
+    depth_totals = torch.tensor([depths.sum, depths.count], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)
+        dist.all_reduce(depth_totals)
+    depths.sum, depths.count = depth_totals.tolist()
     correct = counts[0].tolist()
     return dict(accuracy=sum(correct) / max(len(rows), 1), examples=len(rows),
-                skipped=int(counts[1].sum().item()), correct=correct)
+                skipped=int(counts[1].sum().item()), correct=correct, mean_depth=depths.mean())
 
 
 # -----------------------------------------------------------------------------
@@ -210,12 +228,13 @@ def core_metric(centered):
 
 
 def evaluate_core(model, tokenizer, bundle_dir, device, r=None, max_per_task=-1, tasks=None,
-                  max_seq_len=None, log=print0):
+                  max_seq_len=None, log=print0, exit_threshold=-1.0):
     """CORE of the model on the bundle's core.yaml tasks (or the labels in `tasks`). Tasks
     whose data file is absent are left out and listed under "missing". max_seq_len defaults to
-    model.config.sequence_len. Collective under torchrun: every rank must call it.
-    Returns dict(core, results={label: dict(accuracy, centered, examples, skipped, seconds,
-    correct)}, missing=[labels])."""
+    model.config.sequence_len. exit_threshold >= 0: adaptive exit (r the cap). Collective under
+    torchrun: every rank must call it. Returns dict(core, mean_depth (over the tasks' scored
+    positions, each task weighted alike), results={label: dict(accuracy, centered, examples,
+    skipped, seconds, correct, mean_depth)}, missing=[labels])."""
     all_tasks = load_tasks(bundle_dir)
     if tasks:
         unknown = sorted(set(tasks) - {t.label for t in all_tasks})
@@ -235,14 +254,16 @@ def evaluate_core(model, tokenizer, bundle_dir, device, r=None, max_per_task=-1,
             continue
         t0 = time.time()
         rows = evaluation_order(load_rows(task.path), max_per_task)
-        res = evaluate_task(model, tokenizer, task, rows, device, r, max_seq_len, log)
+        res = evaluate_task(model, tokenizer, task, rows, device, r, max_seq_len, log, exit_threshold)
         res["centered"] = centered_accuracy(res["accuracy"], baselines[task.label])
         res["seconds"] = time.time() - t0
         results[task.label] = res
+        depth = f" | mean depth {res['mean_depth']:.2f} of {r}" if exit_threshold >= 0 else ""
         log(f"{task.label:<33} {res['examples']:>6} examples | acc {res['accuracy']:.4f} | "
-            f"centered {res['centered']:+.4f} | {res['seconds']:.1f}s")
+            f"centered {res['centered']:+.4f}{depth} | {res['seconds']:.1f}s")
         if res["skipped"]:
             log(f"warning: {task.label}: {res['skipped']} examples counted wrong, their continuation does not "
                 f"fit in {max_seq_len} tokens (or is empty)")
     core = core_metric({k: v["centered"] for k, v in results.items()})
-    return dict(core=core, results=results, missing=missing)
+    mean_depth = sum(v["mean_depth"] for v in results.values()) / len(results)
+    return dict(core=core, mean_depth=mean_depth, results=results, missing=missing)

@@ -128,17 +128,17 @@ class SFTPacker:
             except StopIteration:
                 return
 
-    @property
-    def progress(self):
-        """Fraction of this rank's share of the epoch packed so far, in tokens: packed tokens over
-        (mean tokens per conversation rendered so far x conversations in the share). Counting
-        conversations instead would run ahead of the rows: best fit takes long conversations
-        first and leaves the short ones for the end of the epoch."""
-        s = self.stats
-        if s["rendered"] == 0:
-            return 0.0
-        share = len(range(self.rank, len(self.dataset), self.world_size))
-        return (s["tokens"] - s["pad"]) / (s["rendered_tokens"] / s["rendered"] * share)
+    def count_batches(self):
+        """Exhaust this packer: the number of batches it yields from here to the end of its
+        share (rows are packed, not turned into tensors). On a fresh packer this is the length
+        of the epoch, known before training, so the lr schedule can end on the last step."""
+        n = 0
+        while True:
+            try:
+                self.next_rows()
+            except StopIteration:
+                return n
+            n += 1
 
     @property
     def pad_fraction(self):

@@ -4,20 +4,25 @@ Evaluate a chat model on tasks (tasks/*.py), the way nanochat's chat_eval does, 
 - categorical (ARC, MMLU): one forward over a batch of prompts (render_for_completion, right-
   padded with BOS: the model is causal, so padding never changes the last prompt position);
   the prediction is the answer letter whose logit is highest at the last prompt position,
-  among the letters of that question only (conversation["letters"]). No sampling.
+  among the letters of that question only (conversation["letters"]). No sampling. Under
+  adaptive exit the whole batch is one prefill with per-position exit (eval_forward.py), and
+  the depth reported is that of the scored (last prompt) position.
 - generative (GSM8K, HumanEval, SpellingBee): replies sampled through the engine, a batch of
   prompts at a time with num_samples rows each; a problem counts as solved at k when any of
   its first k samples passes task.evaluate (pass@k, k = 1..num_samples).
 - ChatCORE: the mean over tasks of the centered accuracy (acc - b) / (1 - b), with b = 0.25
   for the 4-choice tasks and 0 for the open-ended ones (nanochat's baselines).
 
-Problems: the first max_problems of the task (-1 = all), dealt to ranks round-robin (problem
-i to rank i mod W); the counts are summed over ranks with one all_reduce, so every rank
+Problems: the first max_problems of the task (-1 = all), in the task's seeded shuffled order,
+so a prefix is a representative subset; dealt to ranks round-robin (problem i to rank i mod W);
+the counts are summed over ranks with one all_reduce, so every rank
 returns the same numbers. Collective under torchrun: every rank must call.
 """
 
 import torch
 import torch.distributed as dist
+
+from nanochat.eval_forward import DepthMeter, scoring_forward
 
 # random-guess accuracy of each task (nanochat): 1 of 4 letters, or open-ended
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
@@ -73,12 +78,14 @@ def letter_ids(tokenizer, letters):
 # categorical
 
 @torch.no_grad()
-def evaluate_categorical(model, tokenizer, task, device, r=None, max_problems=-1, batch_size=8):
-    """dict(accuracy, correct, total). model(idx, r=r) -> (B, T, V) logits."""
+def evaluate_categorical(model, tokenizer, task, device, r=None, max_problems=-1, batch_size=8, exit_threshold=-1.0):
+    """dict(accuracy, correct, total, mean_depth). model(idx, r=r) -> (B, T, V) logits.
+    exit_threshold >= 0: adaptive exit (eval_forward.scoring_forward, r the cap); mean_depth is
+    the mean loop iterations of the scored position (the last of each prompt), r when fixed."""
     n, mine = _my_problems(task, max_problems)
     bos = tokenizer.get_bos_token_id()
     max_len = getattr(model, "rotary_len", None)
-    correct = 0
+    correct, depths = 0, DepthMeter(r)
     for b0 in range(0, len(mine), batch_size):
         conversations = [task[i] for i in mine[b0:b0 + batch_size]]
         prompts = [tokenizer.render_for_completion(c) for c in conversations]
@@ -86,15 +93,16 @@ def evaluate_categorical(model, tokenizer, task, device, r=None, max_problems=-1
             prompts = [p[-max_len:] for p in prompts]  # keep the end: the choices and <|assistant_start|>
         T = max(len(p) for p in prompts)
         idx = torch.tensor([p + [bos] * (T - len(p)) for p in prompts], dtype=torch.long, device=device)  # (B, T)
-        logits = model(idx, r=r)  # (B, T, V)
+        logits, depth = scoring_forward(model, idx, r, exit_threshold)  # (B, T, V), (B, T) or None
+        depths.add(depth, list(range(len(prompts))), [len(p) - 1 for p in prompts])
         for row, (conversation, prompt) in enumerate(zip(conversations, prompts)):
             letters = conversation["letters"]
             scores = logits[row, len(prompt) - 1, letter_ids(tokenizer, letters)]  # (n_letters,)
             predicted = letters[int(scores.argmax())]
             correct += bool(task.evaluate(conversation, predicted))
-    correct, total = _sum_over_ranks([correct, len(mine)], device)
+    correct, total, depths.sum, depths.count = _sum_over_ranks([correct, len(mine), depths.sum, depths.count], device)
     assert total == n, f"ranks evaluated {total} problems, expected {n}"
-    return dict(accuracy=correct / max(total, 1), correct=int(correct), total=int(total))
+    return dict(accuracy=correct / max(total, 1), correct=int(correct), total=int(total), mean_depth=depths.mean())
 
 
 # -----------------------------------------------------------------------------

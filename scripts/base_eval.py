@@ -5,8 +5,14 @@ few greedy samples, at one or several recurrence counts r: the test-time compute
     python -m scripts.base_eval --model-tag s20 --recur 1,2,4,8,16
     torchrun --nproc_per_node=8 -m scripts.base_eval --model-tag s20
     python -m scripts.base_eval --eval core --max-per-task 200 --eval-bundle ../shared/data/eval_bundle
+    python -m scripts.base_eval --eval core --recur 4,8,16 --adaptive 1e-3     # plus adaptive exit, r the cap
 
-Writes $NANOCHAT_BASE_DIR/base_eval/<tag>_step<step>.{csv,png} (one row / point per r) and the
+--adaptive T adds, for each r >= 2, a CORE row under adaptive exit with r as the cap: every
+position of an example's forward stops iterating once the KL between successive iterations'
+next-token distributions falls under T (nanochat/eval_forward.py); the row reports the mean
+depth of the positions that predict continuation tokens. bpb and samples stay at fixed r.
+
+Writes $NANOCHAT_BASE_DIR/base_eval/<tag>_step<step>.{csv,png} (one row / point per r and mode) and the
 report section $NANOCHAT_BASE_DIR/report/base_eval.md. The eval bundle is --eval-bundle, else
 $NANOCHAT_BASE_DIR/eval_bundle, downloaded there when absent.
 """
@@ -21,6 +27,7 @@ import torch.distributed as dist
 from nanochat.checkpoint_manager import build_model, last_step
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.core_eval import evaluate_core
+from nanochat.eval_plots import plot_sweep
 from nanochat.dataloader import DataLoader
 from nanochat.dataset import default_data_dir
 from nanochat.eval_bundle import resolve_bundle
@@ -39,6 +46,7 @@ parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = 
 parser.add_argument("--recur", type=str, default="", help="r values, comma-separated, e.g. 1,2,4,8,16 (empty = the checkpoint's eval r)")
 parser.add_argument("--eval", type=str, default="core,bpb,sample", help=f"which evaluations, comma-separated: {', '.join(EVALS)}")
 parser.add_argument("--max-per-task", type=int, default=-1, help="CORE examples per task (-1 = all)")
+parser.add_argument("--adaptive", type=float, default=-1, help="also run CORE under adaptive exit at this KL threshold, each r the cap (-1 = off)")
 parser.add_argument("--tasks", type=str, default="", help="CORE task labels, comma-separated (empty = all of core.yaml)")
 parser.add_argument("--eval-bundle", type=str, default="", help="eval bundle folder (empty = $NANOCHAT_BASE_DIR/eval_bundle, downloaded if absent)")
 parser.add_argument("--data-dir", type=str, default=None, help="parquet shards for bpb (default $NANOCHAT_BASE_DIR/base_data)")
@@ -77,6 +85,10 @@ print0(f"model {model_tag} step {step}: {config}")
 
 default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
 recurs = parse_recur_list(args.recur, config.arch, default_r)
+if args.adaptive >= 0 and config.arch == "gpt":
+    raise ValueError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
+if args.adaptive >= 0 and "core" not in evals:
+    raise ValueError(f"--adaptive applies to CORE only; --eval {args.eval!r} has no core")
 
 bundle = None
 if "core" in evals:
@@ -99,7 +111,7 @@ if "bpb" in evals:
 
 rows, per_task, samples, missing = [], {}, {}, []
 for r in recurs:
-    row = {"r": r}
+    row = {"r": r, "mode": "fixed"}
     print0(f"--- r = {r}")
     if "sample" in evals and master:
         samples[r] = []
@@ -111,7 +123,7 @@ for r in recurs:
         t0 = time.time()
         out = evaluate_core(model, tokenizer, bundle, device, r=r, max_per_task=args.max_per_task, tasks=tasks, log=print0)
         row["core"], row["core_seconds"], missing = out["core"], time.time() - t0, out["missing"]
-        per_task[r] = out["results"]
+        per_task[(r, "fixed")] = out["results"]
         print0(f"CORE (r={r}): {out['core']:.4f} over {len(out['results'])} tasks in {row['core_seconds']:.0f}s"
                + (f"; missing: {', '.join(missing)}" if missing else ""))
     if "bpb" in evals:
@@ -120,61 +132,71 @@ for r in recurs:
             row[f"{split}_bpb"] = evaluate_bpb(model, batches, bpb_steps, token_bytes, r=r)
         print0(f"bpb (r={r}): train {row['train_bpb']:.4f} | val {row['val_bpb']:.4f}")
     rows.append(row)
+    if args.adaptive >= 0 and r >= 2:  # below 2 no token can stop: the same as fixed r
+        t0 = time.time()
+        out = evaluate_core(model, tokenizer, bundle, device, r=r, max_per_task=args.max_per_task, tasks=tasks,
+                            log=print0, exit_threshold=args.adaptive)
+        arow = {"r": r, "mode": "adaptive", "core": out["core"], "core_seconds": time.time() - t0,
+                "mean_depth": out["mean_depth"]}
+        per_task[(r, "adaptive")] = out["results"]
+        print0(f"CORE (adaptive KL<{args.adaptive:g}, cap r={r}): {out['core']:.4f}, mean depth {out['mean_depth']:.2f} "
+               f"in {arow['core_seconds']:.0f}s")
+        rows.append(arow)
 
 # -----------------------------------------------------------------------------
 # table, CSV, plot, report section
 
 fmt = lambda v, spec: "-" if v is None else format(v, spec)
-columns = [("core", "CORE", ".4f"), ("train_bpb", "train bpb", ".4f"), ("val_bpb", "val bpb", ".4f"),
-           ("core_seconds", "CORE time (s)", ".0f")]
+mode_label = lambda row: "fixed" if row["mode"] == "fixed" else f"adaptive KL<{args.adaptive:g}"
+columns = [("core", "CORE", ".4f"), ("mean_depth", "mean depth", ".2f"), ("train_bpb", "train bpb", ".4f"),
+           ("val_bpb", "val bpb", ".4f"), ("core_seconds", "CORE time (s)", ".0f")]
 columns = [c for c in columns if any(c[0] in row for row in rows)]
+# fixed rows first, under "r" (what the report summary reads); adaptive ones under "cap r"
 table = ["| r | " + " | ".join(c[1] for c in columns) + " |", "|---|" + "---|" * len(columns)]
-table += ["| " + " | ".join([str(row["r"])] + [fmt(row.get(k), s) for k, _, s in columns]) + " |" for row in rows]
+table += ["| " + " | ".join([str(row["r"])] + [fmt(row.get(k, row["r"] if k == "mean_depth" else None), s)
+                                               for k, _, s in columns]) + " |" for row in rows if row["mode"] == "fixed"]
+if args.adaptive >= 0:
+    table += ["", f"Adaptive exit, KL < {args.adaptive:g}, r the cap (mean depth of the positions that predict "
+                  f"continuation tokens):", "", "| cap r | " + " | ".join(c[1] for c in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    table += ["| " + " | ".join([str(row["r"])] + [fmt(row.get(k), s) for k, _, s in columns]) + " |"
+              for row in rows if row["mode"] == "adaptive"]
 print0(f"\nmodel {model_tag} step {step}, test-time compute:\n" + "\n".join(table))
 
 if master:
     out_dir = os.path.join(get_base_dir(), "base_eval")
     os.makedirs(out_dir, exist_ok=True)
     prefix = os.path.join(out_dir, f"{model_tag}_step{step:06d}")
-    labels = list(per_task[recurs[0]]) if per_task else []
-    header = ["r"] + [k for k, _, _ in columns] + [f"{l}_{m}" for l in labels for m in ("acc", "centered")]
+    labels = list(next(iter(per_task.values()))) if per_task else []
+    header = ["r", "mode"] + [k for k, _, _ in columns] + [f"{l}_{m}" for l in labels for m in ("acc", "centered", "mean_depth")]
     with open(prefix + ".csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for row in rows:
-            tasks_r = per_task.get(row["r"], {})
-            w.writerow([row["r"]] + [row.get(k, "") for k, _, _ in columns] +
-                       [tasks_r[l][m] for l in labels for m in ("accuracy", "centered")])
+            tasks_r = per_task.get((row["r"], row["mode"]), {})
+            w.writerow([row["r"], mode_label(row)] + [row.get(k, "") for k, _, _ in columns] +
+                       [tasks_r[l][m] if tasks_r else "" for l in labels for m in ("accuracy", "centered", "mean_depth")])
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    panels = [p for p, key in (("core", "core"), ("bpb", "val_bpb")) if key in rows[0]]
+    panels = [p for p in (("core", "CORE (centered, chance 0)", 0.0), ("val_bpb", "val bits per byte", None),
+                          ("train_bpb", "train bits per byte", None)) if p[0] in rows[0]]
     if panels:  # nothing to plot for --eval sample
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-        for ax, panel in zip(axes[0], panels):
-            keys = ["core"] if panel == "core" else ["train_bpb", "val_bpb"]
-            for key in keys:
-                ax.plot([row["r"] for row in rows], [row[key] for row in rows], marker="o", label=key)
-            ax.set(xlabel="recurrence r", ylabel="CORE" if panel == "core" else "bits per byte",
-                   title=f"{model_tag} step {step}: {'CORE' if panel == 'core' else 'bpb'} vs r")
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(recurs, [str(r) for r in recurs])
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(prefix + ".png", dpi=110)
-        plt.close(fig)
+        plot_sweep(prefix + ".png", rows, panels,
+                   f"{model_tag} step {step}: base eval vs r"
+                   + (f" (fixed r; adaptive KL<{args.adaptive:g} with r the cap)" if args.adaptive >= 0 else " (fixed r)"),
+                   depth_key=lambda key: "mean_depth")
 
     info = {"model": f"{model_tag}, step {step} ({checkpoint_dir})", "device": f"{device}, world size {world_size}",
             "CORE examples per task": "all" if args.max_per_task < 0 else args.max_per_task,
             "eval bundle": bundle or "-", "results": f"{prefix}.csv", "plot": f"{prefix}.png"}
     task_table = []
     if labels:
-        task_table = ["| task | examples | " + " | ".join(f"acc r={r} | centered r={r}" for r in recurs) + " |",
-                      "|---|---|" + "---|---|" * len(recurs)]
+        keys = [key for key in ((r, m) for r in recurs for m in ("fixed", "adaptive")) if key in per_task]
+        name = lambda key: f"r={key[0]}" if key[1] == "fixed" else f"adaptive cap r={key[0]}"
+        task_table = ["| task | examples | " + " | ".join(f"acc {name(k)} | centered {name(k)}" for k in keys) + " |",
+                      "|---|---|" + "---|---|" * len(keys)]
         for l in labels:
-            cells = " | ".join(f"{per_task[r][l]['accuracy']:.4f} | {per_task[r][l]['centered']:+.4f}" for r in recurs)
-            task_table.append(f"| {l} | {per_task[recurs[0]][l]['examples']} | {cells} |")
+            cells = " | ".join(f"{per_task[k][l]['accuracy']:.4f} | {per_task[k][l]['centered']:+.4f}" for k in keys)
+            task_table.append(f"| {l} | {per_task[keys[0]][l]['examples']} | {cells} |")
     sample_text = [f"Greedy samples (r={r}):\n```\n" + "\n".join(f"{p!r} -> {t!r}" for p, t in pairs) + "\n```"
                    for r, pairs in samples.items()]
     path = get_report().log(section="Base model evaluation", data=[

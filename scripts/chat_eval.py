@@ -9,12 +9,16 @@ ChatCORE against test-time compute.
 
 Categorical tasks (ARC-Easy, ARC-Challenge, MMLU) compare the logits of the answer letters at
 the end of the prompt; generative ones (GSM8K, HumanEval, SpellingBee) sample replies through
-the engine, a batch of prompts at a time (nanochat/task_eval.py). --adaptive T makes every
-decoded token stop iterating once the KL between successive iterations' next-token
-distributions falls under T (r is then the cap); the mean depth is reported.
+the engine, a batch of prompts at a time (nanochat/task_eval.py). --adaptive T adds, for each
+r, a row under adaptive exit with r as the cap: a token stops iterating once the KL between
+successive iterations' next-token distributions falls under T. Generative tasks apply it to
+every decoded token (the prompt's prefill runs r); categorical ones to every prompt position
+of their one prefill (nanochat/eval_forward.py). Each row reports the mean depth per task: of
+the generated tokens, or of the scored (last prompt) position; "mean depth" is their mean.
 ChatCORE (nanochat): the mean centered accuracy over the six tasks, reported when all six ran.
 
-Writes $NANOCHAT_BASE_DIR/chat_eval/<source>_<tag>_step<step>.{csv,png} (a row / point per r)
+Writes $NANOCHAT_BASE_DIR/chat_eval/<source>_<tag>_step<step>.{csv,png} (a row / point per r
+and mode; the figure has one panel per task, nanochat/eval_plots.py)
 and the report section "Chat evaluation <source>" ($NANOCHAT_BASE_DIR/report/chat_eval_<source>.md).
 """
 
@@ -26,6 +30,8 @@ import time
 from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.engine import Engine
+from nanochat.eval_forward import EXIT_CRITERION
+from nanochat.eval_plots import plot_sweep
 from nanochat.recurrence import parse_recur_list
 from nanochat.report import get_report
 from nanochat.task_eval import BASELINES, centered_accuracy, chatcore, evaluate_categorical, evaluate_generative
@@ -49,9 +55,9 @@ parser.add_argument("-i", "--task-name", type=str, default="all", help=f"comma-s
 parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the one saved last)")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
-parser.add_argument("--max-problems", type=int, default=-1, help="first N problems of each task (-1 = all)")
+parser.add_argument("--max-problems", type=int, default=-1, help="first N problems of each task, in its seeded shuffled order (-1 = all)")
 parser.add_argument("--recur", type=str, default="", help="r values, comma-separated, e.g. 1,2,4,8 (empty = the checkpoint's eval r)")
-parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit: KL threshold per decoded token, r is the cap (-1 = off)")
+parser.add_argument("--adaptive", type=float, default=-1, help="also evaluate under adaptive exit at this KL threshold, each r the cap (-1 = off)")
 parser.add_argument("--num-samples", type=int, default=1, help="samples per generative problem: pass@1..N")
 parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of generative tasks (0 = greedy)")
 parser.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (-1 = all)")
@@ -78,86 +84,101 @@ model, tokenizer, meta = load_model(args.source, model_tag, None if args.step < 
 config, step = model.config, meta["step"]
 default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
 recurs = parse_recur_list(args.recur, config.arch, default_r)
+if args.adaptive >= 0 and config.arch == "gpt":
+    raise ValueError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
 tasks = {name: TASKS[name]() for name in names}
 print0(f"model: {args.source} step {step} ({config.arch}, width {config.n_embd}); tasks: "
        + ", ".join(f"{n} ({len(t)})" for n, t in tasks.items()))
 
 # -----------------------------------------------------------------------------
-# one pass per r
+# one pass per r and mode: fixed r, and with --adaptive the same r as the cap of adaptive exit
 
+modes = [("fixed", -1.0)] + ([("adaptive", args.adaptive)] if args.adaptive >= 0 else [])
 rows = []
 for r in recurs:
-    engine = Engine(model, tokenizer, r=r, exit_criterion="kl" if args.adaptive >= 0 else None,
-                    exit_threshold=max(args.adaptive, 0.0))
-    row = {"r": r}
-    for name, task in tasks.items():
-        t0 = time.time()
-        if task.eval_type == "categorical":
-            res = evaluate_categorical(model, tokenizer, task, device, r=r, max_problems=args.max_problems,
-                                       batch_size=args.batch_size)
-            extra = ""
+    for mode, threshold in modes:
+        if mode == "adaptive" and r < 2:
+            print0(f"r={r} | adaptive: skipped (a token may stop only after its second iteration, so it equals fixed r={r})")
+            continue
+        engine = Engine(model, tokenizer, r=r, exit_criterion=EXIT_CRITERION if threshold >= 0 else None,
+                        exit_threshold=max(threshold, 0.0))
+        row, tag = {"r": r, "mode": mode}, f"r={r}" + " adaptive" * (mode == "adaptive")
+        for name, task in tasks.items():
+            t0 = time.time()
+            if task.eval_type == "categorical":
+                res = evaluate_categorical(model, tokenizer, task, device, r=r, max_problems=args.max_problems,
+                                           batch_size=args.batch_size, exit_threshold=threshold)
+                passes = ""
+            else:
+                res = evaluate_generative(engine, tokenizer, task, device, num_samples=args.num_samples,
+                                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                          top_k=args.top_k if args.top_k > 0 else None, max_problems=args.max_problems,
+                                          batch_size=args.batch_size, seed=args.seed)
+                passes = ", ".join(f"pass@{k} {v:.4f}" for k, v in res["pass_at"].items()) if args.num_samples > 1 else ""
+            row[name], row[f"{name} mean depth"] = res["accuracy"], res["mean_depth"]
+            extra = f" | {passes}" * bool(passes) + (f" | mean depth {res['mean_depth']:.2f} of {r}" if threshold >= 0 else "")
+            print0(f"{tag} | {name:<13} | {res['total']} problems | accuracy {res['accuracy']:.4f}{extra} | {time.time() - t0:.1f}s")
+        row["mean depth"] = sum(row[f"{n} mean depth"] for n in tasks) / len(tasks)  # each task weighted alike
+        accuracies = {n: row[n] for n in tasks}
+        if set(tasks) == set(TASKS):
+            row["ChatCORE"] = chatcore(accuracies)
+            print0(f"{tag} | ChatCORE {row['ChatCORE']:.4f} | mean depth {row['mean depth']:.2f}")
         else:
-            res = evaluate_generative(engine, tokenizer, task, device, num_samples=args.num_samples,
-                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      top_k=args.top_k if args.top_k > 0 else None, max_problems=args.max_problems,
-                                      batch_size=args.batch_size, seed=args.seed)
-            row[f"{name} mean depth"] = res["mean_depth"]
-            passes = ", ".join(f"pass@{k} {v:.4f}" for k, v in res["pass_at"].items()) if args.num_samples > 1 else ""
-            extra = f" | {passes}" * bool(passes) + (f" | mean depth {res['mean_depth']:.2f} of {r}" if args.adaptive >= 0 else "")
-        row[name] = res["accuracy"]
-        print0(f"r={r} | {name:<13} | {res['total']} problems | accuracy {res['accuracy']:.4f}{extra} | {time.time() - t0:.1f}s")
-    accuracies = {n: row[n] for n in tasks}
-    if set(tasks) == set(TASKS):
-        row["ChatCORE"] = chatcore(accuracies)
-        print0(f"r={r} | ChatCORE {row['ChatCORE']:.4f}")
-    else:
-        print0(f"r={r} | (ChatCORE needs all six tasks; mean centered accuracy over these {len(tasks)}: "
-               f"{chatcore(accuracies):.4f})")
-    rows.append(row)
+            print0(f"{tag} | (ChatCORE needs all six tasks; mean centered accuracy over these {len(tasks)}: "
+                   f"{chatcore(accuracies):.4f})")
+        rows.append(row)
 
 # -----------------------------------------------------------------------------
 # table, CSV, plot, report section
 
 columns = list(tasks) + (["ChatCORE"] if "ChatCORE" in rows[0] else [])
-table = ["| r | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-table += ["| " + " | ".join([str(row["r"])] + [f"{row[c]:.4f}" for c in columns]) + " |" for row in rows]
-print0(f"\n{args.source} {model_tag} step {step}" + (f", adaptive KL < {args.adaptive:g}" if args.adaptive >= 0 else "")
+
+
+def markdown_table(mode):
+    """The rows of one mode. Fixed: first column r (what the report summary reads); adaptive:
+    "cap r" and the mean depths, so the summary never mistakes them for fixed-r figures."""
+    picked = [row for row in rows if row["mode"] == mode]
+    if mode == "fixed":
+        lines = ["| r | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        return lines + ["| " + " | ".join([str(row["r"])] + [f"{row[c]:.4f}" for c in columns]) + " |" for row in picked]
+    lines = ["| cap r | mean depth | " + " | ".join(f"{c} (depth)" if c in tasks else c for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join([str(row["r"]), f"{row['mean depth']:.2f}"]
+                                      + [f"{row[c]:.4f} ({row[c + ' mean depth']:.2f})" if c in tasks else f"{row[c]:.4f}"
+                                         for c in columns]) + " |" for row in picked]
+
+
+table = "\n".join(markdown_table("fixed"))
+if args.adaptive >= 0:
+    table += f"\n\nAdaptive exit, KL < {args.adaptive:g}, r the cap (mean depth: of the generated tokens, or of the " \
+             f"scored prompt position):\n\n" + "\n".join(markdown_table("adaptive"))
+print0(f"\n{args.source} {model_tag} step {step}"
        + (f", pass@{args.num_samples} at temperature {args.temperature:g}" if args.num_samples > 1 else "")
-       + ":\n" + "\n".join(table))
+       + ":\n" + table)
 
 if master:
     out_dir = os.path.join(get_base_dir(), "chat_eval")
     os.makedirs(out_dir, exist_ok=True)
     prefix = os.path.join(out_dir, f"{args.source}_{model_tag}_step{step:06d}")
-    depth_cols = [k for k in rows[0] if k.endswith("mean depth")]
+    depth_cols = [f"{n} mean depth" for n in tasks] + ["mean depth"]
     with open(prefix + ".csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["r"] + [f"{n}_acc" for n in tasks] + [f"{n}_centered" for n in tasks] + columns[len(tasks):]
-                   + [c.replace(" ", "_") for c in depth_cols])
+        w.writerow(["r", "mode", "exit_threshold"] + [f"{n}_acc" for n in tasks] + [f"{n}_centered" for n in tasks]
+                   + columns[len(tasks):] + [c.replace(" ", "_") for c in depth_cols])
         for row in rows:
-            w.writerow([row["r"]] + [row[n] for n in tasks] + [centered_accuracy(row[n], BASELINES[n]) for n in tasks]
+            w.writerow([row["r"], row["mode"], args.adaptive if row["mode"] == "adaptive" else ""] + [row[n] for n in tasks]
+                       + [centered_accuracy(row[n], BASELINES[n]) for n in tasks]
                        + [row[c] for c in columns[len(tasks):]] + [row[c] for c in depth_cols])
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for c in columns:
-        ax.plot([row["r"] for row in rows], [row[c] for row in rows], marker="o", label=c,
-                lw=2.5 if c == "ChatCORE" else 1.2)
-    ax.set(xlabel="recurrence r" + (" (cap, adaptive exit)" if args.adaptive >= 0 else ""), ylabel="accuracy",
-           title=f"{args.source} {model_tag} step {step}: chat evals vs r")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(recurs, [str(r) for r in recurs])
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(prefix + ".png", dpi=110)
-    plt.close(fig)
+    panels = [(n, n, BASELINES[n]) for n in tasks] + [("ChatCORE", "ChatCORE (centered)", 0.0)] * ("ChatCORE" in columns)
+    plot_sweep(prefix + ".png", rows, panels,
+               f"{args.source} {model_tag} step {step}: accuracy vs r"
+               + (f" (fixed r; adaptive KL<{args.adaptive:g} with r the cap)" if args.adaptive >= 0 else " (fixed r)"),
+               depth_key=lambda key: "mean depth" if key == "ChatCORE" else f"{key} mean depth")
 
     settings = {"model": f"{args.source} {model_tag} step {step}", "problems per task": "all" if args.max_problems < 0 else args.max_problems,
                 "generative sampling": f"{args.num_samples} sample(s), temperature {args.temperature:g}, top-k {args.top_k}",
                 "adaptive exit": "off" if args.adaptive < 0 else f"KL < {args.adaptive:g}",
                 "world size": world_size, "results": f"{prefix}.csv, {prefix}.png"}
-    path = get_report().log(section=f"Chat evaluation {args.source}", data=[settings, "\n".join(table)])
+    path = get_report().log(section=f"Chat evaluation {args.source}", data=[settings, table])
     print0(f"results: {prefix}.csv, plot: {prefix}.png, report section: {path}")
 compute_cleanup()

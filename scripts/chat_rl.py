@@ -6,7 +6,7 @@ Reinforcement learning on GSM8K: SEED.md's simplified GRPO (nanochat/grpo.py has
 
 Each step: --examples-per-step GSM8K train questions (dealt to ranks round-robin, each rank its
 own), --num-samples replies to each sampled through the engine from the current weights (tool
-calls run in the sandbox), reward = GSM8K's task.reward (1 if the final number is right);
+calls run in the sandbox), reward = GSM8K's task.reward (1 if the number after "####" is right);
 advantage = reward - the mean reward of the question's replies; one update with the loss
 -(1/N) sum A * log p over every token the model sampled (N = their number over all ranks: DAPO's
 token-level normalisation). On-policy, so no ratio, no clipping, no KL. The prompt and the tool

@@ -8,7 +8,8 @@ loss on the assistant's tokens only.
 
 The mixture (SEED.md; every size is a flag, clipped to what the data holds, and the table of
 what was used is printed): SmolTalk 460K, MMLU auxiliary_train 100K, GSM8K train x2, the
-identity conversations x2 (dev/identity_conversations.jsonl, plus --identity-path),
+identity conversations x2 (dev/identity_conversations.jsonl: 1000, written by
+dev/make_identity_conversations.py; plus --identity-path),
 SimpleSpelling 200K, SpellingBee 80K, shuffled together with a fixed seed. Offline:
 SmolTalk falls back to the local stand-in $NANOCHAT_BASE_DIR/chat_data/sft/sft_conversations.jsonl
 without its sources "nanochat_identity" and "gsm8k_train" (see tasks/smoltalk.py), and MMLU to
@@ -20,7 +21,12 @@ sum over its supervised tokens on every rank divided by their number, so a step 
 token alike however the rows fall. r: the Poisson log-normal sampler seeded by the step, or
 --recur-fixed; truncated BPTT through the last --bptt-k iterations. The optimizer resumes the
 base run's state (momentum, Adam moments) when its shards fit this run, else starts fresh.
-LR: constant, then a linear decay to 0 over the last --warmdown-ratio of the epoch.
+LR: constant, then a linear decay that reaches 0 on the last step, over the last
+--warmdown-ratio of the steps. The number of steps is counted before training (a first
+packing pass over each rank's share, min over ranks), so the schedule ends where the epoch
+does. Quick chat evals (every --chat-eval-every steps and at the end): the first
+--chat-eval-problems of each of the six chat tasks (their seeded shuffled order), and
+ChatCORE over them when all six are here.
 """
 
 import argparse
@@ -42,13 +48,14 @@ from nanochat.loss_eval import evaluate_bpb
 from nanochat.recurrence import step_recurrence
 from nanochat.report import get_report
 from nanochat.sft_data import SFTPacker
-from nanochat.task_eval import evaluate_categorical, evaluate_generative
+from nanochat.task_eval import BASELINES, chatcore, evaluate_categorical, evaluate_generative
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, apply_schedule, compile_blocks, init_wandb
+from nanochat.training import LossLog, apply_schedule, compile_blocks, init_wandb, lr_multiplier
 from tasks.arc import ARC
 from tasks.common import TaskMixture, TaskSequence, chat_data_dir
 from tasks.customjson import CustomJSON
 from tasks.gsm8k import GSM8K
+from tasks.humaneval import HumanEval
 from tasks.mmlu import MMLU
 from tasks.smoltalk import SmolTalk
 from tasks.spellingbee import SimpleSpelling, SpellingBee
@@ -92,12 +99,12 @@ parser.add_argument("--unembedding-lr", type=float, default=-1, help="AdamW lr o
 parser.add_argument("--scalar-lr", type=float, default=-1, help="AdamW lr of norms and gates (-1 = the base run's)")
 parser.add_argument("--weight-decay", type=float, default=-1, help="Muon weight decay (-1 = the base run's)")
 parser.add_argument("--init-lr-frac", type=float, default=1.0, help="every lr times this")
-parser.add_argument("--warmdown-ratio", type=float, default=0.2, help="fraction of the epoch of linear lr decay to 0 at the end")
+parser.add_argument("--warmdown-ratio", type=float, default=0.2, help="fraction of the steps of linear lr decay, reaching 0 on the last step")
 parser.add_argument("--load-optimizer", type=int, default=1, choices=[0, 1], help="start from the base run's optimizer state when it fits")
 # evaluation, checkpoints
 parser.add_argument("--eval-every", type=int, default=150, help="val bpb every N steps (-1 = only at the end)")
 parser.add_argument("--eval-tokens", type=int, default=10 * 524288, help="validation tokens per evaluation")
-parser.add_argument("--chat-eval-every", type=int, default=300, help="quick chat evals every N steps and at the end (-1 = off)")
+parser.add_argument("--chat-eval-every", type=int, default=300, help="quick chat evals and ChatCORE every N steps and at the end (-1 = off)")
 parser.add_argument("--chat-eval-problems", type=int, default=24, help="problems per task in the quick chat evals")
 parser.add_argument("--chat-eval-max-tokens", type=int, default=256, help="most reply tokens in the quick generative evals")
 parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
@@ -210,8 +217,8 @@ def build_mixture():
 
 
 def build_val():
-    """The held-out slice for val bpb: SmolTalk test, the first 5.2K of MMLU test, the first 420
-    of GSM8K test (nanochat's proportions); parts whose data is missing are left out."""
+    """The held-out slice for val bpb: SmolTalk test, 5.2K of MMLU test, 420 of GSM8K test
+    (nanochat's proportions; the first of each task's shuffled order, so every MMLU subject); parts whose data is missing are left out."""
     parts = []
     for name, make in (("SmolTalk test", lambda: smoltalk("test")[0]), ("MMLU test", lambda: MMLU("test", stop=5200)),
                        ("GSM8K test", lambda: GSM8K("test", stop=420))):
@@ -298,6 +305,23 @@ else:
 packer = SFTPacker(tokenizer, train_dataset, args.device_batch_size, T, rank, world_size, device,
                    args.buffer_size, state=packer_state)
 
+# the length of the epoch, counted: a first packing pass over this rank's share; the epoch ends
+# when any rank cannot fill a step, so the steps are the fewest any rank can fill
+t0 = time.time()
+n_batches = SFTPacker(tokenizer, train_dataset, args.device_batch_size, T, rank, world_size, "cpu",
+                      args.buffer_size).count_batches()
+epoch_steps = torch.tensor(n_batches // grad_accum, device=device)
+if is_ddp:
+    dist.all_reduce(epoch_steps, op=dist.ReduceOp.MIN)
+epoch_steps = int(epoch_steps.item())
+if epoch_steps == 0:
+    raise ValueError(f"the SFT mixture fills {n_batches} batches of {args.device_batch_size} rows on rank {rank}: "
+                     f"not one step of {grad_accum} (lower --total-batch-size or --device-batch-size)")
+num_steps = epoch_steps if args.num_iterations <= 0 else min(args.num_iterations, epoch_steps)
+print0(f"epoch: {epoch_steps} steps ({n_batches} batches on rank 0, counted in {time.time() - t0:.1f}s); "
+       f"training {num_steps} steps" + (f" (--num-iterations {args.num_iterations} is more than one epoch)"
+                                         if args.num_iterations > epoch_steps else ""))
+
 # validation rows: packed once (on CPU), the same rows at every evaluation; every rank uses as
 # many batches as the one with the fewest has
 want = max(1, args.eval_tokens // rows_per_micro)
@@ -317,8 +341,9 @@ print0(f"validation: {eval_steps} batches per rank ({eval_steps * rows_per_micro
 # quick chat evals: a handful of problems of each task whose data is here
 quick_tasks = []
 if args.chat_eval_every > 0 and args.chat_eval_problems > 0:
-    for name, make in (("ARC-Easy", lambda: ARC("ARC-Easy", "test")), ("MMLU", lambda: MMLU("test")),
-                       ("GSM8K", lambda: GSM8K("test")), ("SpellingBee", lambda: SpellingBee(size=256, split="test"))):
+    for name, make in (("ARC-Easy", lambda: ARC("ARC-Easy", "test")), ("ARC-Challenge", lambda: ARC("ARC-Challenge", "test")),
+                       ("MMLU", lambda: MMLU("test")), ("GSM8K", lambda: GSM8K("test")), ("HumanEval", lambda: HumanEval()),
+                       ("SpellingBee", lambda: SpellingBee(size=256, split="test"))):
         try:
             quick_tasks.append((name, make()))
         except FileNotFoundError as e:
@@ -357,8 +382,11 @@ def quick_chat_eval(step):
                                           max_problems=args.chat_eval_problems)
             out[name] = res["accuracy"]
     model.train()
+    if len(out) == len(BASELINES):  # all six tasks: nanochat's ChatCORE, on this small subset
+        out["ChatCORE"] = chatcore(out)
     print0(f"step {step:05d} | quick chat eval (r={eval_r}, {args.chat_eval_problems} problems each): "
-           + ", ".join(f"{k} {v:.3f}" for k, v in out.items()))
+           + ", ".join(f"{k} {v:.3f}" for k, v in out.items())
+           + ("" if "ChatCORE" in out else f" (no ChatCORE: {len(out)} of the {len(BASELINES)} tasks)"))
     wandb_run.log({"step": step, **{f"chat/{k}": v for k, v in out.items()}})
     return out
 
@@ -373,19 +401,18 @@ def save(step, loader_state, bpb):
 step, bpb, quick = start_step, None, {}
 while True:
     # the step's batches first: whether the epoch is over is known only once they are fetched
-    loader_state, progress = packer.state_dict(), packer.progress
+    loader_state = packer.state_dict()
     try:
         batches = [packer.next_batch() for _ in range(grad_accum)]
     except StopIteration:
         batches = None
     n_tokens = sum(int((y >= 0).sum()) for _, y in batches) if batches else 0
-    sync = torch.tensor([batches is None, progress, n_tokens], dtype=torch.float64, device=device)
+    sync = torch.tensor([batches is None, n_tokens], dtype=torch.float64, device=device)
     if is_ddp:
-        dist.all_reduce(sync)  # any rank out of data ends the epoch everywhere; progress is the mean
-    epoch_done, progress, n_tokens = bool(sync[0] > 0), sync[1].item() / world_size, sync[2].item()
-    if args.num_iterations > 0:
-        progress = step / args.num_iterations
-    last = epoch_done or step == args.num_iterations
+        dist.all_reduce(sync)  # any rank out of data ends the epoch everywhere
+    epoch_done, n_tokens = bool(sync[0] > 0), sync[1].item()
+    assert epoch_done == (step == epoch_steps), f"step {step}: out of data is {epoch_done}, but the epoch counted {epoch_steps} steps"
+    last = step == num_steps
 
     if last or (args.eval_every > 0 and step % args.eval_every == 0 and step > start_step):
         bpb = val_bpb()
@@ -411,7 +438,7 @@ while True:
         loss = model.loss(x, y, r=r, bptt_k=bptt_k, reduction="sum", generator=gen)
         (loss * scale).backward()
         loss_sum += loss.detach()
-    lrm = 1.0 if args.warmdown_ratio <= 0 else min(1.0, max(0.0, (1 - progress) / args.warmdown_ratio))
+    lrm = lr_multiplier(step + 1, num_steps, 0.0, args.warmdown_ratio, 0.0)  # the multiplier after this step: 0 after the last
     apply_schedule(optimizer, lrm, step)
     optimizer.step()
     model.zero_grad(set_to_none=True)
@@ -424,7 +451,7 @@ while True:
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"step {step}: loss is {train_loss} (r={r}); the last checkpoint is intact")
     smooth = loss_log.record_step(step, train_loss, lrm, r, dt)
-    horizon = f"/{args.num_iterations}" if args.num_iterations > 0 else f" ({100 * progress:.1f}% of the epoch)"
+    horizon = f"/{num_steps}" + (f" ({100 * step / epoch_steps:.1f}% of the epoch)" if args.num_iterations <= 0 else "")
     print0(f"step {step:05d}{horizon} | loss {smooth:.4f} | r {r:2d} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms"
            f" | tok/s {total_batch / dt:,.0f} | supervised {n_tokens / total_batch:.2f}")
     wandb_run.log({"step": step, "train/loss": smooth, "train/lrm": lrm, "train/r": r})

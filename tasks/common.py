@@ -9,9 +9,16 @@ a grader needs (categorical tasks: "letters", the answer letters whose logits an
 compares; HumanEval: "entry_point", "test").
 
     task[i]                       -> conversation (the last message is the reference answer)
+    len(task), iter(task)         -> over the examples in a seeded shuffled order (below)
     task.evaluate(conv, text)     -> bool, is the completion `text` right?
     task.reward(conv, text)       -> float, the RL reward (by default float(evaluate))
     task.eval_type                -> "categorical" | "generative" | None (no grader)
+
+Order: a task yields its examples in one fixed shuffle of the underlying data (seed
+SHUFFLE_SEED = 42, as nanochat shuffles every task), so any prefix is a representative subset:
+`--max-problems 200` of MMLU covers most of its 57 subjects, not abstract_algebra and anatomy
+(the test file is sorted by subject). seed=None keeps the stored order. A slice
+Task(start, stop, step) applies to the shuffled order.
 
 Data files are looked up locally first: an explicit `path`, else
 $NANOCHAT_BASE_DIR/chat_data/<task>/<file> (the layout of ../shared/data/chat, so a copy or a
@@ -28,19 +35,21 @@ import numpy as np
 from nanochat.common import get_base_dir
 
 LETTERS = "ABCDEFGHIJ"
+SHUFFLE_SEED = 42  # every task's example order (nanochat's)
 
 
 class Task:
-    """A list of conversations, optionally viewed through a slice: Task(start, stop, step)
-    behaves like `examples[start:stop:step]` (Python slicing rules, so stop past the end is
+    """A list of conversations in a seeded shuffled order (seed=None: the stored order),
+    optionally viewed through a slice: Task(start, stop, step) behaves like
+    `shuffled_examples[start:stop:step]` (Python slicing rules, so stop past the end is
     clipped)."""
 
     eval_type = None  # "categorical" (compare the logits of conversation["letters"]) | "generative"
 
-    def __init__(self, start=0, stop=None, step=1):
+    def __init__(self, start=0, stop=None, step=1, seed=SHUFFLE_SEED):
         if step is not None and step < 1:
             raise ValueError(f"step={step}: expected a positive integer")
-        self._slice = slice(start, stop, step)
+        self._slice, self.seed, self._order = slice(start, stop, step), seed, None
 
     def num_examples(self):
         """Size of the underlying dataset, before slicing."""
@@ -51,7 +60,13 @@ class Task:
         raise NotImplementedError
 
     def _view(self):
-        return range(self.num_examples())[self._slice]
+        """Underlying indices of the examples, in task order."""
+        n = self.num_examples()
+        if self.seed is None:
+            return range(n)[self._slice]
+        if self._order is None or len(self._order) != n:  # built once: the data does not change
+            self._order = np.random.default_rng(self.seed).permutation(n)
+        return self._order[self._slice]
 
     def __len__(self):
         return len(self._view())
@@ -59,11 +74,11 @@ class Task:
     def __getitem__(self, index):
         if not isinstance(index, int):
             raise TypeError(f"task index must be an int, got {type(index).__name__}")
-        return self.get_example(self._view()[index])  # range indexing: IndexError past the end
+        return self.get_example(int(self._view()[index]))  # IndexError past the end
 
     def __iter__(self):
         for index in self._view():
-            yield self.get_example(index)
+            yield self.get_example(int(index))
 
     def evaluate(self, conversation, completion):
         raise NotImplementedError(f"{type(self).__name__} has no grader (eval_type={self.eval_type})")
@@ -76,8 +91,8 @@ class TaskMixture(Task):
     """All examples of all tasks in one deterministic shuffle (fixed seed), so every stretch of
     training sees every task. A task listed twice appears twice: two epochs of it."""
 
-    def __init__(self, tasks, seed=42, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, tasks, seed=SHUFFLE_SEED, **kwargs):
+        super().__init__(seed=None, **kwargs)  # the shuffle is the mixture's own (across tasks)
         self.tasks = list(tasks)
         lengths = [len(task) for task in self.tasks]
         task_ids = np.repeat(np.arange(len(lengths)), lengths)
@@ -96,7 +111,7 @@ class TaskSequence(Task):
     """The tasks one after another, in the order given (a curriculum)."""
 
     def __init__(self, tasks, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=None, **kwargs)
         self.tasks = list(tasks)
         self.offsets = np.cumsum([0] + [len(task) for task in self.tasks])
 

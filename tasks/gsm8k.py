@@ -1,6 +1,6 @@
 """
-GSM8K: grade-school math word problems with worked solutions. Generative: the completion's
-final number is compared with the reference's.
+GSM8K: grade-school math word problems with worked solutions. Generative: the number after
+the completion's "####" is compared with the reference's (extract_answer; no marker, wrong).
 
 The reference solutions mark every calculation as <<expression=result>>, e.g.
 "Natalia sold 48/2 = <<48/2=24>>24 clips in May." and end with "#### 72". Rendered as
@@ -20,22 +20,19 @@ from tasks.common import Task, read_records, resolve_data_file
 
 GITHUB_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
 ANNOTATION_RE = re.compile(r"<<([^<>]*)>>")
-NUMBER_RE = re.compile(r"-?\$?-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")
+ANSWER_RE = re.compile(r"####[ \t]*(-?\$?-?(?:\d[\d,]*(?:\.\d+)?|\.\d+))")  # "#### 1,234.5", "#### -$5"
 
 
 def extract_answer(text):
     """The answer number of a solution as a canonical string ("1,234.50" -> "1234.5",
-    "-$5" -> "-5", "7.0" -> "7"), or None. The first number after the last "####" when there is
-    one, else the last number in the text."""
-    head, marker, tail = text.rpartition("####")
-    segment = tail if marker else text
-    matches = list(NUMBER_RE.finditer(segment))
-    if not matches:
+    "-$5" -> "-5", "7.0" -> "7"), or None. Only a number right after a "####" marker counts
+    (the first marker that has one, as nanochat's grader): a reply without the marker has no
+    answer, however many numbers it mentions. So "She makes 18 dollars." is wrong and
+    "#### 18" right, and the RL reward (the same grader) pays only for the format SFT taught."""
+    m = ANSWER_RE.search(text)
+    if m is None:
         return None
-    m = matches[0] if marker else matches[-1]
-    raw = m.group()
-    if raw.startswith("-") and m.start() > 0 and segment[m.start() - 1].isalnum():
-        raw = raw[1:]  # "3-4" is a range or a subtraction, not a negative number
+    raw = m.group(1)
     negative = "-" in raw
     try:
         value = Decimal(raw.replace("-", "").replace("$", "").replace(",", ""))

@@ -4,7 +4,7 @@ because it sees tokens, not letters.
 
 - SpellingBee: "How many r are in strawberry?" The reference answer spells the word, counts
   by hand position by position, checks with a python tool call ('strawberry'.count('r')) and
-  ends with "#### 3". Graded like GSM8K (the final number).
+  ends with "#### 3". Graded like GSM8K: only the number after "####" counts.
 - SimpleSpelling: "Spell strawberry" -> "strawberry: s-t-r-a-w-b-e-r-r-y", the condensed form of
   the hard part of SpellingBee.
 

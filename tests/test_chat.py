@@ -4,6 +4,7 @@ update, and chat_sft / chat_eval / chat_rl end to end on a tiny base checkpoint 
 synthetic chat_data folder (hermetic: no network, no ../shared)."""
 
 import csv
+import gzip
 import json
 import os
 import random
@@ -95,6 +96,14 @@ def test_best_fit_pads_little_and_keeps_every_token():
             assert ids.count(conv_id) == data[conv_id - 10]["n"] - 1
 
 
+def test_count_batches_is_the_epoch_length():
+    data = length_dataset()
+    for rank, world in ((0, 1), (1, 3)):
+        packer = SFTPacker(LengthTokenizer(), data, B=3, T=63, buffer_size=16, rank=rank, world_size=world)
+        n = SFTPacker(LengthTokenizer(), data, B=3, T=63, buffer_size=16, rank=rank, world_size=world).count_batches()
+        assert n == len(list(packer)) > 5
+
+
 def test_resume_gives_the_same_next_rows():
     data = length_dataset()
     a = SFTPacker(LengthTokenizer(), data, B=3, T=63, buffer_size=16)
@@ -119,7 +128,7 @@ def test_ranks_are_disjoint_and_cover_the_epoch():
             for conv_id in set(x.flatten().tolist()) | set(y.flatten().tolist()):
                 if conv_id >= 10:
                     assert seen.setdefault(conv_id - 10, rank) == rank, f"conversation {conv_id - 10} on two ranks"
-        assert packer.progress > 0.9
+        assert packer.stats["rendered"] == len(range(rank, len(data), W))  # its whole share was read
     assert all(i % W == r for i, r in seen.items())  # rank r owns conversations r, r + W, ...
     assert len(seen) > 0.9 * len(data)  # all but each rank's last partial batch
 
@@ -131,7 +140,7 @@ class ListTask(Task):
     eval_type = "categorical"
 
     def __init__(self, conversations):
-        super().__init__()
+        super().__init__(seed=None)  # the stored order: max_problems=2 takes the first two
         self.conversations = conversations
 
     def num_examples(self):
@@ -181,10 +190,10 @@ def test_categorical_accuracy_on_a_stub_model(tokenizer):
         decoy = tokenizer.encode("E" if len(opts) == 4 else "D")[0]  # a letter, but not one of this question's
         choices[tuple(tokenizer.render_for_completion(conv))] = (ids[pick], decoy, ids[answer])
         conversations.append(conv)
-    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", batch_size=2)
-    assert res == dict(accuracy=3 / 5, correct=3, total=5)
-    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", max_problems=2)
-    assert res == dict(accuracy=1 / 2, correct=1, total=2)
+    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", r=2, batch_size=2)
+    assert res == dict(accuracy=3 / 5, correct=3, total=5, mean_depth=2.0)
+    res = evaluate_categorical(StubModel(tokenizer, choices), tokenizer, ListTask(conversations), "cpu", r=2, max_problems=2)
+    assert res == dict(accuracy=1 / 2, correct=1, total=2, mean_depth=2.0)
 
 
 def test_chatcore_centering():
@@ -286,6 +295,13 @@ def make_chat_data(root):
     arc = [{"question": f"Which word is number {i}?", "choices": {"text": rng.sample(words, 4), "label": list("ABCD")},
             "answerKey": "ABCD"[i % 4]} for i in range(6)]
     write_jsonl(os.path.join(root, "arc", "ARC-Easy-test.jsonl"), arc)
+    write_jsonl(os.path.join(root, "arc", "ARC-Challenge-test.jsonl"), arc[::-1])
+    humaneval = [{"task_id": f"HumanEval/{i}", "prompt": f"def add{i}(a, b):\n    \"\"\"The sum.\"\"\"\n",
+                  "canonical_solution": "    return a + b\n", "entry_point": f"add{i}",
+                  "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"} for i in range(2)]
+    os.makedirs(os.path.join(root, "humaneval"), exist_ok=True)
+    with gzip.open(os.path.join(root, "humaneval", "HumanEval.jsonl.gz"), "wt") as f:
+        f.writelines(json.dumps(row) + "\n" for row in humaneval)
     mmlu = [{"subject": "misc", "question": f"Pick {w}.", "choices": rng.sample(words, 4), "answer": i % 4}
             for i, w in enumerate(words[:8])]
     for split in ("auxiliary_train", "test"):
@@ -349,6 +365,8 @@ def test_chat_sft_end_to_end(sft_run):
     assert "(9 rows dropped)" in out  # the stand-in's nanochat_identity and gsm8k_train rows of the train split
     assert "note: SmolTalk: 12 asked, only" not in out and "| SmolTalk |" in out
     assert "step 00002/2" in out and "val bpb" in out and "quick chat eval" in out
+    quick = [line for line in out.splitlines() if "quick chat eval" in line]
+    assert len(quick) == 1 and "HumanEval" in quick[0] and "ChatCORE" in quick[0]  # at the end, all six tasks
     ckpt = base / "chatsft_checkpoints" / "s1"
     assert last_step(ckpt) == 2 and os.path.exists(ckpt / "train_log.png")
     assert os.path.exists(base / "report" / "chat_sft.md")
@@ -377,22 +395,29 @@ def test_chat_sft_two_ranks_to_the_end_of_the_epoch(chat_base, tmp_path):
                      "--chat-eval-every", "-1", "--load-optimizer", "0", "--warmdown-ratio", "0.5", nproc=2)
     assert "world size 2" in out and "x 2 ranks x 1 accum" in out and "optimizer: fresh state" in out
     steps = [line for line in out.splitlines() if line.startswith("step ") and "| loss" in line]
-    assert len(steps) >= 2 and "% of the epoch" in steps[-1]
-    assert "lrm 1.00" in steps[0] and "lrm 1.00" not in steps[-1]  # the decay over the end of the epoch
+    counted = int(out.split("epoch: ")[1].split(" steps")[0])
+    assert len(steps) == counted >= 2 and "(100.0% of the epoch)" in steps[-1]
+    assert "lrm 1.00" in steps[0] and "lrm 0.00" in steps[-1]  # the decay ends on the last step of the epoch
     assert last_step(base / "chatsft_checkpoints" / "s1") == len(steps)
 
 
 def test_chat_eval_end_to_end(sft_run):
     base, _, _ = sft_run
     out = run_script(base, "scripts.chat_eval", "-i", "ARC-Easy,GSM8K", "--model-tag", "s1", "--max-problems", "3",
-                     "--max-new-tokens", "8", "--recur", "1,2")
+                     "--max-new-tokens", "8", "--recur", "1,2", "--adaptive", "0")
     assert "r=1 | ARC-Easy      | 3 problems" in out and "r=2 | GSM8K         | 3 problems" in out
+    assert "r=2 adaptive | ARC-Easy      | 3 problems" in out and "r=1 | adaptive: skipped" in out
     with open(base / "chat_eval" / "sft_s1_step000002.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [row["r"] for row in rows] == ["1", "2"] and all(0 <= float(row["GSM8K_acc"]) <= 1 for row in rows)
+    assert [(row["r"], row["mode"]) for row in rows] == [("1", "fixed"), ("2", "fixed"), ("2", "adaptive")]
+    assert all(0 <= float(row["GSM8K_acc"]) <= 1 for row in rows)
+    # adaptive exit at threshold 0 never stops a token: the fixed r = 2 function, every task at depth 2
+    fixed, adaptive = rows[1], rows[2]
+    assert all(fixed[k] == adaptive[k] for k in ("ARC-Easy_acc", "GSM8K_acc"))
+    assert all(float(adaptive[k]) == 2.0 for k in ("ARC-Easy_mean_depth", "GSM8K_mean_depth", "mean_depth"))
     assert os.path.exists(base / "chat_eval" / "sft_s1_step000002.png")
     report = open(base / "report" / "chat_eval_sft.md").read()
-    assert "| r | ARC-Easy | GSM8K |" in report
+    assert "| r | ARC-Easy | GSM8K |" in report and "| cap r | mean depth | ARC-Easy (depth) | GSM8K (depth) |" in report
     # the same accuracy from two ranks, one with 2 problems and one with 1
     two = run_script(base, "scripts.chat_eval", "-i", "ARC-Easy", "--model-tag", "s1", "--max-problems", "3",
                      "--recur", "1", nproc=2)

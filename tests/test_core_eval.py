@@ -377,18 +377,23 @@ def test_base_eval_end_to_end(tmp_path, tokenizer, shard_dir):
                           {"mc": 100 / 3, "sc": 50, "lm": 0, "gone": 50}, MISSING_TASK)
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "scripts.base_eval", "--recur", "1,2", "--eval-bundle", bundle,
-           "--data-dir", shard_dir, "--eval-tokens", "128", "--device-batch-size", "2"]
+           "--data-dir", shard_dir, "--eval-tokens", "128", "--device-batch-size", "2", "--adaptive", "0"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "| r | CORE | train bpb | val bpb |" in out and "missing: gone" in out
+    assert "| r | CORE | mean depth | train bpb | val bpb |" in out and "missing: gone" in out
     table = [l for l in out.splitlines() if l.startswith("| 1 |") or l.startswith("| 2 |")]
-    assert len(table) == 2
+    assert len(table) == 3  # r = 1 and 2 fixed, then cap r = 2 adaptive (r = 1 cannot stop early)
     prefix = base / "base_eval" / "tiny_step000003"
     assert os.path.getsize(f"{prefix}.png") > 0
     with open(f"{prefix}.csv") as f:
-        lines = f.read().splitlines()
-    assert lines[0].startswith("r,core,train_bpb,val_bpb") and len(lines) == 3 and "mc_acc" in lines[0]
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:6] == ["r", "mode", "core", "mean_depth", "train_bpb", "val_bpb"] and "mc_acc" in rows[0]
+    assert [(row["r"], row["mode"]) for row in rows] == [("1", "fixed"), ("2", "fixed"), ("2", "adaptive KL<0")]
+    # threshold 0 never stops a position: the fixed r = 2 figures, at depth 2 on every task
+    assert rows[2]["core"] == rows[1]["core"] and float(rows[2]["mean_depth"]) == 2.0
+    assert all(rows[2][f"{t}_acc"] == rows[1][f"{t}_acc"] and float(rows[2][f"{t}_mean_depth"]) == 2.0
+               for t in ("mc", "sc", "lm"))
     report = (base / "report" / "base_eval.md").read_text()
     assert "## Base model evaluation" in report and "| mc | 6 |" in report
     # a standard GPT has only r=1; a missing checkpoint is named

@@ -60,11 +60,11 @@ def test_sizes(tasks):
                 "gsm8k_train": 7473, "gsm8k_test": 1319, "humaneval": 164, "smoltalk_test": 747,
                 "smoltalk_train": 14928 - 747, "identity_original": 997, "spellingbee": 300, "simplespelling": 300}
     assert {name: len(tasks[name]) for name in expected} == expected
-    assert 40 <= len(tasks["identity"]) <= 80
+    assert len(tasks["identity"]) == 1000  # dev/make_identity_conversations.py
 
 
 def test_arc_first_rows(tasks):
-    conv = tasks["arc_easy"][0]
+    conv = tasks["arc_easy"].get_example(0)  # the file's first row (task order is shuffled)
     assert conv["messages"][0] == {"role": "user", "content": (
         "Which statement best explains why photosynthesis is the foundation of most food webs?\n\n"
         "A. Sunlight is the source of energy for nearly all ecosystems.\n"
@@ -74,7 +74,7 @@ def test_arc_first_rows(tasks):
         "Answer with the letter of the correct choice.")}
     assert conv["messages"][1] == {"role": "assistant", "content": "A"}
     assert conv["letters"] == ["A", "B", "C", "D"]
-    conv = tasks["arc_challenge"][0]
+    conv = tasks["arc_challenge"].get_example(0)
     assert conv["messages"][0]["content"].startswith("An astronomer observes that a planet rotates faster")
     assert "\nC. Planetary days will become shorter.\n" in conv["messages"][0]["content"]
     assert conv["messages"][1]["content"] == "C"
@@ -82,19 +82,19 @@ def test_arc_first_rows(tasks):
 
 
 def test_mmlu_first_rows(tasks):
-    conv = tasks["mmlu_test"][0]
+    conv = tasks["mmlu_test"].get_example(0)
     assert conv["messages"][0]["content"] == (
         "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n\n"
         "A. 0\nB. 4\nC. 2\nD. 6\n\nAnswer with the letter of the correct choice.")
     assert conv["messages"][1]["content"] == "B"  # answer index 1
     assert conv["letters"] == ["A", "B", "C", "D"] and conv["subject"] == "abstract_algebra"
-    conv = tasks["mmlu_dev"][0]
+    conv = tasks["mmlu_dev"].get_example(0)
     assert conv["messages"][0]["content"].startswith("Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\n\nA. 0\n")
     assert conv["messages"][1]["content"] == "B"
 
 
 def test_gsm8k_first_row_tool_calls(tasks):
-    conv = tasks["gsm8k_train"][0]
+    conv = tasks["gsm8k_train"].get_example(0)
     assert conv["messages"][0]["content"].startswith("Natalia sold clips to 48 of her friends in April")
     assert conv["messages"][1]["content"] == [
         {"type": "text", "text": "Natalia sold 48/2 = "},
@@ -108,11 +108,11 @@ def test_gsm8k_first_row_tool_calls(tasks):
     # the parts put back together are the original solution
     parts = solution_parts("a <<2*3=6>>6 b <<10-4=6>>6\n#### 6")
     assert [p["type"] for p in parts] == ["text", "python", "python_output", "text", "python", "python_output", "text"]
-    assert tasks["gsm8k_test"][0]["messages"][1]["content"][-1]["text"].endswith("#### 18")
+    assert tasks["gsm8k_test"].get_example(0)["messages"][1]["content"][-1]["text"].endswith("#### 18")
 
 
 def test_humaneval_first_row(tasks):
-    conv = tasks["humaneval"][0]
+    conv = tasks["humaneval"].get_example(0)
     prompt = conv["messages"][0]["content"]
     assert prompt.startswith("from typing import List\n\n\ndef has_close_elements(numbers: List[float], threshold: float) -> bool:")
     assert conv["messages"][1]["content"].startswith(prompt) and "return False" in conv["messages"][1]["content"]
@@ -123,19 +123,19 @@ def test_humaneval_first_row(tasks):
 def test_smoltalk_local_split(tasks):
     with open(shared("sft", "sft_conversations.jsonl")) as f:
         lines = [json.loads(line)["messages"] for line in f]
-    assert tasks["smoltalk_test"][0]["messages"] == lines[0]
-    assert tasks["smoltalk_test"][1]["messages"] == lines[20]
-    assert tasks["smoltalk_train"][0]["messages"] == lines[1]
-    assert tasks["smoltalk_train"][19]["messages"] == lines[21]
+    assert tasks["smoltalk_test"].get_example(0)["messages"] == lines[0]
+    assert tasks["smoltalk_test"].get_example(1)["messages"] == lines[20]
+    assert tasks["smoltalk_train"].get_example(0)["messages"] == lines[1]
+    assert tasks["smoltalk_train"].get_example(19)["messages"] == lines[21]
     assert tasks["smoltalk_train"].eval_type is None
 
 
 def test_customjson_identity(tasks):
-    conv = tasks["identity_original"][0]
+    conv = tasks["identity_original"].get_example(0)
     assert conv["messages"][0] == {"role": "user", "content": "hi! what's your story"}
     assert conv["messages"][1]["content"].startswith("Hello there! I am nanochat")
     # line 285 ends with an unanswered user message: dropped, so the assistant has the last word
-    assert len(tasks["identity_original"][284]["messages"]) == 12
+    assert len(tasks["identity_original"].get_example(284)["messages"]) == 12
     for conv in tasks["identity"]:
         assert conv["messages"][-1]["role"] == "assistant"
     text = " ".join(m["content"] for conv in tasks["identity"] for m in conv["messages"])
@@ -158,13 +158,19 @@ def test_customjson_identity(tasks):
     ("#### -0", "0"),
     ("#### 1,000,000 dollars", "1000000"),
     ("first 3 then 4 #### 18 and then 99", "18"),          # the first number after the marker
-    ("#### 5\n#### 6", "6"),                               # the last marker wins
-    ("She has 12 apples, so the answer is 15.", "15"),     # no marker: the last number
-    ("The answer is $2,500.", "2500"),
-    ("temperature went from 3-4 degrees", "4"),           # a range, not minus four
-    ("It dropped to -3.", "-3"),
+    ("#### 5\n#### 6", "5"),                               # the first marker counts (nanochat)
+    ("#### none\n#### 6", "6"),                            # the first marker followed by a number
+    ("####18", "18"),
+    # no number right after a marker: no answer (nanochat's strict grader)
+    ("She makes 18 dollars.", None),
+    ("She has 12 apples, so the answer is 15.", None),
+    ("The answer is $2,500.", None),
+    ("1", None),
+    ("It dropped to -3.", None),
     ("no numbers here", None),
     ("#### none", None),
+    ("#### the answer is 18", None),
+    ("####\n18", None),
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
@@ -196,10 +202,10 @@ def test_mc_helpers():
 
 def test_gsm8k_grader(tasks):
     task = tasks["gsm8k_train"]
-    conv = task[0]  # answer 72
+    conv = task.get_example(0)  # answer 72
     assert task.evaluate(conv, "She sold 24 in May, so 48+24=72 in total.\n#### 72") is True
     assert task.reward(conv, "#### 72.00") == 1.0
-    assert task.evaluate(conv, "The answer is 72.") is True  # no marker: the last number
+    assert task.evaluate(conv, "The answer is 72.") is False  # no marker: no answer
     assert task.evaluate(conv, "#### 71") is False
     assert task.evaluate(conv, "72 clips ... #### 70") is False
     assert task.reward(conv, "I don't know") == 0.0
@@ -207,6 +213,22 @@ def test_gsm8k_grader(tasks):
     for conv in task:
         reference = "".join(p["text"] for p in conv["messages"][1]["content"])
         assert task.evaluate(conv, reference), reference
+
+
+def test_strict_graders_on_hand_made_replies(tasks):
+    """The lenient cases measured in issue 13 now fail; nanochat's accepted forms pass."""
+    gsm = tasks["gsm8k_test"]
+    conv = gsm.get_example(0)  # Janet's ducks: 18 dollars
+    assert not gsm.evaluate(conv, "She makes 18 dollars.") and gsm.reward(conv, "She makes 18 dollars.") == 0.0
+    assert not gsm.evaluate(conv, "18")
+    for reply in ("#### 18", "She makes 16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars.\n#### 18", "#### $18", "#### 18.00"):
+        assert gsm.evaluate(conv, reply) and gsm.reward(conv, reply) == 1.0, reply
+    # a constant "1" answerer: about half of SpellingBee's counts are 1, and none of it scores now
+    bee = SpellingBee(size=256, split="test", path=WORDS)
+    counts = [int(c["messages"][1]["content"][2]["text"]) for c in bee]
+    assert counts.count(1) > 100
+    assert sum(bee.evaluate(c, "1") for c in bee) == 0
+    assert sum(bee.evaluate(c, "#### 1") for c in bee) == counts.count(1)
 
 
 def test_humaneval_grader_in_sandbox(tasks):
@@ -251,7 +273,8 @@ def test_spelling_graders_and_content(tasks):
         assert parts[0]["text"].startswith(f"Spelling out '{word}': {'-'.join(word)}")
         assert parts[-1]["text"].endswith(f"#### {word.count(letter)}")
         count = word.count(letter)
-        assert bee.evaluate(conv, f"blah\n#### {count}") and bee.reward(conv, f"It has {count}.") == 1.0
+        assert bee.evaluate(conv, f"blah\n#### {count}") and bee.reward(conv, f"#### {count}") == 1.0
+        assert not bee.evaluate(conv, f"It has {count}.") and bee.reward(conv, str(count)) == 0.0  # no marker
         assert not bee.evaluate(conv, f"#### {count + 1}") and bee.reward(conv, "no idea") == 0.0
     assert any(p["text"] == "0" for conv in bee for p in conv["messages"][1]["content"])  # absent letters occur
     for conv in simple:
@@ -293,8 +316,8 @@ class Numbers(Task):
     """A tiny in-memory task: example i says its name and index."""
     eval_type = "generative"
 
-    def __init__(self, name, n, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, name, n, seed=None, **kwargs):  # stored order unless asked: the tests read indices
+        super().__init__(seed=seed, **kwargs)
         self.name, self.n = name, n
 
     def num_examples(self):
@@ -328,12 +351,14 @@ def test_sequence_order_and_slicing():
     assert key(seq[-1]) == ("d", 1)
     with pytest.raises(IndexError):
         seq[7]
-    full = [key(conv) for conv in Numbers("n", 10)]
-    for start, stop, step in [(0, None, 1), (2, 7, 1), (1, None, 3), (5, 100, 2), (20, None, 1), (3, 3, 1)]:
-        sliced = Numbers("n", 10, start=start, stop=stop, step=step)
-        assert [key(conv) for conv in sliced] == full[start:stop:step]
-        assert len(sliced) == len(full[start:stop:step])
-        assert [key(sliced[i]) for i in range(len(sliced))] == full[start:stop:step]
+    for seed in (None, 42):  # a slice applies to the task order, shuffled or not
+        full = [key(conv) for conv in Numbers("n", 10, seed=seed)]
+        assert sorted(full) == [("n", i) for i in range(10)] and (full == sorted(full)) == (seed is None)
+        for start, stop, step in [(0, None, 1), (2, 7, 1), (1, None, 3), (5, 100, 2), (20, None, 1), (3, 3, 1)]:
+            sliced = Numbers("n", 10, start=start, stop=stop, step=step, seed=seed)
+            assert [key(conv) for conv in sliced] == full[start:stop:step]
+            assert len(sliced) == len(full[start:stop:step])
+            assert [key(sliced[i]) for i in range(len(sliced))] == full[start:stop:step]
     with pytest.raises(IndexError):
         Numbers("n", 10, start=8)[2]
     with pytest.raises(ValueError, match="step=0"):
@@ -343,6 +368,23 @@ def test_sequence_order_and_slicing():
     # slicing a real task and a mixture of slices
     mix = TaskMixture([Numbers("a", 10, stop=4), Numbers("b", 10, start=8)], start=1, step=2)
     assert len(mix) == 3 and {key(conv)[0] for conv in TaskMixture([Numbers("a", 10, stop=4), Numbers("b", 10, start=8)])} == {"a", "b"}
+
+
+def test_shuffled_order_is_representative_and_fixed(tasks):
+    mmlu = tasks["mmlu_test"]
+    subjects = [conv["subject"] for conv in (mmlu[i] for i in range(200))]
+    assert len(set(subjects)) >= 45  # of 57; the file order gives 2 (abstract_algebra, anatomy)
+    in_file_order = MMLU("test", path=shared("mmlu", "test.jsonl"), seed=None)
+    assert len({in_file_order[i]["subject"] for i in range(200)}) == 2
+    again = MMLU("test", path=shared("mmlu", "test.jsonl"))
+    assert [again[i] for i in range(50)] == [mmlu[i] for i in range(50)]  # the order is deterministic
+    assert sorted(c["messages"][0]["content"] for c in again) == sorted(c["messages"][0]["content"] for c in in_file_order)
+    # a prefix is the prefix of the shuffled order
+    assert list(MMLU("test", path=shared("mmlu", "test.jsonl"), stop=24)) == [mmlu[i] for i in range(24)]
+    assert MMLU("test", path=shared("mmlu", "test.jsonl"), seed=1)[0] != mmlu[0]
+    # every other task is shuffled too
+    for name in ("arc_easy", "gsm8k_test", "humaneval", "identity"):
+        assert [tasks[name][i] for i in range(5)] != [tasks[name].get_example(i) for i in range(5)], name
 
 
 def test_real_task_slicing(tasks):
@@ -400,7 +442,7 @@ def test_default_path_download_and_local_copy(tmp_path, monkeypatch):
     pq.write_table(pa.Table.from_pylist(rows), buf)
     monkeypatch.setattr(requests, "get", lambda url, **kwargs: FakeResponse(buf.getvalue()))
     task = MMLU("auxiliary_train")
-    assert len(task) == 2 and task[0]["messages"][1]["content"] == "B"
+    assert len(task) == 2 and task.get_example(0)["messages"][1]["content"] == "B"
     assert os.path.exists(os.path.join(str(tmp_path), "chat_data", "mmlu", "auxiliary_train.jsonl"))
     # now offline: the local copy is enough
     monkeypatch.setattr(requests, "get", lambda url, **kwargs: pytest.fail("downloaded again"))
@@ -416,7 +458,7 @@ def test_default_path_download_and_local_copy(tmp_path, monkeypatch):
         pq.write_table(pa.table({"messages": convs, "source": ["x"] * 3}),
                        tmp_path / "chat_data" / "smoltalk" / f"train-{shard:05d}-of-00004.parquet")
     smol = SmolTalk("train")
-    assert len(smol) == 12 and smol[4]["messages"][0] == {"role": "user", "content": "q1.1"}
+    assert len(smol) == 12 and smol.get_example(4)["messages"][0] == {"role": "user", "content": "q1.1"}
 
 
 def test_customjson_formats_and_errors(tmp_path):
@@ -426,7 +468,7 @@ def test_customjson_formats_and_errors(tmp_path):
         json.dumps({"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "a"},
                                  {"role": "assistant", "content": [{"type": "text", "text": "b"}]}]}) + "\n")
     task = CustomJSON(str(good))
-    assert len(task) == 2 and task[1]["messages"][0]["role"] == "system"
+    assert len(task) == 2 and task.get_example(1)["messages"][0]["role"] == "system"
     cases = {
         '[{"role": "assistant", "content": "x"}]': "role 'assistant', expected 'user'",
         '[{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]': "role 'user', expected 'assistant'",
