@@ -33,6 +33,7 @@ import torch.distributed as dist
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir, load_file, load_meta, save_checkpoint
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, synchronize
 from nanochat.engine import Engine
+from nanochat.gpt import NORM_LR
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
 from nanochat.recurrence import step_recurrence
 from nanochat.report import get_report
@@ -66,7 +67,8 @@ parser.add_argument("--bptt-k", type=int, default=4, help="backprop through the 
 parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr (times --init-lr-frac)")
 parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embeddings (times --init-lr-frac)")
 parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of lm_head (times --init-lr-frac)")
-parser.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW lr of norms and gates (times --init-lr-frac)")
+parser.add_argument("--norm-lr", type=float, default=NORM_LR, help="AdamW lr of the RMSNorm weights (times --init-lr-frac)")
+parser.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW lr of the value-embedding gates (times --init-lr-frac)")
 parser.add_argument("--weight-decay", type=float, default=0.0, help="Muon weight decay")
 parser.add_argument("--init-lr-frac", type=float, default=0.05, help="every lr times this (nanochat's RL value)")
 # evaluation, checkpoints
@@ -114,7 +116,7 @@ print0(f"{num_steps} steps x {args.examples_per_step} questions x {k} samples = 
 
 lrs = dict(matrix_lr=args.matrix_lr * args.init_lr_frac, embedding_lr=args.embedding_lr * args.init_lr_frac,
            unembedding_lr=args.unembedding_lr * args.init_lr_frac, scalar_lr=args.scalar_lr * args.init_lr_frac,
-           weight_decay=args.weight_decay)
+           norm_lr=args.norm_lr * args.init_lr_frac, weight_decay=args.weight_decay)
 optimizer = model.setup_optimizer(**lrs)
 print0("optimizer (fresh): " + ", ".join(f"{k_} {v:g}" for k_, v in lrs.items()))
 

@@ -44,6 +44,7 @@ from nanochat.checkpoint_manager import (build_model, find_checkpoint_dir, last_
 from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, get_base_dir, print0,
                              synchronize)
 from nanochat.engine import Engine
+from nanochat.gpt import NORM_LR
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.recurrence import step_recurrence
 from nanochat.report import get_report
@@ -96,8 +97,9 @@ parser.add_argument("--buffer-size", type=int, default=100, help="conversations 
 parser.add_argument("--matrix-lr", type=float, default=-1, help="Muon lr (-1 = the base run's)")
 parser.add_argument("--embedding-lr", type=float, default=-1, help="AdamW lr of the embeddings (-1 = the base run's)")
 parser.add_argument("--unembedding-lr", type=float, default=-1, help="AdamW lr of lm_head (-1 = the base run's)")
-parser.add_argument("--scalar-lr", type=float, default=-1, help="AdamW lr of norms and gates (-1 = the base run's)")
-parser.add_argument("--weight-decay", type=float, default=-1, help="Muon weight decay (-1 = the base run's)")
+parser.add_argument("--norm-lr", type=float, default=-1, help="AdamW lr of the RMSNorm weights (-1 = the base run's)")
+parser.add_argument("--scalar-lr", type=float, default=-1, help="AdamW lr of the value-embedding gates (-1 = the base run's)")
+parser.add_argument("--weight-decay", type=float, default=0.0, help="Muon weight decay (a short fine-tune: none by default)")
 parser.add_argument("--init-lr-frac", type=float, default=1.0, help="every lr times this")
 parser.add_argument("--warmdown-ratio", type=float, default=0.2, help="fraction of the steps of linear lr decay, reaching 0 on the last step")
 parser.add_argument("--load-optimizer", type=int, default=1, choices=[0, 1], help="start from the base run's optimizer state when it fits")
@@ -246,10 +248,10 @@ val_dataset = build_val()
 base_args = base_meta.get("user_config", {})
 lrs = {}
 for name, default in (("matrix_lr", 0.02), ("embedding_lr", 0.2), ("unembedding_lr", 0.004), ("scalar_lr", 0.5),
-                      ("weight_decay", 0.0)):
+                      ("norm_lr", NORM_LR), ("weight_decay", 0.0)):
     value = getattr(args, name)
     lrs[name] = value if value >= 0 else base_args.get(name, default)
-for name in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr"):
+for name in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "norm_lr"):
     lrs[name] *= args.init_lr_frac
 print0("optimizer: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()))
 optimizer = model.setup_optimizer(**lrs)
