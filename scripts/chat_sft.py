@@ -253,8 +253,9 @@ for name, default in (("matrix_lr", 0.02), ("embedding_lr", 0.2), ("unembedding_
     lrs[name] = value if value >= 0 else base_args.get(name, default)
 for name in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "norm_lr"):
     lrs[name] *= args.init_lr_frac
-print0("optimizer: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()))
-optimizer = model.setup_optimizer(**lrs)
+muon_beta2 = base_args.get("muon_beta2", 0.0)  # the base run's Muon: NorMuon when it had it, cautious decay
+print0("optimizer: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()) + f", muon_beta2 {muon_beta2:g}")
+optimizer = model.setup_optimizer(**lrs, muon_beta2=muon_beta2, cautious_weight_decay=True)
 
 
 def load_optimizer_state(state):
@@ -270,7 +271,10 @@ def load_optimizer_state(state):
     for p, st in optimizer.state.items():
         for key, v in st.items():
             piece = (math.ceil(p.numel() / world_size),)  # an AdamW shard under several ranks
-            if torch.is_tensor(v) and v.ndim > 0 and tuple(v.shape) not in (tuple(p.shape), piece):
+            if not (torch.is_tensor(v) and v.ndim > 0):
+                continue
+            per_row = v.ndim == p.ndim and all(a in (1, b) for a, b in zip(v.shape, p.shape))  # NorMuon's moment
+            if tuple(v.shape) not in (tuple(p.shape), piece) and not per_row:
                 optimizer.state.clear()
                 return False, f"state {key} has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}"
     return True, ""
