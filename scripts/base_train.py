@@ -333,10 +333,11 @@ while True:
     smooth = loss_log.record_step(step, train_loss, lrm, r, dt)
     tok_per_s = total_batch / dt
     step_flops = model.estimate_flops(r, bptt_k) if config.arch == "looped" else flops_per_token  # this step's r
-    mfu = f" | mfu {100 * step_flops * tok_per_s / (peak_flops * world_size):.1f}%" if peak_flops else ""
+    flops_per_s = step_flops * tok_per_s
+    mfu = f" | mfu {100 * flops_per_s / (peak_flops * world_size):.1f}%" if peak_flops else ""
     eta = loss_log.mean_step_seconds() * (num_iterations - step)
     print0(f"step {step:05d}/{num_iterations} | loss {smooth:.4f} | r {r:2d} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms"
-           f" | tok/s {tok_per_s:,.0f}{mfu} | eta {eta / 60:.1f}m")
+           f" | tok/s {tok_per_s:,.0f} | {flops_per_s / 1e12:.3g} TFLOP/s{mfu} | eta {eta / 60:.1f}m")
     wandb_run.log({"step": step, "train/loss": smooth, "train/lrm": lrm, "train/r": r, "train/tok_per_s": tok_per_s})
 
 # the floor to beat: a unigram model fitted on as many train tokens as one evaluation reads
@@ -357,8 +358,11 @@ stats = {"model tag": model_tag, "parameters": counts["total"],
          "val bpb": val_bpb, "unigram baseline bpb": baseline, "training time (min)": loss_log.train_seconds / 60}
 if core_bundle:
     stats["CORE at the end of training"] = core["core"]  # on a subset of each task: base_eval reports the full CORE
+timed = loss_log.steps[5:] or loss_log.steps  # as mean_step_seconds: the first steps compile and warm up
+flops_done = total_batch * sum(model.estimate_flops(s[3], bptt_k) if config.arch == "looped" else flops_per_token
+                               for s in timed)  # each step at its own r
 if peak_flops and step_seconds > 0:
-    stats["MFU (%)"] = 100 * flops_per_token * total_batch / step_seconds / (peak_flops * world_size)
+    stats["MFU (%)"] = 100 * flops_done / sum(s[4] for s in timed) / (peak_flops * world_size)
 if device.type == "cuda":
     stats["peak memory (GiB)"] = torch.cuda.max_memory_allocated(device) / 2**30
 get_report().log(section="Base model training", data=[vars(args), stats])

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from nanochat.checkpoint_manager import last_step, load_file, load_meta, save_checkpoint
+from nanochat.checkpoint_manager import build_model, last_step, load_file, load_meta, save_checkpoint
 from nanochat.dataset import SAMPLE_DATA_DIR
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
@@ -251,8 +251,17 @@ def test_default_flags_keep_norm_weights_near_one(base_dir, shard_dir):
     steps move each weight by about 0.02 x (1 + 1 + 1 + 0.68 + 0.37) = 0.081 when every step
     is a full sign step (Adam's bias-corrected m/sqrt(v) is near 1 then, and below 1 when the
     gradient's sign flips); 0.1 bounds it with room, and no weight gets near 0."""
-    run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "5", "--eval-every", "-1")
+    out = run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "5", "--eval-every", "-1")
     state = load_file(base_dir / "base_checkpoints" / "s1", 5, "model.pt")
+    # each step's FLOP/s is its own r's FLOPs (forward r, backward min(r, 4)) times its tok/s
+    model, _ = build_model(base_dir / "base_checkpoints" / "s1")
+    steps = [l for l in out.splitlines() if l.startswith("step ") and "TFLOP/s" in l]
+    assert len(steps) == 5 and len({int(l.split("| r ")[1].split()[0]) for l in steps}) > 1
+    for line in steps:
+        r = int(line.split("| r ")[1].split()[0])
+        tok_s = float(line.split("tok/s ")[1].split()[0].replace(",", ""))
+        tflops = float(line.split(" TFLOP/s")[0].rsplit("| ", 1)[1])
+        assert tflops * 1e12 / tok_s == pytest.approx(model.estimate_flops(r, 4), rel=0.02), line
     norms = {k: v for k, v in state.items() if k.endswith(("n1.weight", "n2.weight", "n3.weight", "n4.weight",
                                                            "norm_r.weight", "norm_f.weight"))}
     assert len(norms) == 4 * 8 + 2
