@@ -13,7 +13,7 @@
 #   DRY_RUN=1 bash runs/depth_cpu.sh           # print every command; run only the input checks
 #
 # Settings (environment): SEEDS (42 7), MAX_DEPTH (4), RECUR_MEAN (6), GPT_DEPTH (8: 1 + 6 + 1, the
-# looped model's layers at the mean r), BUDGET (4.2e13 FLOPs: ~1400 steps of 3296 tokens of the
+# looped model's layers at the mean r), BUDGET (3e13 FLOPs: ~1230 steps of 2560 tokens of the
 # looped model), NANOCHAT_BASE_DIR (out/depth). Data and tokenizer live under it; a run whose
 # checkpoint exists is skipped.
 set -euo pipefail
@@ -24,13 +24,13 @@ SEEDS=${SEEDS:-42 7}
 MAX_DEPTH=${MAX_DEPTH:-4}
 RECUR_MEAN=${RECUR_MEAN:-6}
 GPT_DEPTH=${GPT_DEPTH:-8}
-BUDGET=${BUDGET:-4.2e13}
+BUDGET=${BUDGET:-3e13}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/depth}
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
 [[ $MAX_DEPTH =~ ^[1-5]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..5 (the tests go to 4x it in a table of 24 letters with 4 roots)"
 [[ $RECUR_MEAN =~ ^[1-9][0-9]*$ ]] || die "RECUR_MEAN: '$RECUR_MEAN' is not a positive integer"
 [[ $GPT_DEPTH =~ ^[1-9][0-9]*$ ]] || die "GPT_DEPTH: '$GPT_DEPTH' is not a positive integer"
-[[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 4.2e13"
+[[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 3e13"
 activate_venv
 DATA_DIR=$NANOCHAT_BASE_DIR/data
 mkdir -p "$NANOCHAT_BASE_DIR"
@@ -40,11 +40,11 @@ if [ ! -e "$DATA_DIR/test_d$MAX_DEPTH.jsonl" ]; then
 fi
 need_shards "$DATA_DIR"
 if [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
-    run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # bytes only: one token per character
+    run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 913  # saturated: 265 + 24^2 + 3*24, every chunk one token
 fi
-# one document per row: 1 BOS + 103 characters (24 table entries, 8 questions) = T + 1
-COMMON=(--size 2 --max-seq-len 103 --device-batch-size 32 --total-batch-size 3296 --target-flops "$BUDGET"
-        --eval-every -1 --eval-tokens 32960 --sample-every -1 --core-metric-every -1 --data-dir "$DATA_DIR")
+# one document per row: BOS, 24 table entries, "|q", "=b", 7 x (" k", "=b") = 41 tokens = T + 1
+COMMON=(--size 2 --max-seq-len 40 --device-batch-size 64 --total-batch-size 2560 --target-flops "$BUDGET"
+        --eval-every -1 --eval-tokens 25600 --sample-every -1 --core-metric-every -1 --data-dir "$DATA_DIR")
 TAGS=()
 for seed in $SEEDS; do
     for arch in looped gpt; do

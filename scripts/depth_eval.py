@@ -9,9 +9,10 @@ iterations the answer token ran. A standard GPT (arch "gpt") runs at r = 1 only.
 Reads <data-dir>/test_d<depth>.jsonl (dev/make_pointer_chase.py). Writes <out>.md (markdown
 table), <out>.json (every number) and <out>.png (one heatmap per model).
 
-The prompt ends with the queried letter; the model writes "=" (prefill, always the full r)
-and then the answer, decoded from "=" with the cache's exit criterion when one is given, so
-the depth reported is the iterations behind the answer token.
+The prompt ends with the queried letter and the answer "=<root>" is one token. Fixed r: the
+engine's generate (prefill at r, greedy). Adaptive exit: the engine's prefill always runs its
+full r, so the prompt minus its last token is prefilled into a KVCache at the cap and the last
+token is decoded with the exit criterion; the depth reported is that of the answer token.
 """
 
 import argparse
@@ -21,9 +22,12 @@ import os
 import re
 import time
 
+import torch
+
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir
 from nanochat.common import compute_init, print0
 from nanochat.engine import Engine
+from nanochat.kv_cache import KVCache
 from nanochat.recurrence import parse_recur_list
 from nanochat.tokenizer import get_tokenizer
 from tasks.pointer_chase import grade
@@ -58,16 +62,37 @@ def load_tests(data_dir, limit):
 
 
 def evaluate(engine, tokenizer, problems):
-    """(accuracy, mean iterations of the answer token) over problems, greedy."""
+    """Accuracy at the engine's fixed r, greedy. The answer "=<root>" is one token
+    (tasks/pointer_chase.py), written from the prefill."""
+    bos = tokenizer.get_bos_token_id()
+    correct = 0
+    for i in range(0, len(problems), args.batch_size):
+        batch = problems[i:i + args.batch_size]
+        prompts = [tokenizer.encode(p["prompt"], prepend=bos) for p in batch]
+        results, _, _ = engine.generate_batch(prompts, max_tokens=1, temperature=0.0)
+        correct += sum(grade(p, tokenizer.decode(ids[len(prompt):])) for p, prompt, ids in zip(batch, prompts, results))
+    return correct / len(problems)
+
+
+@torch.inference_mode()
+def evaluate_exit(model, tokenizer, problems):
+    """(accuracy, mean iterations of the answer) with adaptive exit. The engine's prefill
+    always runs its full r, so here the prompt minus its last token is prefilled at the cap
+    (exit off) and the last token (the queried letter) is decoded with the exit criterion,
+    as the engine decodes: the depth reported is the answer's own."""
     bos = tokenizer.get_bos_token_id()
     correct = depth_sum = 0
     for i in range(0, len(problems), args.batch_size):
         batch = problems[i:i + args.batch_size]
-        prompts = [tokenizer.encode(p["prompt"], prepend=bos) for p in batch]
-        results, _, depths = engine.generate_batch(prompts, max_tokens=2, temperature=0.0)
-        for p, prompt, ids, d in zip(batch, prompts, results, depths):
-            correct += grade(p, tokenizer.decode(ids[len(prompt):]))
-            depth_sum += d[-1]  # the forward that produced the answer token
+        ids = torch.tensor([tokenizer.encode(p["prompt"], prepend=bos) for p in batch], device=device)  # (B, L): same length
+        cache = KVCache(model, len(batch), ids.size(1), max_r=args.exit_cap, exit_criterion=args.exit_criterion,
+                        exit_threshold=args.exit_threshold)
+        cache.exit_criterion = None  # the prefill runs the full cap, as Engine's does
+        model(ids[:, :-1], r=args.exit_cap, kv_cache=cache)
+        cache.exit_criterion = args.exit_criterion
+        answer = model(ids[:, -1:], r=args.exit_cap, kv_cache=cache)[:, -1].argmax(-1).tolist()
+        correct += sum(grade(p, tokenizer.decode([t])) for p, t in zip(batch, answer))
+        depth_sum += cache.depth[:, -1].sum().item()
     return correct / len(problems), depth_sum / len(problems)
 
 
@@ -82,13 +107,11 @@ for tag in args.model_tags.split(","):
     for depth, problems in tests.items():
         for r in recurs:
             t0 = time.time()
-            acc, _ = evaluate(Engine(model, tokenizer, r=r, tool=None), tokenizer, problems)
+            acc = evaluate(Engine(model, tokenizer, r=r, tool=None), tokenizer, problems)
             row["acc"].setdefault(depth, {})[r] = acc
             print0(f"{tag} depth {depth} r={r}: {acc:.3f} ({time.time() - t0:.1f}s)")
         if arch == "looped" and args.exit_criterion != "none":
-            engine = Engine(model, tokenizer, r=args.exit_cap, exit_criterion=args.exit_criterion,
-                            exit_threshold=args.exit_threshold, tool=None)
-            acc, mean_depth = evaluate(engine, tokenizer, problems)
+            acc, mean_depth = evaluate_exit(model, tokenizer, problems)
             row["exit"][depth] = dict(acc=acc, mean_depth=mean_depth)
             print0(f"{tag} depth {depth} adaptive exit: {acc:.3f}, mean depth {mean_depth:.2f}")
     results.append(row)
@@ -97,7 +120,8 @@ for tag in args.model_tags.split(","):
 # table, JSON, heatmap
 
 recurs = sorted({r for row in results for d in row["acc"].values() for r in d})
-exit_label = f"exit {args.exit_criterion} < {args.exit_threshold:g} (cap {args.exit_cap})"
+exit_label = (f"exit {args.exit_criterion} < {args.exit_threshold:g} (cap {args.exit_cap})" if args.exit_criterion != "none"
+              else "adaptive exit off")
 lines = [f"| model | test depth | " + " | ".join(f"r={r}" for r in recurs) + f" | {exit_label}: acc | mean depth |",
          "|---|---|" + "---|" * (len(recurs) + 2)]
 for row in results:

@@ -17,12 +17,16 @@ Difficulty never changes the length: the table always holds N entries and each p
 the same number of queries. Training documents hold `queries` questions of depth 1..max_depth
 (the first query's depth drawn uniformly, so every depth is trained). A test problem holds one
 question, at depth d, in a table built the same way except for the one chain of length d that
-the question walks; the eval prompt stops after the queried letter ("...|q") so the model
-first writes "=" (one token, at the fixed prefill depth) and then the answer, which the
-engine may compute with adaptive exit.
+the question walks; the eval prompt stops after the queried letter ("...|q") and the model
+writes "=" and the root.
 
-The text is meant for a byte-level tokenizer (scripts/tok_train.py --vocab-size 265: no
-merges), so every character is one token and each problem has the same number of tokens.
+Tokens: the text is meant for a BPE tokenizer trained on it to saturation (scripts/tok_train.py
+--vocab-size vocab_size(N): 913 for 24 letters). The split pattern cuts it into chunks of at most
+three bytes ("ab", " bc", "|q", "=b", " k") and such a tokenizer merges every chunk into one
+token, so a table entry is one token holding both letters and a lookup is a single attention
+step (no previous-token head has to pair a key with its value first), the answer "=b" is one
+token, and every training document (1 + N + 2 x queries tokens) and every test prompt (N + 1)
+has the same number of tokens at every depth.
 """
 
 import random
@@ -53,6 +57,12 @@ so no root is the answer by being the most popular."""
         y = rng.choice([y for y in parent if tree[y] == t and level[y] < max_depth])
         parent[x], level[x], tree[x] = y, level[y] + 1, t
     return parent, chain[-1]
+
+
+def vocab_size(n_symbols):
+    """Tokens of the saturated tokenizer: 256 bytes, 9 specials, and one merge per multi-byte
+    chunk: "a?" (N), " ??" ((N-1) N), " ?" (N), "|?" (N), "=?" (N)."""
+    return 256 + 9 + n_symbols * n_symbols + 3 * n_symbols
 
 
 def root_of(parent, x):

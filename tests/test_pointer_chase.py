@@ -13,7 +13,7 @@ import pytest
 
 from nanochat.tokenizer import Tokenizer
 from tasks.pointer_chase import (SEP, depth_of, eval_problem, grade, make_splits, parse_table, root_of,
-                                 train_document)
+                                 train_document, vocab_size)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,14 +54,20 @@ def test_training_documents_stay_within_the_training_depth():
 
 
 def test_difficulty_does_not_change_length():
-    byte_tokenizer = Tokenizer.train_from_iterator(iter(["ab cd|a=b"]), 265)  # bytes only, as the runs use
+    """The saturated tokenizer makes every chunk one token: a table entry, the query, the
+    answer; so token counts are fixed whatever the depth."""
     rng = random.Random(2)
+    docs = [train_document(rng) for _ in range(3000)]
+    tok = Tokenizer.train_from_iterator(iter(docs), vocab_size(24))
+    assert tok.get_vocab_size() == vocab_size(24) == 913
+    assert {len(tok.encode(d)) for d in docs[:500]} == {24 + 2 + 2 * 7}
     prompts = [eval_problem(rng, d)["prompt"] for d in (1, 2, 4, 8, 16, 20) for _ in range(20)]
-    assert len({len(byte_tokenizer.encode(p)) for p in prompts}) == 1
-    docs = [train_document(rng) for _ in range(100)]
-    assert len({len(byte_tokenizer.encode(d)) for d in docs}) == 1
-    # the eval prompt is a prefix of the training document's format: table, SEP, first letter
-    assert len(docs[0].split(SEP)[0] + SEP) + 1 == len(prompts[0])
+    assert {len(tok.encode(p)) for p in prompts} == {25}
+    p = eval_problem(rng, 8)
+    assert tok.decode(tok.encode(p["prompt"])[:1]) == p["table"][:2]  # "a?": one token holds key and value
+    assert len(tok.encode("=" + p["answer"])) == 1
+    # the eval prompt is the start of a training document: table, SEP, the queried letter
+    assert docs[0].startswith(docs[0].split(SEP)[0] + SEP) and prompts[0].count(SEP) == 1
 
 
 def test_no_overlap_between_train_and_test():
@@ -96,12 +102,12 @@ def test_micro_run_and_depth_eval(tmp_path):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout
 
-    run("-m", "dev.make_pointer_chase", "--out", str(data), "--n-train", "400", "--n-val", "40", "--n-test", "6",
+    run("-m", "dev.make_pointer_chase", "--out", str(data), "--n-train", "2000", "--n-val", "40", "--n-test", "6",
         "--train-shards", "1", "--max-depth", "2", "--n-symbols", "12", "--queries", "2")
-    assert pq.read_table(data / "shard_00000.parquet").num_rows == 400
-    run("-m", "scripts.tok_train", "--data-dir", str(data), "--vocab-size", "265")
-    common = ["-m", "scripts.base_train", "--size", "1", "--max-seq-len", "40", "--device-batch-size", "4",
-              "--total-batch-size", "160", "--num-iterations", "3", "--eval-tokens", "160", "--sample-every", "-1",
+    assert pq.read_table(data / "shard_00000.parquet").num_rows == 2000
+    run("-m", "scripts.tok_train", "--data-dir", str(data), "--vocab-size", str(vocab_size(12)))
+    common = ["-m", "scripts.base_train", "--size", "1", "--max-seq-len", "16", "--device-batch-size", "4",
+              "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
               "--data-dir", str(data), "--warmup-steps", "1"]
     run(*common, "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1", "--recur-mean", "2", "--recur-max", "4",
         "--model-tag", "loop")
