@@ -126,3 +126,22 @@ def test_micro_run_and_depth_eval(tmp_path):
     table = (tmp_path / "eval.md").read_text().splitlines()
     assert len(table) == 2 + 6 and table[0].count("r=") == 2
     assert (tmp_path / "eval.png").stat().st_size > 1000
+
+
+def test_depth_cpu_dry_run(tmp_path):
+    """runs/depth_cpu.sh: data, tokenizer, looped and GPT runs per seed at one FLOPs budget, the eval."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "activate").write_text("")
+    env = {**os.environ, "DRY_RUN": "1", "VENV": str(tmp_path / "venv"), "NANOCHAT_BASE_DIR": str(tmp_path / "base"),
+           "SEEDS": "1 2", "BUDGET": "1e12"}
+    out = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert "dev.make_pointer_chase" in cmds[0] and "--vocab-size 913" in cmds[1]
+    trains = [c for c in cmds if "scripts.base_train" in c]
+    assert [c.split("--model-tag ")[1] for c in trains] == ["loop_s1", "gpt8_s1", "loop_s2", "gpt8_s2"]
+    assert all("--target-flops 1e12" in c and "--max-seq-len 40" in c for c in trains)
+    assert "--n-prelude 1 --n-recur 1 --n-coda 1" in trains[0] and "--arch gpt --n-recur 8" in trains[1]
+    assert "--model-tags loop_s1,gpt8_s1,loop_s2,gpt8_s2" in cmds[-1] and "--recur 1,2,4,8,16,32" in cmds[-1]
+    bad = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env={**env, "SEEDS": "x"}, capture_output=True, text=True)
+    assert bad.returncode != 0 and "SEEDS: 'x'" in bad.stderr
