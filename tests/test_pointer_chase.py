@@ -1,0 +1,147 @@
+"""The pointer-chasing task (tasks/pointer_chase.py) and its depth eval (scripts/depth_eval.py):
+seeded generation, depth that never changes length, no train/test overlap, the grader, and a
+micro model trained through base_train for seconds whose eval table has every cell."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from nanochat.tokenizer import Tokenizer
+from tasks.pointer_chase import (SEP, depth_of, eval_problem, grade, make_splits, parse_table, root_of,
+                                 train_document, vocab_size)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_generation_is_seeded():
+    a, b = make_splits(3, 50, 5, 4), make_splits(3, 50, 5, 4)
+    assert a == b
+    assert make_splits(4, 50, 5, 4)[0] != a[0]
+
+
+def test_problems_have_the_asked_depth_and_root():
+    rng = random.Random(0)
+    for depth in (1, 4, 8, 16):
+        p = eval_problem(rng, depth)
+        parent = parse_table(p["table"])
+        x = p["prompt"][-1]
+        assert p["prompt"] == p["table"] + SEP + x
+        assert depth_of(parent, x) == depth and root_of(parent, x) == p["answer"]
+        assert sum(parent[y] == y for y in parent) == 4  # the roots
+        assert sorted(parent) == list("abcdefghijklmnopqrstuvwx")
+        # apart from the asked chain, nothing is deeper than max_depth
+        chain = {x}
+        while parent[x] != x:
+            x = parent[x]
+            chain.add(x)
+        assert all(depth_of(parent, y) <= 4 for y in parent if y not in chain)
+
+
+def test_training_documents_stay_within_the_training_depth():
+    rng = random.Random(1)
+    for _ in range(50):
+        table, queries = train_document(rng).split(SEP)
+        parent = parse_table(table)
+        asked = [q.split("=") for q in queries.split(" ")]
+        assert len(asked) == 8 and len({x for x, _ in asked}) == 8
+        for x, answer in asked:
+            assert 1 <= depth_of(parent, x) <= 4 and root_of(parent, x) == answer
+
+
+def test_difficulty_does_not_change_length():
+    """The saturated tokenizer makes every chunk one token: a table entry, the query, the
+    answer; so token counts are fixed whatever the depth."""
+    rng = random.Random(2)
+    docs = [train_document(rng) for _ in range(3000)]
+    tok = Tokenizer.train_from_iterator(iter(docs), vocab_size(24))
+    assert tok.get_vocab_size() == vocab_size(24) == 913
+    assert {len(tok.encode(d)) for d in docs[:500]} == {24 + 2 + 2 * 7}
+    prompts = [eval_problem(rng, d)["prompt"] for d in (1, 2, 4, 8, 16, 20) for _ in range(20)]
+    assert {len(tok.encode(p)) for p in prompts} == {25}
+    p = eval_problem(rng, 8)
+    assert tok.decode(tok.encode(p["prompt"])[:1]) == p["table"][:2]  # "a?": one token holds key and value
+    assert len(tok.encode("=" + p["answer"])) == 1
+    # the eval prompt is the start of a training document: table, SEP, the queried letter
+    assert docs[0].startswith(docs[0].split(SEP)[0] + SEP) and prompts[0].count(SEP) == 1
+
+
+def test_no_overlap_between_train_and_test():
+    train, val, tests = make_splits(0, 2000, 100, 50, n_symbols=8, n_roots=2, max_depth=1, queries=2)
+    # a tiny table space (8 letters, depth <= 1: few tables) forces collisions the generator must skip
+    seen = {d.split(SEP)[0] for d in train + val}
+    test_tables = [p["table"] for ps in tests.values() for p in ps]
+    assert not seen & set(test_tables) and len(set(test_tables)) == len(test_tables)
+    assert sorted(tests) == [1, 2, 4] and all(len(ps) == 50 for ps in tests.values())
+
+
+def test_grader():
+    p = {"prompt": "aa ba|b", "answer": "a"}
+    assert grade(p, "=a") and grade(p, "=a x=y")
+    assert not grade(p, "=b") and not grade(p, "a") and not grade(p, "") and not grade(p, " =a")
+
+
+def test_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="cannot hold"):
+        eval_problem(random.Random(0), 21)  # 4 roots + 21 > 24 letters
+
+
+@pytest.mark.slow
+def test_micro_run_and_depth_eval(tmp_path):
+    """Generator -> tokenizer -> base_train (looped and gpt, seconds) -> depth_eval: the table,
+    JSON and PNG hold one cell per (depth, r) for the looped model and r = 1 for the GPT."""
+    data, base = tmp_path / "data", tmp_path / "base"
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "1"}
+
+    def run(*cmd):
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    run("-m", "dev.make_pointer_chase", "--out", str(data), "--n-train", "2000", "--n-val", "40", "--n-test", "6",
+        "--train-shards", "1", "--max-depth", "2", "--n-symbols", "12", "--queries", "2")
+    assert pq.read_table(data / "shard_00000.parquet").num_rows == 2000
+    run("-m", "scripts.tok_train", "--data-dir", str(data), "--vocab-size", str(vocab_size(12)))
+    common = ["-m", "scripts.base_train", "--size", "1", "--max-seq-len", "16", "--device-batch-size", "4",
+              "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
+              "--data-dir", str(data), "--warmup-steps", "1"]
+    run(*common, "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1", "--recur-mean", "2", "--recur-max", "4",
+        "--model-tag", "loop")
+    run(*common, "--arch", "gpt", "--n-recur", "2", "--model-tag", "gpt")
+    out = tmp_path / "eval"
+    stdout = run("-m", "scripts.depth_eval", "--model-tags", "loop,gpt", "--data-dir", str(data), "--recur", "1,3",
+                 "--exit-cap", "4", "--out", str(out))
+    assert "loop depth 8 adaptive exit" in stdout
+    result = json.loads((tmp_path / "eval.json").read_text())
+    loop, gpt = result["results"]
+    assert result["n_problems"] == {"2": 6, "4": 6, "8": 6}
+    assert set(loop["acc"]) == {"2", "4", "8"} and all(set(v) == {"1", "3"} for v in loop["acc"].values())
+    assert all(0 <= v <= 1 for d in loop["acc"].values() for v in d.values())
+    assert all(1 <= e["mean_depth"] <= 4 for e in loop["exit"].values())
+    assert all(set(v) == {"1"} for v in gpt["acc"].values()) and gpt["exit"] == {}
+    table = (tmp_path / "eval.md").read_text().splitlines()
+    assert len(table) == 2 + 6 and table[0].count("r=") == 2
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+
+
+def test_depth_cpu_dry_run(tmp_path):
+    """runs/depth_cpu.sh: data, tokenizer, looped and GPT runs per seed at one FLOPs budget, the eval."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "activate").write_text("")
+    env = {**os.environ, "DRY_RUN": "1", "VENV": str(tmp_path / "venv"), "NANOCHAT_BASE_DIR": str(tmp_path / "base"),
+           "SEEDS": "1 2", "BUDGET": "1e12"}
+    out = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert "dev.make_pointer_chase" in cmds[0] and "--vocab-size 913" in cmds[1]
+    trains = [c for c in cmds if "scripts.base_train" in c]
+    assert [c.split("--model-tag ")[1] for c in trains] == ["loop_s1", "gpt8_s1", "loop_s2", "gpt8_s2"]
+    assert all("--target-flops 1e12" in c and "--max-seq-len 40" in c for c in trains)
+    assert "--n-prelude 1 --n-recur 1 --n-coda 1" in trains[0] and "--arch gpt --n-recur 8" in trains[1]
+    assert "--model-tags loop_s1,gpt8_s1,loop_s2,gpt8_s2" in cmds[-1] and "--recur 1,2,4,8,16,32" in cmds[-1]
+    bad = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env={**env, "SEEDS": "x"}, capture_output=True, text=True)
+    assert bad.returncode != 0 and "SEEDS: 'x'" in bad.stderr
