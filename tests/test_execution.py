@@ -17,7 +17,8 @@ def test_success_captures_stdout_and_stderr():
     r = execute_code("import sys\nprint(6 * 7)\nprint('warn', file=sys.stderr)")
     assert r.success and r.stdout == "42\n" and r.stderr == "warn\n" and r.error == ""
     assert not r.timeout and not r.memory_exceeded
-    assert execute_code("import sys; sys.exit(0)").success
+    r = execute_code("import sys; print('a'); sys.exit(0)\nprint('b')")  # exiting early is not finishing
+    assert not r.success and r.stdout == "a\n" and r.error.startswith("SystemExit: 0")
 
 
 @needs_sandbox
@@ -27,7 +28,7 @@ def test_errors_are_results():
     r = execute_code("print('before')\n1 / 0")
     assert not r.success and r.stdout == "before\n" and r.error == "ZeroDivisionError: division by zero"
     assert "line 2" in r.stderr
-    assert execute_code("import sys; sys.exit(3)").error == "SystemExit: 3"
+    assert execute_code("import sys; sys.exit(3)").error.startswith("SystemExit: 3")
     r = execute_code("import os; os._exit(1)")  # dies without reporting
     assert not r.success and "exit code 1" in r.error
 
@@ -121,3 +122,12 @@ def test_the_unsafe_opt_in_runs_with_guards_and_warns_once(fresh_mode, capsys):
 @pytest.mark.skipif(sandbox_mode()[0] != "bwrap", reason=sandbox_mode()[1])
 def test_bwrap_mode_is_announced():
     assert execution.describe_sandbox().startswith("sandbox: bubblewrap")
+
+
+def test_a_bwrap_that_cannot_start_is_reported(fresh_mode):
+    fresh_mode.delenv(execution.UNSAFE_ENV, raising=False)
+    fresh_mode.setattr(execution.shutil, "which", lambda name: "/usr/bin/bwrap")
+    fresh_mode.setattr(execution, "_bwrap_command", lambda size: (["bwrap", "--no-such-option"], None))
+    mode, reason = execution.sandbox_mode()
+    assert mode == "unavailable" and reason.startswith("bwrap cannot create namespaces here: ") and "\n" not in reason
+    assert not execute_code("print(1)").success

@@ -148,6 +148,7 @@ CASES = [
                          "    except OSError:\n        pass\nposix._exit(0)", "error"),
     ("os_exit_early", "import os; os._exit(0)\nassert False", "error"),
     ("sys_exit_nonzero", "import sys; sys.exit(3)", "error"),
+    ("sys_exit_zero_early", "import sys; sys.exit(0)\nassert False", "error"),
     ("close_report_fds", "import posix\nfor fd in range(3, 64):\n    try:\n        posix.close(fd)\n"
                          "    except OSError:\n        pass", "error"),
     ("flood_stdout_400mb", f"import posix\nb = b'x' * (1 << 20)\nfor _ in range({FLOOD >> 20}):\n"
@@ -263,8 +264,9 @@ def test_a_wrong_humaneval_solution_cannot_pass_by_exiting_early(host):
                     "entry_point": "add", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"}
     assert execute_code(build_program(conversation, "    return a + b\n")).success
     for cheat in ("    return 0\nimport os; os._exit(0)\n", "    return 0\nimport posix; posix._exit(0)\n",
+                  "    return 0\nimport sys; sys.exit(0)\n", "    return 0\nraise SystemExit\n",
                   "    return 0\nimport sys; sys.stdout.write('{\"error\": \"\"}'); sys.stdout.flush()\n"
                   "import posix; posix._exit(0)\n"):
         result = execute_code(build_program(conversation, cheat))
-        assert not result.success and "ended early" in result.error, result
+        assert not result.success and ("ended early" in result.error or "exited before its end" in result.error), result
     host.assert_untouched(result)
