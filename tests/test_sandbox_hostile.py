@@ -270,3 +270,13 @@ def test_a_wrong_humaneval_solution_cannot_pass_by_exiting_early(host):
         result = execute_code(build_program(conversation, cheat))
         assert not result.success and ("ended early" in result.error or "exited before its end" in result.error), result
     host.assert_untouched(result)
+
+
+def test_the_engine_tool_contains_the_escapes(host):
+    """The path chat_web, chat_cli and chat_eval use: Engine's default tool (run_python)."""
+    from nanochat.engine import run_python
+    out = run_python("import os, posix, signal; posix.kill(os.getppid(), signal.SIGKILL)")
+    assert out.startswith("PermissionError") or out.startswith("ProcessLookupError"), out
+    assert "FileNotFoundError" in run_python(host.fill("import posix; posix.unlink('CANARY_FILE')"))
+    assert run_python("6 * 7") == "42"
+    host.assert_untouched(execute_code("pass"))
