@@ -195,7 +195,7 @@ def _bwrap_command(max_tmp_bytes):
             cmd += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             cmd += ["--ro-bind", top, top]
-    if not prefix.startswith("/usr/"):
+    if prefix != "/usr" and not prefix.startswith("/usr/"):
         parts = prefix.strip("/").split("/")
         for i in range(1, len(parts)):  # the mount point's parents, traversable by nobody
             cmd += ["--perms", "0755", "--dir", "/" + "/".join(parts[:i])]
@@ -237,7 +237,8 @@ def describe_sandbox():
 
 def refusal_line():
     return (f"sandbox: unavailable, python tool calls are refused ({sandbox_mode()[1]}); "
-            f"install it (apt-get install bubblewrap) or set {UNSAFE_ENV}=1 to accept weaker in-process guards")
+            f"install bubblewrap (apt-get install bubblewrap) where user namespaces are allowed, or set "
+            f"{UNSAFE_ENV}=1 to accept weaker in-process guards")
 
 
 @functools.lru_cache(maxsize=1)
