@@ -10,11 +10,14 @@ holds the routes and the command line).
                             data: {"done": true, "mean_depth": 3.0, "tokens": 2, "r": 4}
        or, if generation fails midway: data: {"error": "..."}
 
-Bad input raises RequestError(status, field, message): 400 for a wrong type or value, 413
-for input over a size limit. The server turns it into {"error": "<field>: <message>"}.
+Bad input raises RequestError(status, field, message): 400 for a wrong type or value (JSON
+nested too deeply included), 413 for input over a size limit (the body is capped while it is
+read, before parsing). The server turns it into {"error": "<field>: <message>"}. A temperature
+below engine.GREEDY_BELOW samples greedily.
 """
 
 import asyncio
+import json
 import random
 import threading
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from nanochat.engine import Engine
 MAX_MESSAGES = 500                # messages per request
 MAX_MESSAGE_CHARS = 8000          # characters per message
 MAX_TOTAL_CHARS = 32000           # characters over the whole conversation
+MAX_BODY_BYTES = 512 * 1024       # request body (32000 characters JSON-escaped fit with room)
 TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_K_RANGE = (1, 200)
 MAX_TOKENS_RANGE = (1, 4096)
@@ -49,10 +53,39 @@ class ChatRequest:
     seed: int
 
 
+async def read_body(request, limit=MAX_BODY_BYTES):
+    """The raw body, read chunk by chunk and abandoned (413) as soon as it passes `limit`, so an
+    oversized upload is never held in memory; a declared Content-Length over it is refused unread."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "body", f"{int(declared)} bytes, at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, "body", f"more than {limit} bytes")
+    return bytes(body)
+
+
+def parse_body(raw):
+    """JSON -> Python, with every failure a 400 (nesting past Python's recursion limit included)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, "body", "JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(400, "body", f"not valid JSON ({e})") from None
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(body, field, lo, hi, integer, default):
     value = body.get(field, default)
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise RequestError(400, field, f"expected {'an integer' if integer else 'a number'}, got {value!r}")
+        raise RequestError(400, field, f"expected {'an integer' if integer else 'a number'}, got {_short(value)}")
     if not lo <= value <= hi:
         raise RequestError(400, field, f"{value} is out of range [{lo}, {hi}]")
     return value
@@ -64,7 +97,7 @@ def validate_request(body, defaults):
         raise RequestError(400, "body", "expected a JSON object")
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
-        raise RequestError(400, unknown[0], f"unknown field (expected some of {', '.join(FIELDS)})")
+        raise RequestError(400, _short(unknown[0]), f"unknown field (expected some of {', '.join(FIELDS)})")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "messages", "expected a non-empty list of {role, content}")
@@ -76,7 +109,7 @@ def validate_request(body, defaults):
         if not isinstance(m, dict) or set(m) != {"role", "content"}:
             raise RequestError(400, f"messages[{i}]", "expected an object with exactly 'role' and 'content'")
         if m["role"] != expected:
-            raise RequestError(400, f"messages[{i}].role", f"{m['role']!r}: roles alternate user/assistant, "
+            raise RequestError(400, f"messages[{i}].role", f"{_short(m['role'])}: roles alternate user/assistant, "
                                                             f"starting with user, so expected {expected!r}")
         if not isinstance(m["content"], str):
             raise RequestError(400, f"messages[{i}].content", "expected a string")
@@ -120,6 +153,8 @@ class Worker:
     model: object
     tokenizer: object
     device: str
+    healthy: bool = True     # False while its last generation failed (device error, bug): /health says so
+    last_error: str = ""
 
     def engine(self, req):
         """The Engine for a request: fixed r, or adaptive exit (KL) with r as the cap."""
@@ -157,6 +192,13 @@ class WorkerPool:
         for w in self.workers:
             self.free.put_nowait(w)
         self.served = self.failed = self.rejected = 0
+        self.busy = set()  # id() of the workers generating now
+
+    def health(self):
+        """Ready while at least one worker's last generation did not fail; each worker's state."""
+        workers = [{"device": w.device, "busy": id(w) in self.busy, "healthy": w.healthy, "last_error": w.last_error}
+                   for w in self.workers]
+        return {"ready": any(w.healthy for w in self.workers), "workers": workers}
 
     def stats(self):
         """served: replies streamed to the end; failed: generation errors and replies abandoned by their
@@ -173,6 +215,7 @@ class WorkerPool:
         away sets `stop`, and the worker returns only once the thread has stopped using the model."""
         loop, events, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
         worker = await self.free.get()  # cancelled while waiting: nothing taken
+        self.busy.add(id(worker))
 
         def call(fn, *args):
             try:
@@ -180,22 +223,26 @@ class WorkerPool:
             except RuntimeError:  # the loop has closed (server shutting down)
                 pass
 
-        def finish(ok):
+        def finish(ok, error):
             self.served += ok
             self.failed += not ok
+            if error is not None or ok:
+                worker.healthy, worker.last_error = error is None, error or ""
+            self.busy.discard(id(worker))
             self.free.put_nowait(worker)
             events.put_nowait(None)
 
         def generate():
-            ok = False
+            ok, error = False, None
             try:
                 for event in worker.stream(worker.engine(req), ids, req, stop):
                     call(events.put_nowait, event)
                 ok = not stop.is_set()
             except Exception as e:  # a failed request must not take the worker or the server down
-                call(events.put_nowait, {"error": f"generation failed: {type(e).__name__}: {e}"})
+                error = f"generation failed: {type(e).__name__}: {e}"
+                call(events.put_nowait, {"error": error})
             finally:
-                call(finish, ok)
+                call(finish, ok, error)
 
         threading.Thread(target=generate, daemon=True, name=f"generate-{worker.device}").start()
         try:

@@ -6,6 +6,10 @@ A checkpoint is a folder `step_000123/` holding
   optim_rank{r}.pt    each rank's optimizer shard (the optimizer shards its state across ranks)
   loader_rank{r}.pt   each rank's dataloader state
   meta.json           format version, model config, step, resolved arguments, anything else
+The .pt files are loaded with torch.load(weights_only=True): tensors and plain containers only,
+so a crafted checkpoint is refused instead of running code (the tokenizer is JSON for the same
+reason). `python -m nanochat.checkpoint_manager --convert DIR` converts an old tokenizer.pkl
+and checks every .pt file under DIR.
 Every rank writes into `step_000123.tmp/`; only when all files are written does rank 0 rename
 the folder into place (an atomic rename), so a run that crashes mid-write leaves the last good
 checkpoint as the latest one, and a `.tmp` folder that loaders ignore.
@@ -13,8 +17,10 @@ checkpoint as the latest one, and a `.tmp` folder that loaders ignore.
 
 import json
 import os
+import pickle
 import re
 import shutil
+import sys
 
 import torch
 import torch.distributed as dist
@@ -90,9 +96,18 @@ def load_file(checkpoint_dir, step, name, device="cpu"):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint file missing: {path}")
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:  # an object that is not a tensor or plain data: never unpickled
+        raise ValueError(f"refused checkpoint file {path}: {_refusal(e)}") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"corrupt checkpoint file {path}: {e}") from e
+
+
+def _refusal(error):
+    """One line out of torch's weights-only refusal: which global the file wanted."""
+    lines = [l.strip() for l in str(error).splitlines() if "GLOBAL" in l or "Unsupported" in l]
+    return ("it holds objects other than tensors and plain data, which could run code when loaded"
+            + (f" ({lines[0][:200]})" if lines else ""))
 
 
 def build_model(checkpoint_dir, step=None, device="cpu"):
@@ -137,3 +152,29 @@ def load_model(source, model_tag=None, step=None, device="cpu"):
         raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {model.config.vocab_size}: "
                          f"{checkpoint_dir} was trained with another tokenizer")
     return model, tokenizer, meta
+
+
+def convert(directory):
+    """Make an old artifact folder loadable: tokenizer.pkl -> tokenizer.json (read without
+    running code), then check that every .pt file below loads as tensors and plain data."""
+    from nanochat.tokenizer import OLD_TOKENIZER_FILE, TOKENIZER_FILE, convert_pickled_tokenizer
+    for root, _, files in os.walk(directory):
+        if OLD_TOKENIZER_FILE in files and TOKENIZER_FILE not in files:
+            print(f"wrote {convert_pickled_tokenizer(root)}")
+        for name in sorted(f for f in files if f.endswith(".pt")):
+            path = os.path.join(root, name)
+            try:
+                torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise ValueError(f"refused checkpoint file {path}: {_refusal(e)}") from None
+            print(f"ok {path}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "--convert":
+        raise SystemExit("usage: python -m nanochat.checkpoint_manager --convert DIR")
+    try:
+        convert(sys.argv[2])
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -35,6 +35,7 @@ from nanochat.kv_cache import KVCache
 
 TOOL_TIMEOUT = 5.0        # seconds of wall clock per python call
 TOOL_MAX_OUTPUT = 2048    # characters of its stdout (or error) that are fed back
+GREEDY_BELOW = 1e-3       # temperatures under this sample greedily (logits / 1e-45 overflow to inf, then nan)
 
 
 def as_repl(code):
@@ -64,9 +65,9 @@ def run_python(code):
 
 
 def sample_next_token(logits, rng, temperature=1.0, top_k=None):
-    """(B, V) fp32 logits -> (B,) token ids. temperature 0 is argmax; top_k samples among the
-    k most likely tokens; rng is a torch.Generator on the logits' device."""
-    if temperature == 0:
+    """(B, V) fp32 logits -> (B,) token ids. temperature 0 (or under GREEDY_BELOW) is argmax;
+    top_k samples among the k most likely tokens; rng is a torch.Generator on the logits' device."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     if top_k is not None and top_k > 0:
         values, ids = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)  # (B, k)

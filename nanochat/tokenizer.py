@@ -10,8 +10,9 @@ Conversations render to (ids, mask): mask = 1 on the tokens the model is trained
 turns, <|assistant_start|>, and tool outputs, which come from the interpreter, not the model).
 """
 
+import base64
+import json
 import os
-import pickle
 
 import torch
 
@@ -29,7 +30,9 @@ SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 
-TOKENIZER_FILE = "tokenizer.pkl"
+TOKENIZER_FILE = "tokenizer.json"   # data only: loading it never runs code (unlike the old pickle)
+OLD_TOKENIZER_FILE = "tokenizer.pkl"
+TOKENIZER_FORMAT = "nanochat-bpe-1"
 TOKEN_BYTES_FILE = "token_bytes.pt"
 
 
@@ -65,11 +68,16 @@ class Tokenizer:
         return cls(enc)
 
     def save(self, directory):
-        """Write the merges and the per-token byte lengths (for bits per byte)."""
+        """Write the merges (as JSON: the token bytes in rank order, base64) and the per-token
+        byte lengths (for bits per byte)."""
+        ranks = self.enc._mergeable_ranks
+        assert sorted(ranks.values()) == list(range(len(ranks))), "mergeable ranks must be 0..n-1"
+        tokens = [base64.b64encode(t).decode("ascii") for t in sorted(ranks, key=ranks.get)]
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, TOKENIZER_FILE + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump({"mergeable_ranks": self.enc._mergeable_ranks, "pattern": SPLIT_PATTERN}, f)
+        with open(tmp, "w") as f:
+            json.dump({"format": TOKENIZER_FORMAT, "pattern": SPLIT_PATTERN, "special_tokens": SPECIAL_TOKENS,
+                       "mergeable_ranks": tokens}, f)
         os.replace(tmp, os.path.join(directory, TOKENIZER_FILE))  # atomic: never a half-written tokenizer
         torch.save(self.token_bytes(), os.path.join(directory, TOKEN_BYTES_FILE))
 
@@ -77,12 +85,24 @@ class Tokenizer:
     def load(cls, directory):
         path = os.path.join(directory, TOKENIZER_FILE)
         if not os.path.exists(path):
+            if os.path.exists(os.path.join(directory, OLD_TOKENIZER_FILE)):
+                raise ValueError(f"{os.path.join(directory, OLD_TOKENIZER_FILE)} is a pickle, which we no longer load "
+                                 f"(loading one can run code); convert it once with "
+                                 f"`python -m nanochat.checkpoint_manager --convert {directory}`")
             raise FileNotFoundError(f"no tokenizer at {path}: train one with `python -m scripts.tok_train`")
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-        if data["pattern"] != SPLIT_PATTERN:
-            raise ValueError(f"{path} was trained with another split pattern; retrain it")
-        return cls._from_ranks(data["mergeable_ranks"])
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            assert isinstance(data, dict) and data.get("format") == TOKENIZER_FORMAT, "not a nanochat tokenizer"
+            tokens = data["mergeable_ranks"]
+            assert isinstance(tokens, list) and all(isinstance(t, str) for t in tokens), "bad mergeable_ranks"
+            ranks = {base64.b64decode(t, validate=True): i for i, t in enumerate(tokens)}
+            assert len(ranks) == len(tokens), "duplicate tokens"
+        except (ValueError, KeyError, AssertionError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a valid tokenizer file: {e}") from None
+        if data["pattern"] != SPLIT_PATTERN or data["special_tokens"] != SPECIAL_TOKENS:
+            raise ValueError(f"{path} was trained with another split pattern or special tokens; retrain it")
+        return cls._from_ranks(ranks)
 
     # -------------------------------------------------------------------------
     # encoding
@@ -205,4 +225,28 @@ def get_token_bytes(directory=None, device="cpu"):
     path = os.path.join(directory or os.path.join(get_base_dir(), "tokenizer"), TOKEN_BYTES_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {TOKEN_BYTES_FILE} at {path}: train the tokenizer first")
-    return torch.load(path, map_location=device)
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def convert_pickled_tokenizer(directory):
+    """Rewrite an old tokenizer.pkl as tokenizer.json. The pickle is read by an unpickler that
+    refuses every global (class or function), so only plain dicts, bytes, ints and strings can
+    come out of it: a crafted file is refused, never run."""
+    import pickle
+
+    class DataOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"refused: it references {module}.{name}, a tokenizer holds only data")
+
+    path = os.path.join(directory, OLD_TOKENIZER_FILE)
+    try:
+        with open(path, "rb") as f:
+            data = DataOnly(f).load()
+        ranks, pattern = data["mergeable_ranks"], data["pattern"]
+        assert all(isinstance(k, bytes) and isinstance(v, int) for k, v in ranks.items()), "bad mergeable_ranks"
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError, AssertionError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    if pattern != SPLIT_PATTERN:
+        raise ValueError(f"{path} was trained with another split pattern; retrain it")
+    Tokenizer._from_ranks(ranks).save(directory)
+    return os.path.join(directory, TOKENIZER_FILE)

@@ -51,7 +51,7 @@ need_base_dir() {  # SLURM jobs: the artifacts must live where every node can re
 }
 
 need_tokenizer() {
-    need "$NANOCHAT_BASE_DIR/tokenizer/tokenizer.pkl" "train the tokenizer first (python -m scripts.tok_train)"
+    need "$NANOCHAT_BASE_DIR/tokenizer/tokenizer.json" "train the tokenizer first (python -m scripts.tok_train)"
 }
 
 activate_venv() {

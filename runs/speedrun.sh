@@ -79,7 +79,7 @@ fi
 # -----------------------------------------------------------------------------
 # tokenizer
 run python -m scripts.tok_train "${DATA[@]}"
-will_make "$NANOCHAT_BASE_DIR/tokenizer/tokenizer.pkl"
+will_make "$NANOCHAT_BASE_DIR/tokenizer/tokenizer.json"
 need_tokenizer
 run python -m scripts.tok_eval "${DATA[@]}"
 

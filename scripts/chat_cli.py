@@ -17,6 +17,7 @@ import torch
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import compute_init
 from nanochat.engine import Engine
+from nanochat.execution import describe_sandbox
 from nanochat.gpt import DEFAULT_RECUR
 
 parser = argparse.ArgumentParser(description="Chat with a model")
@@ -49,6 +50,7 @@ try:
 except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+print(describe_sandbox())
 print(f"model: {args.source} step {meta['step']} ({model.config.arch}, width {model.config.n_embd}), r={engine.r}"
       + (f", adaptive {args.criterion} < {args.adaptive:g}" if args.adaptive >= 0 else "") + f", {args.cache} cache")
 
@@ -94,11 +96,17 @@ with torch.inference_mode():
                 continue
             if not question:
                 continue
-        conversation += [user_start, *tokenizer.encode(question), user_end, assistant_start]
-        if len(conversation) + args.max_tokens > model.rotary_len:
-            print(f"error: the conversation ({len(conversation)} tokens) + --max-tokens exceeds the model's "
-                  f"{model.rotary_len} positions; starting over", file=sys.stderr)
-            conversation = [bos, user_start, *tokenizer.encode(question), user_end, assistant_start]
+        turn = [user_start, *tokenizer.encode(question), user_end, assistant_start]
+        if 1 + len(turn) + args.max_tokens > model.rotary_len:  # too long even on its own
+            print(f"error: this question is {len(turn)} tokens; with --max-tokens {args.max_tokens} it exceeds the "
+                  f"model's {model.rotary_len} positions: ask a shorter one or lower --max-tokens", file=sys.stderr)
+            if args.prompt:
+                sys.exit(2)
+            continue
+        if len(conversation) + len(turn) + args.max_tokens > model.rotary_len:
+            print(f"(the conversation reached the model's {model.rotary_len} positions: starting over)", file=sys.stderr)
+            conversation = [bos]
+        conversation += turn
         print("\nAssistant: ", end="", flush=True)
         conversation += reply(conversation) + [assistant_end]
         if args.prompt:

@@ -32,6 +32,7 @@ from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.engine import Engine
 from nanochat.eval_forward import EXIT_CRITERION
 from nanochat.eval_plots import plot_sweep
+from nanochat.execution import describe_sandbox
 from nanochat.recurrence import parse_recur_list
 from nanochat.report import get_report
 from nanochat.task_eval import BASELINES, centered_accuracy, chatcore, evaluate_categorical, evaluate_generative
@@ -79,6 +80,7 @@ if args.num_samples > 1 and args.temperature == 0:
 is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
 master = rank == 0
 print0(f"args: {vars(args)}")
+print0(describe_sandbox())  # GSM8K's tool calls and HumanEval's programs run there
 model_tag = os.path.basename(find_checkpoint_dir(args.source, args.model_tag or None))
 model, tokenizer, meta = load_model(args.source, model_tag, None if args.step < 0 else args.step, device)
 config, step = model.config, meta["step"]

@@ -1,19 +1,26 @@
 """
 Serve a model to the browser: a chat page with per-token recurrence depth, and a streaming API.
 
-    python -m scripts.chat_web                                   # latest SFT model, http://localhost:8000
+    python -m scripts.chat_web                                   # latest SFT model, http://127.0.0.1:8000
     python -m scripts.chat_web --num-gpus 8 --recur 8            # one worker (model replica) per GPU
     python -m scripts.chat_web --source base --model-tag s20 --device-type cpu
+    NANOCHAT_API_KEY=$(openssl rand -hex 16) python -m scripts.chat_web --host 0.0.0.0   # reachable from others
 
 Endpoints (request schema and limits: nanochat/chat_api.py):
     GET  /                   the page (nanochat/ui.html, self-contained, works offline)
-    POST /chat/completions   stream a reply as server-sent events
+    POST /chat/completions   stream a reply as server-sent events          (API key, if set)
     GET  /config             the server's defaults and limits (the page reads them)
-    GET  /health             {"ready": true, "workers": n}
-    GET  /stats              workers busy/free, requests served/failed/rejected
+    GET  /health             {"ready": bool, "workers": [{device, busy, healthy, last_error}], "sandbox": mode};
+                             503 while no worker is healthy (its last generation failed)
+    GET  /stats              workers busy/free, requests served/failed/rejected   (API key, if set)
+It binds 127.0.0.1 by default (this machine only). With an API key (--api-key or the
+NANOCHAT_API_KEY environment variable, which keeps it out of `ps`), those endpoints need the
+header `Authorization: Bearer <key>`; the page asks for the key once and keeps it in the browser.
+The model's python tool calls run in the sandbox (nanochat/execution.py); its mode is printed at start.
 """
 
 import argparse
+import hmac
 import json
 import os
 
@@ -22,16 +29,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from nanochat import chat_api
-from nanochat.chat_api import RequestError, Worker, WorkerPool, render_prompt, validate_request
+from nanochat.chat_api import RequestError, Worker, WorkerPool, parse_body, read_body, render_prompt, validate_request
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import autodetect_device_type, compute_init
+from nanochat.execution import describe_sandbox, sandbox_mode
 from nanochat.gpt import DEFAULT_RECUR
 
 parser = argparse.ArgumentParser(description="Chat with a model in the browser")
 parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the most recent)")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
-parser.add_argument("--host", type=str, default="0.0.0.0", help="address to bind")
+parser.add_argument("--host", type=str, default="127.0.0.1",
+                    help="address to bind (0.0.0.0 = every interface: set an API key first)")
 parser.add_argument("--port", type=int, default=8000, help="port to bind")
 parser.add_argument("--num-gpus", type=int, default=-1, help="workers, one per GPU (-1 = all visible GPUs; 1 on CPU/MPS)")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
@@ -39,6 +48,8 @@ parser.add_argument("--recur", type=int, default=-1, help="default loop iteratio
 parser.add_argument("--max-tokens", type=int, default=512, help="default most tokens per reply")
 parser.add_argument("--temperature", type=float, default=0.8, help="default sampling temperature (0 = greedy)")
 parser.add_argument("--top-k", type=int, default=50, help="default top-k")
+parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY", ""),
+                    help="shared secret for /chat/completions and /stats (default $NANOCHAT_API_KEY; empty = none)")
 
 UI_HTML = os.path.join(os.path.dirname(chat_api.__file__), "ui.html")
 
@@ -72,8 +83,9 @@ def defaults_from(args, meta):
     return defaults
 
 
-def create_app(workers, defaults):
-    """The FastAPI app over a list of Workers (all holding the same model) and request defaults."""
+def create_app(workers, defaults, api_key=""):
+    """The FastAPI app over a list of Workers (all holding the same model) and request defaults;
+    with an api_key, the chat and stats endpoints need `Authorization: Bearer <api_key>`."""
     app = FastAPI(title="looped nanochat")
     pool = WorkerPool(workers)
     app.state.pool = pool
@@ -89,13 +101,22 @@ def create_app(workers, defaults):
     async def index():
         return HTMLResponse(page)
 
+    def unauthorized(request):
+        if not api_key:
+            return None
+        given = request.headers.get("authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            return None
+        return reject(401, "authorization: this server needs its API key (header 'Authorization: Bearer <key>')")
+
     @app.get("/health")
     async def health():
-        return {"ready": True, "workers": len(pool.workers)}
+        state = {**pool.health(), "sandbox": sandbox_mode()[0]}
+        return JSONResponse(state, status_code=200 if state["ready"] else 503)
 
     @app.get("/stats")
-    async def stats():
-        return pool.stats()
+    async def stats(request: Request):
+        return unauthorized(request) or pool.stats()
 
     @app.get("/config")
     async def config():
@@ -104,16 +125,15 @@ def create_app(workers, defaults):
                 "limits": {"max_messages": chat_api.MAX_MESSAGES, "max_message_chars": chat_api.MAX_MESSAGE_CHARS,
                            "max_total_chars": chat_api.MAX_TOTAL_CHARS, "temperature": chat_api.TEMPERATURE_RANGE,
                            "top_k": chat_api.TOP_K_RANGE, "max_tokens": chat_api.MAX_TOKENS_RANGE,
-                           "recur": chat_api.RECUR_RANGE, "adaptive": chat_api.ADAPTIVE_RANGE}}
+                           "recur": chat_api.RECUR_RANGE, "adaptive": chat_api.ADAPTIVE_RANGE},
+                "auth": bool(api_key)}
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
+        if denied := unauthorized(request):
+            return denied
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as e:
-            return reject(400, f"body: not valid JSON ({e})")
-        try:
-            req = validate_request(body, defaults)
+            req = validate_request(parse_body(await read_body(request)), defaults)
             ids = render_prompt(tokenizer, req, model)
         except RequestError as e:
             return reject(e.status, str(e))
@@ -131,11 +151,13 @@ def create_app(workers, defaults):
 if __name__ == "__main__":
     import uvicorn
     args = parser.parse_args()
-    print(f"arguments: {vars(args)}", flush=True)
+    print(f"arguments: {vars(args) | {'api_key': '<set>' if args.api_key else ''}}", flush=True)
+    print(describe_sandbox(), flush=True)
     try:
         workers, meta = load_workers(args)
-        app = create_app(workers, defaults_from(args, meta))
+        app = create_app(workers, defaults_from(args, meta), args.api_key)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
-    print(f"serving on http://{args.host}:{args.port} with {len(workers)} worker(s)", flush=True)
+    print(f"serving on http://{args.host}:{args.port} with {len(workers)} worker(s)"
+          + (", API key required" if args.api_key else ", no API key"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port)

@@ -335,6 +335,35 @@ def test_chat_cli_one_shot_and_missing_checkpoint(tokenizer, tmp_path):
     assert wrong_tag.returncode == 1 and "no checkpoint in" in wrong_tag.stderr
 
 
+def test_chat_cli_context_overflow_is_one_clear_message(tokenizer, tmp_path):
+    tokenizer.save(os.path.join(tmp_path, "tokenizer"))
+    model = chat_model()  # 320 positions
+    meta = {"model_config": dataclasses.asdict(model.config), "eval_r": 2}
+    save_checkpoint(os.path.join(tmp_path, "chatsft_checkpoints", "s1"), 5, model.state_dict(), {}, {}, meta)
+    too_long, medium = "the loop " * 300, "the loop " * 40
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "scripts.chat_cli", "--device-type", "cpu", "--max-tokens", "100",
+                          "--temperature", "0"], input=f"{too_long}\n{medium}\n{medium}\nquit\n", cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    from nanochat.execution import describe_sandbox
+    assert describe_sandbox() in out.stdout.splitlines()  # which sandbox the tool calls get, said at start
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "this question is" in errors[0] and "--max-tokens 100" in errors[0]
+    assert "starting over" in out.stderr  # the second medium question no longer fits after the first
+    assert out.stdout.count("Assistant: ") == 2
+    one_shot = run_cli(tmp_path, "-p", too_long, "--max-tokens", "6")
+    assert one_shot.returncode == 2 and one_shot.stderr.startswith("error: this question is"), one_shot.stderr
+    assert one_shot.stderr.count("\n") == 1 and "Traceback" not in one_shot.stderr
+
+
+def test_tiny_temperature_samples_greedily():
+    logits = torch.tensor([[0.0, 5.0, 1.0, -2.0], [3.0, 0.0, 0.0, 2.9]])
+    for t in (1e-45, 1e-9, 5e-4):
+        assert sample_next_token(logits, torch.Generator().manual_seed(0), temperature=t).tolist() == [1, 0]
+        assert sample_next_token(logits, torch.Generator().manual_seed(0), t, 2).tolist() == [1, 0]
+
+
 def test_tool_answers_like_a_python_prompt():
     from nanochat.engine import run_python
     assert run_python("48/2") == "24"  # GSM8K renders <<48/2=24>> as output "24"

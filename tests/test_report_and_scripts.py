@@ -172,7 +172,7 @@ def cluster(tmp_path):
     (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] || exit 2\necho node1\necho node2\n')
     (bin_dir / "scontrol").chmod(0o755)
     (base / "tokenizer").mkdir(parents=True)
-    (base / "tokenizer" / "tokenizer.pkl").write_bytes(b"fake")
+    (base / "tokenizer" / "tokenizer.json").write_bytes(b"fake")
     (base / "base_data").mkdir()
     for name in ("shard_00000.parquet", "shard_01822.parquet"):
         (base / "base_data" / name).write_bytes(b"")
@@ -323,9 +323,9 @@ def test_scaling_laws_bad_input_fails_clearly(cluster, env, message):
 
 
 def test_scaling_laws_needs_a_tokenizer(cluster):
-    os.remove(cluster.base / "tokenizer" / "tokenizer.pkl")
+    os.remove(cluster.base / "tokenizer" / "tokenizer.json")
     out = cluster.run("runs/scaling_laws.sh")
-    assert out.returncode != 0 and "tokenizer.pkl is missing" in out.stderr and "scripts.tok_train" in out.stderr
+    assert out.returncode != 0 and "tokenizer.json is missing" in out.stderr and "scripts.tok_train" in out.stderr
 
 
 # what each sbatch script needs besides the tokenizer, its module and expected arguments
@@ -363,11 +363,11 @@ def test_sbatch_checks_inputs(cluster, name):
     if needs:  # the checkpoint of the previous stage is missing
         out = cluster.run(f"slurm/{name}.sbatch")
         assert out.returncode != 0 and f"no checkpoint in {cluster.base / needs[0][0] / 's20'}" in out.stderr, out.stderr
-    os.remove(cluster.base / "tokenizer" / "tokenizer.pkl")
+    os.remove(cluster.base / "tokenizer" / "tokenizer.json")
     for folder, tag in needs:
         cluster.make(folder, tag)
     out = cluster.run(f"slurm/{name}.sbatch")
-    assert out.returncode != 0 and "tokenizer.pkl is missing" in out.stderr, out.stderr
+    assert out.returncode != 0 and "tokenizer.json is missing" in out.stderr, out.stderr
 
 
 def test_chat_eval_sbatch_options(cluster):
@@ -399,7 +399,7 @@ def all_dry_run_commands(tmp_path_factory):
         for d in (base / "tokenizer", shards, *(base / f / "s20" / "step_000001" for f in
                                                 ("base_checkpoints", "chatsft_checkpoints"))):
             d.mkdir(parents=True, exist_ok=True)
-        (base / "tokenizer" / "tokenizer.pkl").write_bytes(b"")
+        (base / "tokenizer" / "tokenizer.json").write_bytes(b"")
         (base / "base_data").mkdir(exist_ok=True)
         for d in (shards, base / "base_data"):
             for name in ("a.parquet", "b.parquet"):

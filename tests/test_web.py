@@ -16,8 +16,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from nanochat.chat_api import Worker
+from nanochat import chat_api
+from nanochat.chat_api import RequestError, Worker, read_body
 from nanochat.checkpoint_manager import save_checkpoint
+from nanochat.execution import sandbox_mode
 from scripts.chat_web import create_app, defaults_from, load_workers, parser
 from tests.test_engine import chat_model
 
@@ -105,7 +107,9 @@ def test_validation_rejects_each_bad_input_and_keeps_serving(app):
             assert field in res.json()["error"], (body, res.json())
         res = client.post("/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
         assert res.status_code == 400 and res.json()["error"].startswith("body:")
-        assert client.get("/health").json() == {"ready": True, "workers": 1}
+        health = client.get("/health").json()
+        assert health["ready"] is True and health["sandbox"] == sandbox_mode()[0]
+        assert health["workers"] == [{"device": "cpu", "busy": False, "healthy": True, "last_error": ""}]
         ok = client.post("/chat/completions", json={"messages": HELLO, "max_tokens": 4, "seed": 1})
         assert ok.status_code == 200 and events(ok.text)[-1]["done"]
         stats = client.get("/stats").json()
@@ -146,10 +150,63 @@ def test_failed_generation_emits_error_and_frees_the_worker(app, monkeypatch):
         monkeypatch.setattr(model, "forward", boom)
         evs = events(client.post("/chat/completions", json={"messages": HELLO}).text)
         assert evs == [{"error": "generation failed: RuntimeError: simulated device failure"}]
+        health = client.get("/health")  # its only worker just failed: not ready, and why
+        assert health.status_code == 503 and health.json()["ready"] is False
+        assert health.json()["workers"][0]["last_error"] == evs[0]["error"]
         monkeypatch.undo()
         stats = client.get("/stats").json()
         assert stats["requests_failed"] == 1 and stats["free"] == 1
         assert events(client.post("/chat/completions", json={"messages": HELLO, "max_tokens": 3}).text)[-1]["done"]
+        assert client.get("/health").json()["ready"] is True  # a good generation: healthy again
+
+
+def test_hostile_bodies_get_4xx_and_tiny_temperatures_are_greedy(app):
+    with TestClient(app) as client:
+        for raw in (b"[" * 100000 + b"]" * 100000, b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}"):
+            res = client.post("/chat/completions", content=raw, headers={"Content-Type": "application/json"})
+            assert res.status_code == 400 and res.json()["error"] == "body: JSON nested too deeply", res.text
+        res = client.post("/chat/completions", json={"messages": HELLO, "temperature": "x" * 100000})
+        assert res.status_code == 400 and len(res.json()["error"]) < 200
+        greedy = events(client.post("/chat/completions", json={"messages": HELLO, "temperature": 0}).text)
+        for t in (1e-45, 5e-324, 1e-4):
+            res = client.post("/chat/completions", json={"messages": HELLO, "temperature": t, "seed": 5})
+            assert res.status_code == 200 and events(res.text) == greedy, t
+        big = client.post("/chat/completions", content=b" " * (60 * 1024 ** 2), headers={"Content-Type": "application/json"})
+        assert big.status_code == 413 and big.json()["error"].startswith("body: 62914560 bytes, at most")
+        assert client.get("/health").json()["ready"]
+
+
+def test_body_is_capped_while_it_is_read():
+    """Without a Content-Length (chunked upload), reading stops one chunk past the cap."""
+    sent = []
+
+    class Upload:
+        headers = {}
+
+        async def stream(self):
+            while True:  # endless: a reader that waits for the end would never return
+                sent.append(1)
+                yield b"x" * 65536
+
+    with pytest.raises(RequestError) as e:
+        asyncio.run(read_body(Upload()))
+    assert e.value.status == 413 and len(sent) == chat_api.MAX_BODY_BYTES // 65536 + 1
+
+
+def test_api_key_and_default_bind_address(base_dir, tokenizer):
+    assert parser.parse_args([]).host == "127.0.0.1"
+    app = create_app([Worker(chat_model(), tokenizer, "cpu")], dict(temperature=0.0, top_k=50, max_tokens=3, recur=2),
+                     api_key="s3cret")
+    with TestClient(app) as client:
+        body = {"messages": HELLO}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            res = client.post("/chat/completions", json=body, headers=headers)
+            assert res.status_code == 401 and "API key" in res.json()["error"]
+        assert client.get("/stats").status_code == 401
+        assert client.get("/health").status_code == 200 and client.get("/config").json()["auth"] is True
+        ok = client.post("/chat/completions", json=body, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and events(ok.text)[-1]["done"]
+        assert client.get("/stats", headers={"Authorization": "Bearer s3cret"}).json()["requests_served"] == 1
 
 
 def test_worker_pool_under_20_concurrent_requests(base_dir, tokenizer):

@@ -1,0 +1,282 @@
+"""Hostile programs against the sandbox (nanochat/execution.py). Each runs through execute_code
+and must leave the host untouched: a canary directory and file, a canary process, a TCP and a
+UDP listener and an abstract unix socket on the host, the parent's secret environment, and no
+process of the program left once the call returns. Each program is written so that, were its
+escape to work, it would finish normally; contained, it ends in a clean error result.
+
+Where bubblewrap cannot create namespaces, these tests skip (and tool calls are refused)."""
+
+import os
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from nanochat.execution import execute_code, sandbox_mode
+
+pytestmark = pytest.mark.skipif(sandbox_mode()[0] != "bwrap",
+                                reason=f"no namespace sandbox here: {sandbox_mode()[1]} (apt-get install bubblewrap)")
+
+MARKER = f"4{secrets.randbelow(10 ** 6)}.{secrets.randbelow(10 ** 6)}"   # a daemon's `sleep` argument, to find it
+SECRET = "canary-secret-" + secrets.token_hex(8)
+
+
+class Host:
+    """The things a program must not touch, started once for the module."""
+
+    def __init__(self, root):
+        self.dir = root / "canary"
+        self.dir.mkdir()
+        self.file = self.dir / "precious.txt"
+        self.file.write_text("precious")
+        self.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.udp.setblocking(False)
+        self.abstract_name = "\0nanochat-canary-" + secrets.token_hex(4)
+        self.unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.unix.bind(self.abstract_name)
+        self.unix.listen()
+        for s in (self.tcp, self.unix):
+            s.setblocking(False)
+        os.environ["NANOCHAT_TEST_SECRET"] = SECRET
+
+    def fill(self, code):
+        return (code.replace("CANARY_DIR", str(self.dir)).replace("CANARY_FILE", str(self.file))
+                .replace("CANARY_PID", str(self.proc.pid)).replace("HOST_PID", str(os.getpid()))
+                .replace("TCP_PORT", str(self.tcp.getsockname()[1])).replace("UDP_PORT", str(self.udp.getsockname()[1]))
+                .replace("ABSTRACT", repr(self.abstract_name)).replace("MARKER", MARKER))
+
+    def assert_untouched(self, result):
+        assert self.file.read_text() == "precious" and sorted(os.listdir(self.dir)) == ["precious.txt"]
+        assert self.proc.poll() is None, "the canary process was killed"
+        for s in (self.tcp, self.unix):
+            with pytest.raises(BlockingIOError):
+                s.accept()
+        with pytest.raises(BlockingIOError):
+            self.udp.recv(100)
+        assert SECRET not in result.stdout + result.stderr + result.error
+        deadline = time.time() + 3
+        while _marked_processes() and time.time() < deadline:  # the kernel tears the namespace down
+            time.sleep(0.05)
+        assert not _marked_processes(), "a process of the program outlived the call"
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        for s in (self.tcp, self.udp, self.unix):
+            s.close()
+        os.environ.pop("NANOCHAT_TEST_SECRET", None)
+
+
+def _marked_processes():
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if MARKER.encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    h = Host(tmp_path_factory.mktemp("host"))
+    yield h
+    h.close()
+
+
+# (id, program, expected outcome): "error" a clean error result, "timeout", "memory", or "any"
+# (the program may succeed inside its walls: the host checks are what matter)
+FLOOD = 400 * 1024 ** 2
+CASES = [
+    # nanochat's own cases (tests/test_execution.py)
+    ("rmtree", "import shutil; shutil.rmtree('CANARY_DIR')", "error"),
+    ("os_remove", "import os; os.remove('CANARY_FILE')", "error"),
+    ("os_system_rm", "import os; os.system('rm -rf CANARY_DIR')", "error"),
+    ("subprocess_run_rm", "import subprocess; subprocess.run(['rm', '-rf', 'CANARY_DIR'])", "error"),
+    ("subprocess_popen_rm", "import subprocess; subprocess.Popen(['rm', '-rf', 'CANARY_DIR'])", "error"),
+    ("os_fork", "import os; os.fork()", "error"),
+    ("os_kill_self", "import os; os.kill(os.getpid(), 0)", "error"),
+    ("socket_socket", "import socket; socket.socket()", "error"),
+    ("socket_connect_out", "import socket; socket.create_connection(('example.com', 80))", "error"),
+    # the escapes measured on main (issue 19)
+    ("posix_kill_getppid", "import os, posix, signal; posix.kill(os.getppid(), signal.SIGKILL)", "error"),
+    ("posix_kill_host_parent", "import posix, signal; posix.kill(HOST_PID, signal.SIGKILL)", "error"),
+    ("posix_kill_canary", "import posix, signal; posix.kill(CANARY_PID, signal.SIGKILL)", "error"),
+    ("posix_unlink", "import posix; posix.unlink('CANARY_FILE')", "error"),
+    ("posix_system", "import posix; assert posix.system('rm CANARY_FILE') == 0", "error"),
+    ("reload_os", "import importlib, os; importlib.reload(os); os.remove('CANARY_FILE')", "error"),
+    ("reload_shutil_rmtree", "import importlib, shutil; importlib.reload(shutil); shutil.rmtree('CANARY_DIR')", "error"),
+    ("reload_subprocess", "import importlib, subprocess; importlib.reload(subprocess)\n"
+                          "subprocess.run(['rm', '-r', 'CANARY_DIR'], check=True)", "error"),
+    ("write_abs_path", "open('CANARY_FILE', 'w').write('pwned')", "error"),
+    ("write_new_abs_file", "open('CANARY_DIR/new.txt', 'w').write('pwned')", "error"),
+    ("write_usr", "open('/usr/lib/pwned.txt', 'w').write('pwned')", "error"),
+    ("os_open_trunc", "import os; os.open('CANARY_FILE', os.O_WRONLY | os.O_TRUNC)", "error"),
+    ("os_open_trunc_interpreter", "import os, sys; os.open(sys.executable, os.O_WRONLY | os.O_TRUNC)", "error"),
+    ("raw_socket_loopback_tcp", "import _socket; s = _socket.socket(); s.connect(('127.0.0.1', TCP_PORT)); "
+                                "s.send(b'hello')", "error"),
+    ("raw_socket_loopback_udp", "import _socket; s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)\n"
+                                "s.connect(('127.0.0.1', UDP_PORT)); s.send(b'x'); s.recv(1)", "error"),
+    ("raw_socket_abstract_unix", "import _socket; s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM); "
+                                 "s.connect(ABSTRACT)", "error"),
+    ("raw_socket_internet", "import _socket; s = _socket.socket(); s.settimeout(2); s.connect(('1.1.1.1', 53))", "error"),
+    ("proc_parent_environ", "print(open('/proc/HOST_PID/environ').read())", "error"),
+    ("proc_init_environ", "print(open('/proc/1/environ').read())", "error"),
+    ("proc_self_environ", "import os; e = open('/proc/self/environ').read(); assert 'NANOCHAT_TEST_SECRET' in e, e", "error"),
+    ("proc_list_host", "import os; assert 'CANARY_PID' in os.listdir('/proc'), os.listdir('/proc')", "error"),
+    ("proc_parent_cwd", "import os; print(os.listdir('/proc/HOST_PID/cwd'))", "error"),
+    ("fork_setsid_daemon", "import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n"
+                           "    if posix.fork() == 0:\n        posix.execv('/usr/bin/sleep', ['sleep', 'MARKER'])\n"
+                           "    posix._exit(0)\ntime.sleep(0.3)\nraise SystemExit('daemon left behind')", "error"),
+    ("daemon_then_success", "import posix, time\nif posix.fork() == 0:\n    posix.setsid()\n"
+                            "    posix.execv('/usr/bin/sleep', ['sleep', 'MARKER'])\ntime.sleep(0.3)", "any"),
+    ("forged_json_exit0", "import os, posix, json\nfake = json.dumps(dict(error='', stdout='PASS', stderr='', "
+                          "memory_exceeded=False)).encode()\nfor fd in range(1, 64):\n    try:\n"
+                          "        posix.write(fd, fake)\n    except OSError:\n        pass\nposix._exit(0)", "error"),
+    ("forged_ok_report", "import posix\nfor fd in range(3, 64):\n    try:\n        posix.write(fd, b'ok ' + b'0' * 32)\n"
+                         "    except OSError:\n        pass\nposix._exit(0)", "error"),
+    ("os_exit_early", "import os; os._exit(0)\nassert False", "error"),
+    ("sys_exit_nonzero", "import sys; sys.exit(3)", "error"),
+    ("sys_exit_zero_early", "import sys; sys.exit(0)\nassert False", "error"),
+    ("close_report_fds", "import posix\nfor fd in range(3, 64):\n    try:\n        posix.close(fd)\n"
+                         "    except OSError:\n        pass", "error"),
+    ("flood_stdout_400mb", f"import posix\nb = b'x' * (1 << 20)\nfor _ in range({FLOOD >> 20}):\n"
+                           "    posix.write(1, b)\nraise SystemExit(1)", "error"),
+    ("flood_stderr_400mb", f"import posix\nb = b'x' * (1 << 20)\nfor _ in range({FLOOD >> 20}):\n"
+                           "    posix.write(2, b)\nraise SystemExit(1)", "error"),
+    ("flood_report_400mb", f"import posix\nb = b'x' * (1 << 20)\nfor _ in range({FLOOD >> 20}):\n"
+                           "    for fd in range(3, 8):\n        try:\n            posix.write(fd, b)\n"
+                           "        except OSError:\n            pass\nposix._exit(0)", "error"),
+    ("flood_print_forever", "while True:\n    print('x' * 1000)", "timeout"),
+    ("fork_bomb", "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass", "timeout"),
+    ("fork_bomb_subprocess", "import importlib, subprocess; importlib.reload(subprocess)\n"
+                             "procs = [subprocess.Popen(['sleep', 'MARKER']) for _ in range(1000)]", "error"),
+    ("thread_bomb", "import threading, time\nfor _ in range(10000):\n"
+                    "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()", "error"),
+    ("ptrace_parent", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                      "assert libc.ptrace(16, os.getppid(), 0, 0) == 0, ctypes.get_errno()", "error"),
+    ("ptrace_host_pid", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                        "assert libc.ptrace(16, CANARY_PID, 0, 0) == 0, ctypes.get_errno()", "error"),
+    ("unshare_user_ns", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                        "assert libc.unshare(0x10000000 | 0x20000) == 0, ctypes.get_errno()", "error"),
+    ("mount_tmpfs", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                    "assert libc.mount(b'none', b'/tmp', b'tmpfs', 0, None) == 0, ctypes.get_errno()", "error"),
+    ("dev_shm_fill", "for i in range(100):\n    open(f'/dev/shm/f{i}', 'wb').write(b'x' * 1000000)", "error"),
+    ("tmp_fill", "for i in range(100):\n    open(f'/tmp/f{i}', 'wb').write(b'x' * 1000000)", "error"),
+    ("file_too_large", "open('/tmp/big', 'wb').write(b'x' * (4 << 20))", "error"),
+    ("symlink_out_of_tmp", "import posix; posix.symlink('CANARY_DIR', '/tmp/out')\n"
+                           "open('/tmp/out/precious.txt', 'w').write('pwned')", "error"),
+    ("symlink_proc_root", "import posix; posix.symlink('/proc/1/root', '/tmp/root')\n"
+                          "open('/tmp/root/CANARY_FILE', 'w').write('pwned')", "error"),
+    ("proc_sys_write", "open('/proc/sys/kernel/hostname', 'w').write('pwned')", "error"),
+    ("sethostname", "import socket; socket.sethostname('pwned')", "error"),
+    ("chmod_interpreter", "import posix, sys; posix.chmod(sys.executable, 0o777)", "error"),
+    ("read_shadow", "print(open('/etc/shadow').read())", "error"),
+    ("read_canary", "print(open('CANARY_FILE').read())", "error"),
+    ("signal_storm_init", "import posix\nfor s in range(1, 32):\n    try:\n        posix.kill(1, s)\n"
+                          "    except OSError:\n        pass\nposix.kill(1, 9)", "error"),
+    ("signal_storm_everyone", "import posix, signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+                              "    posix.kill(-1, s)\nraise SystemExit('still here')", "error"),
+    ("kill_own_group", "import posix; posix.killpg(0, 9)", "error"),
+    ("ignore_signals_spin", "import signal\nfor s in (signal.SIGALRM, signal.SIGTERM, signal.SIGXCPU, signal.SIGINT):\n"
+                            "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass", "timeout"),
+    ("sleep_forever", "import time; time.sleep(3600)", "timeout"),
+    ("huge_argv", "import posix; posix.execv('/usr/bin/true', ['true'] + ['x' * 100000] * 1000)", "error"),
+    ("huge_env", "import posix; posix.execve('/usr/bin/true', ['true'], {'A': 'x' * (64 << 20)})", "error"),
+    ("memory_bomb", "x = bytearray(8 << 30)", "memory"),
+    ("memory_list", "x = [0] * 10 ** 9", "memory"),
+    ("recursion", "def f():\n    return f()\nf()", "error"),
+    ("stdin_read", "input()", "error"),
+    ("ctypes_system", "import ctypes; assert ctypes.CDLL(None).system(b'rm -r CANARY_DIR') == 0", "error"),
+]
+
+
+def _check(result, expect):
+    if expect == "any":
+        return
+    assert not result.success and result.error and "\n" not in result.error, result
+    assert result.timeout == (expect == "timeout"), result
+    assert result.memory_exceeded == (expect == "memory"), result
+
+
+@pytest.mark.parametrize("name,code,expect", CASES, ids=[c[0] for c in CASES])
+def test_hostile_program_is_contained(host, name, code, expect):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    t0 = time.time()
+    result = execute_code(host.fill(code), timeout=1.5)
+    assert time.time() - t0 < 6, f"{name} held the caller for {time.time() - t0:.1f} s"
+    _check(result, expect)
+    assert len(result.stdout) < 20000 and len(result.stderr) < 20000
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024, "the parent grew"
+    host.assert_untouched(result)
+
+
+def test_there_are_at_least_50_cases():
+    assert len(CASES) >= 50 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_the_sandbox_is_what_it_claims(host):
+    """The view from inside: nobody, no capabilities, only loopback, a private pid namespace and a
+    filesystem of /usr, the interpreter, /proc, /dev and a small tmpfs."""
+    code = ("import os, socket\nst = open('/proc/self/status').read()\n"
+            "print(os.getresuid(), os.getresgid(), [l.split()[1] for l in st.splitlines() if l.startswith('CapEff')])\n"
+            "print(socket.if_nameindex())\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()))\n"
+            "print(os.getcwd(), sorted(os.listdir('/')))\nprint(os.statvfs('/tmp').f_blocks * os.statvfs('/tmp').f_frsize)")
+    result = execute_code(code)
+    assert result.success, result
+    ids, links, pids, fs, tmp_size = result.stdout.splitlines()
+    assert ids == "(65534, 65534, 65534) (65534, 65534, 65534) ['0000000000000000']"
+    assert links == "[(1, 'lo')]"
+    assert len(eval(pids)) <= 3  # bwrap's init, the runner, listdir's own view
+    assert fs.startswith("/tmp ") and "work" not in fs and "home" not in fs and "etc" not in fs
+    assert int(tmp_size) <= 16 * 1024 ** 2
+
+
+def test_parallel_calls_do_not_interfere(host):
+    results = [None] * 8
+
+    def run(i):
+        results[i] = execute_code(f"open('/tmp/mine', 'w').write('{i}')\nimport time; time.sleep(0.2)\n"
+                                  f"print(open('/tmp/mine').read())")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(8)]
+
+
+def test_a_wrong_humaneval_solution_cannot_pass_by_exiting_early(host):
+    from tasks.humaneval import build_program
+    conversation = {"messages": [{"role": "user", "content": "def add(a, b):\n    \"\"\"a + b\"\"\"\n"}],
+                    "entry_point": "add", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"}
+    assert execute_code(build_program(conversation, "    return a + b\n")).success
+    for cheat in ("    return 0\nimport os; os._exit(0)\n", "    return 0\nimport posix; posix._exit(0)\n",
+                  "    return 0\nimport sys; sys.exit(0)\n", "    return 0\nraise SystemExit\n",
+                  "    return 0\nimport sys; sys.stdout.write('{\"error\": \"\"}'); sys.stdout.flush()\n"
+                  "import posix; posix._exit(0)\n"):
+        result = execute_code(build_program(conversation, cheat))
+        assert not result.success and ("ended early" in result.error or "exited before its end" in result.error), result
+    host.assert_untouched(result)
+
+
+def test_the_engine_tool_contains_the_escapes(host):
+    """The path chat_web, chat_cli and chat_eval use: Engine's default tool (run_python)."""
+    from nanochat.engine import run_python
+    out = run_python("import os, posix, signal; posix.kill(os.getppid(), signal.SIGKILL)")
+    assert out.startswith("PermissionError") or out.startswith("ProcessLookupError"), out
+    assert "FileNotFoundError" in run_python(host.fill("import posix; posix.unlink('CANARY_FILE')"))
+    assert run_python("6 * 7") == "42"
+    host.assert_untouched(execute_code("pass"))
