@@ -159,7 +159,7 @@ def clean_env():
     """This process's environment without anything the scripts read, so tests are hermetic."""
     drop = re.compile(r"^(SLURM_|NANOCHAT_|DRY_RUN|DATA_DIR|VENV|NPROC|SIZE|SIZES|BUDGETS|ARCHS|RL|WANDB_RUN|MODEL_TAG|"
                       r"SOURCE|TASKS|RECUR|RESUME|CORE|DEVICE_BATCH_SIZE|LAUNCHER|MASTER_|GPUS_PER_NODE|RANK|"
-                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS|SEEDS|DEPTH|BUDGET)")
+                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS|SEEDS|DEPTH|BUDGET|DATASET)")
     return {k: v for k, v in os.environ.items() if not drop.match(k)}
 
 
@@ -274,10 +274,21 @@ def test_speedrun_options(cluster):
     assert ["--source", "rl", "-i", "GSM8K"] == find(cmds, "scripts.chat_eval")[1][:4]
 
 
+def test_speedrun_fineweb_edu(cluster):
+    out = cluster.run("runs/speedrun.sh", DATASET="fineweb-edu", SIZE="12")
+    cmds = commands(out)
+    # s12: 4 x 82,994,688 params = 331,978,752 tokens x 1.2 / 55M tokens per FineWeb-Edu shard -> 8 shards
+    assert [module_args(c, "nanochat.dataset") for c in cmds if module_args(c, "nanochat.dataset") is not None] == \
+        [["--dataset", "fineweb-edu", "-n", "8"], ["--dataset", "fineweb-edu", "-n", "8"]]
+    assert "data: fineweb-edu, s12 at ratio 4 reads 331978752 tokens -> 8 train shards" in out.stdout
+    assert value(find(cmds, "scripts.base_train")[0], "--data-dir") == str(cluster.base / "base_data" / "fineweb-edu")
+
+
 @pytest.mark.parametrize("env, message", [
     ({"DATA_DIR": "/nonexistent/shards"}, "parquet shards"),
     ({"NPROC": "eight"}, "NPROC='eight'"),
     ({"SIZE": "0"}, "SIZE='0'"),
+    ({"DATASET": "c4"}, "DATASET='c4': expected climbmix or fineweb-edu"),
 ])
 def test_speedrun_bad_input_fails_clearly(cluster, env, message):
     out = cluster.run("runs/speedrun.sh", **env)
