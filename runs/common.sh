@@ -96,3 +96,30 @@ cluster_setup() {  # top of every sbatch script: the repository, its venv, the a
     export OMP_NUM_THREADS=1
     slurm_torchrun
 }
+
+# Pretraining data: nanochat/dataset.py's sources; each downloads into its own folder, base_data/<name>.
+# The tokens per shard and the 20% margin repeat nanochat/dataset.py's SOURCES (tests/test_dataset.py keeps them equal).
+pretrain_data() {  # sets DATASET (climbmix unless given), DATA_DIR (as given, else the source's folder) and DATA (the flag)
+    DATASET=${DATASET:-climbmix}
+    case $DATASET in climbmix | fineweb-edu) ;; *) die "DATASET='$DATASET': expected climbmix or fineweb-edu" ;; esac
+    DATA_DIR=${DATA_DIR:-$NANOCHAT_BASE_DIR/base_data/$DATASET}
+    DATA=(--data-dir "$DATA_DIR")
+}
+
+shards_for_tokens() {  # shards_for_tokens DATASET TOKENS: train shards a run of TOKENS tokens reads (+20%), at most all
+    local per last n
+    case $1 in
+        climbmix) per=61000000 last=6542 ;;
+        fineweb-edu) per=55000000 last=1822 ;;
+        *) die "dataset '$1': expected climbmix or fineweb-edu" ;;
+    esac
+    n=$(( ($2 * 12 + per * 10 - 1) / (per * 10) ))
+    echo $(( n < last ? n : last ))
+}
+
+looped_params() {  # looped_params SIZE: non-embedding parameters of the looped model at --size SIZE, the closed
+    # form of GPT.num_params() for the default config at width d = ceil(SIZE x 64 / 128) x 128 (98 d^2: the blocks'
+    # matrices; 32802 d: a 32768 x d value-embedding table, norms, scalars); tests/test_dataset.py checks it
+    local d=$(( ($1 * 64 + 127) / 128 * 128 ))
+    echo $(( 98 * d * d + 32802 * d ))
+}

@@ -11,14 +11,16 @@
 #
 # A run whose checkpoint already exists is skipped, so an interrupted sweep continues where it stopped.
 # A run reads budget / (FLOPs per token) tokens: small sizes at large budgets need many shards
-# (python -m nanochat.dataset -n N; base_train prints each run's token count).
+# (python -m nanochat.dataset --dataset climbmix -n N; base_train prints each run's token count and
+# the shards it needs, next to the number the folder holds).
 # Settings (environment):
 #   SIZES             size dials (4 6 8 12 16 20)
 #   BUDGETS           training FLOPs per run, written like 1e18 (1e18 3e18 1e19)
 #   ARCHS             looped and/or gpt (looped gpt)
 #   NPROC             GPUs on this node (8); LAUNCHER=slurm (set by the sbatch script) runs across the job's nodes
 #   CORE_MAX_PER_TASK CORE examples per task in base_eval (500; -1 = all; CORE=0 skips base_eval)
-#   DATA_DIR          a folder of parquet shards (default $NANOCHAT_BASE_DIR/base_data)
+#   DATASET           climbmix or fineweb-edu (climbmix): its folder is $NANOCHAT_BASE_DIR/base_data/$DATASET
+#   DATA_DIR          a folder of parquet shards (default that of DATASET)
 #   DEVICE_BATCH_SIZE rows per GPU per micro-step (the scripts' default 32)
 #   NANOCHAT_BASE_DIR tokenizer, shards, checkpoints (~/.cache/nanochat); the plot goes to $NANOCHAT_BASE_DIR/scaling_laws.png
 set -euo pipefail
@@ -40,8 +42,8 @@ for arch in $ARCHS; do [[ $arch == looped || $arch == gpt ]] || die "ARCHS: '$ar
 if [ "${LAUNCHER:-local}" = slurm ]; then slurm_torchrun; else local_torchrun; fi
 activate_venv
 need_tokenizer
-if [ -n "${DATA_DIR:-}" ]; then DATA=(--data-dir "$DATA_DIR"); else DATA=(); fi
-need_shards "${DATA_DIR:-$NANOCHAT_BASE_DIR/base_data}"
+pretrain_data
+need_shards "$DATA_DIR"
 BATCH=()
 if [ -n "${DEVICE_BATCH_SIZE:-}" ]; then BATCH=(--device-batch-size "$DEVICE_BATCH_SIZE"); fi
 

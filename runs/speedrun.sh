@@ -12,8 +12,9 @@
 # Settings (environment):
 #   NPROC             GPUs to use (8)
 #   SIZE              the size dial of the base model (20); checkpoints are tagged s$SIZE
-#   NUM_SHARDS        train shards to download (24: s20 at ratio 4 trains on 4 x 203M = 810M tokens,
-#                     ~3.8B characters at ~4.6 bytes/token, ~16 shards of ~250M characters, plus margin)
+#   DATASET           pretraining corpus: climbmix (nanochat's since its leaderboard entry 4) or fineweb-edu
+#   NUM_SHARDS        train shards to download (derived from the horizon: s20 at ratio 4 reads 4 x 203M = 810M
+#                     tokens; x 1.2 margin / ~61M tokens per ClimbMix shard = 16; printed)
 #   DATA_DIR          a folder of parquet shards to use instead of downloading
 #   DEVICE_BATCH_SIZE rows per GPU per micro-step (the scripts' default 32 fits 80 GB; lower it on smaller GPUs)
 #   WANDB_RUN         wandb run name (empty: no wandb)
@@ -26,7 +27,6 @@ cd "$(dirname "$0")/.."
 
 NPROC=${NPROC:-8}
 SIZE=${SIZE:-20}
-NUM_SHARDS=${NUM_SHARDS:-24}
 RL=${RL:-0}
 TAG=s$SIZE
 RECUR=1,2,4,8,16
@@ -34,6 +34,10 @@ TORCH_SPEC=${TORCH_SPEC:-torch>=2.11}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}
 export OMP_NUM_THREADS=1
 [[ $SIZE =~ ^[1-9][0-9]*$ ]] || die "SIZE='$SIZE': expected a positive integer"
+if [ -n "${DATA_DIR:-}" ]; then DOWNLOAD=0; else DOWNLOAD=1; fi
+pretrain_data
+TOKENS=$(( 4 * $(looped_params "$SIZE") ))  # base_train's default horizon: --target-param-data-ratio 4
+NUM_SHARDS=${NUM_SHARDS:-$(shards_for_tokens "$DATASET" "$TOKENS")}
 [[ $NUM_SHARDS =~ ^[1-9][0-9]*$ ]] || die "NUM_SHARDS='$NUM_SHARDS': expected a positive integer"
 local_torchrun
 WANDB=()
@@ -57,19 +61,17 @@ run python -m nanochat.report reset
 
 # -----------------------------------------------------------------------------
 # data: the first 8 shards (~2B characters, the tokenizer's diet) now, the rest in the background
-if [ -n "${DATA_DIR:-}" ]; then
+if [ "$DOWNLOAD" = 0 ]; then
     need_shards "$DATA_DIR"
-    DATA=(--data-dir "$DATA_DIR")
 else
-    DATA=()
-    DATA_DIR=$NANOCHAT_BASE_DIR/base_data
-    run python -m nanochat.dataset -n 8
+    echo "data: $DATASET, s$SIZE at ratio 4 reads $TOKENS tokens -> $NUM_SHARDS train shards (+ the val shard) in $DATA_DIR"
+    run python -m nanochat.dataset --dataset "$DATASET" -n 8
     will_make "$DATA_DIR"
     need_shards "$DATA_DIR"
     if dry; then
-        run python -m nanochat.dataset -n "$NUM_SHARDS"  # (in the background)
+        run python -m nanochat.dataset --dataset "$DATASET" -n "$NUM_SHARDS"  # (in the background)
     else
-        python -m nanochat.dataset -n "$NUM_SHARDS" >"$NANOCHAT_BASE_DIR/download.log" 2>&1 &
+        python -m nanochat.dataset --dataset "$DATASET" -n "$NUM_SHARDS" >"$NANOCHAT_BASE_DIR/download.log" 2>&1 &
         DOWNLOAD_PID=$!
         trap 'kill "$DOWNLOAD_PID" 2>/dev/null || true' EXIT  # a step failing stops the download too
         echo "downloading $NUM_SHARDS shards in the background (pid $DOWNLOAD_PID, log $NANOCHAT_BASE_DIR/download.log)"

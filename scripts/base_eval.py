@@ -49,7 +49,7 @@ parser.add_argument("--max-per-task", type=int, default=-1, help="CORE examples 
 parser.add_argument("--adaptive", type=float, default=-1, help="also run CORE under adaptive exit at this KL threshold, each r the cap (-1 = off)")
 parser.add_argument("--tasks", type=str, default="", help="CORE task labels, comma-separated (empty = all of core.yaml)")
 parser.add_argument("--eval-bundle", type=str, default="", help="eval bundle folder (empty = $NANOCHAT_BASE_DIR/eval_bundle, downloaded if absent)")
-parser.add_argument("--data-dir", type=str, default=None, help="parquet shards for bpb (default $NANOCHAT_BASE_DIR/base_data)")
+parser.add_argument("--data-dir", type=str, default=None, help="parquet shards for bpb (default $NANOCHAT_BASE_DIR/base_data/climbmix)")
 parser.add_argument("--eval-tokens", type=int, default=10 * 524288, help="tokens per split for bpb")
 parser.add_argument("--device-batch-size", type=int, default=32, help="rows per forward for bpb")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")

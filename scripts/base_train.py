@@ -26,7 +26,7 @@ from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, get_b
                              print0, synchronize)
 from nanochat.core_eval import evaluate_core
 from nanochat.dataloader import DataLoader
-from nanochat.dataset import default_data_dir
+from nanochat.dataset import data_plan, default_data_dir
 from nanochat.eval_bundle import load_tasks, resolve_bundle
 from nanochat.gpt import GPT, NORM_LR, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
@@ -210,6 +210,8 @@ RESUME_MUST_MATCH = [a for a in vars(args) if a not in (  # the flags a resumed 
     "core_metric_every", "core_metric_max_per_task", "eval_bundle", "save_every", "model_tag")]
 
 data_dir = args.data_dir or default_data_dir()
+data_source = data_plan(data_dir, total_tokens)  # which corpus, the shards this horizon needs and those present
+print0(f"data: {data_source}")
 model_tag = args.model_tag or (f"d{args.size}" if config.arch == "gpt" else f"s{args.size}")
 checkpoint_dir = os.path.join(get_base_dir(), "base_checkpoints", model_tag)
 start_step, loader_state, loss_log = 0, None, LossLog()
@@ -277,7 +279,7 @@ def sample_text(prompts=("The President said that", "Fellow citizens,", "The mea
 def save(step, val_bpb):
     meta = {"model_config": dataclasses.asdict(config), "user_config": vars(args), "val_bpb": val_bpb,
             "loop_state": loss_log.state_dict(), "eval_r": eval_r, "flops_per_token": flops_per_token,
-            "total_batch_size": total_batch, "lrs": lrs}
+            "total_batch_size": total_batch, "lrs": lrs, "data_source": data_source}
     save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer.state_dict(), train_loader.state_dict(), meta, rank)
 
 

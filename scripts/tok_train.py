@@ -5,11 +5,12 @@ Train the BPE tokenizer on the first --max-chars characters of the training shar
 """
 
 import argparse
+import json
 import os
 import time
 
 from nanochat.common import get_base_dir, print0
-from nanochat.dataset import default_data_dir, iter_texts, split_files
+from nanochat.dataset import NOTE, default_data_dir, iter_texts, read_data_source, split_files
 from nanochat.report import get_report
 from nanochat.tokenizer import Tokenizer
 
@@ -17,7 +18,7 @@ parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer")
 parser.add_argument("--vocab-size", type=int, default=32768, help="vocabulary size, special tokens included")
 parser.add_argument("--max-chars", type=int, default=2_000_000_000, help="characters of training text to use")
 parser.add_argument("--doc-cap", type=int, default=10_000, help="characters kept per document (long documents skew pair counts)")
-parser.add_argument("--data-dir", type=str, default=None, help="folder of parquet shards (default $NANOCHAT_BASE_DIR/base_data)")
+parser.add_argument("--data-dir", type=str, default=None, help="folder of parquet shards (default $NANOCHAT_BASE_DIR/base_data/climbmix)")
 parser.add_argument("--out-dir", type=str, default=None, help="where to save (default $NANOCHAT_BASE_DIR/tokenizer)")
 args = parser.parse_args()
 print0(f"args: {vars(args)}")
@@ -48,7 +49,10 @@ print0(f"trained vocab {tokenizer.get_vocab_size():,} in {train_seconds:.1f}s")
 if tokenizer.get_vocab_size() != args.vocab_size:
     raise ValueError(f"the corpus only supports {tokenizer.get_vocab_size()} tokens, not --vocab-size {args.vocab_size}")
 tokenizer.save(out_dir)
-print0(f"saved tokenizer to {out_dir}")
+data_source = read_data_source(data_dir)  # which corpus the merges came from, saved next to the tokenizer
+with open(os.path.join(out_dir, NOTE), "w") as f:
+    json.dump({**data_source, "max_chars": args.max_chars}, f, indent=1)
+print0(f"saved tokenizer to {out_dir} (data: {data_source['dataset'] or 'local folder'} in {data_source['dir']})")
 
 sample = "Hello world! The year is 2026; looped transformers think in latent space. <|bos|> ünïcödé 🤖"
 assert tokenizer.decode(tokenizer.encode(sample)) == sample, "round trip failed"
@@ -57,7 +61,7 @@ token_bytes = tokenizer.token_bytes().float()
 regular = token_bytes[token_bytes > 0]  # special tokens have 0 bytes
 get_report().log(section="Tokenizer training", data=[
     vars(args),
-    {"data dir": data_dir, "vocab size": tokenizer.get_vocab_size(), "special tokens": int((token_bytes == 0).sum()),
+    {"data dir": data_dir, "data source": data_source["dataset"] or "local folder", "vocab size": tokenizer.get_vocab_size(), "special tokens": int((token_bytes == 0).sum()),
      "training time (s)": train_seconds, "token bytes min": int(regular.min()), "token bytes max": int(regular.max()),
      "token bytes mean": regular.mean().item()},
 ])

@@ -159,7 +159,7 @@ def clean_env():
     """This process's environment without anything the scripts read, so tests are hermetic."""
     drop = re.compile(r"^(SLURM_|NANOCHAT_|DRY_RUN|DATA_DIR|VENV|NPROC|SIZE|SIZES|BUDGETS|ARCHS|RL|WANDB_RUN|MODEL_TAG|"
                       r"SOURCE|TASKS|RECUR|RESUME|CORE|DEVICE_BATCH_SIZE|LAUNCHER|MASTER_|GPUS_PER_NODE|RANK|"
-                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS|SEEDS|DEPTH|BUDGET)")
+                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS|SEEDS|DEPTH|BUDGET|DATASET)")
     return {k: v for k, v in os.environ.items() if not drop.match(k)}
 
 
@@ -173,9 +173,9 @@ def cluster(tmp_path):
     (bin_dir / "scontrol").chmod(0o755)
     (base / "tokenizer").mkdir(parents=True)
     (base / "tokenizer" / "tokenizer.json").write_bytes(b"fake")
-    (base / "base_data").mkdir()
-    for name in ("shard_00000.parquet", "shard_01822.parquet"):
-        (base / "base_data" / name).write_bytes(b"")
+    (base / "base_data" / "climbmix").mkdir(parents=True)
+    for name in ("shard_00000.parquet", "shard_06542.parquet"):
+        (base / "base_data" / "climbmix" / name).write_bytes(b"")
 
     class Cluster:
         def make(self, folder, tag, step=100):
@@ -233,15 +233,21 @@ def test_shell_syntax_and_strict_mode(path):
 
 
 def test_speedrun_dry_run(cluster):
-    cmds = commands(cluster.run("runs/speedrun.sh"))
+    out = cluster.run("runs/speedrun.sh")
+    cmds = commands(out)
     flat = [shlex.join(c) for c in cmds]
-    order = ["runs/setup_env.sh", "nanochat.report reset", "nanochat.dataset -n 8", "scripts.tok_train",
+    order = ["runs/setup_env.sh", "nanochat.report reset", "nanochat.dataset --dataset climbmix -n 8", "scripts.tok_train",
              "scripts.tok_eval", "scripts.base_train", "scripts.base_eval", "scripts.chat_sft", "scripts.chat_eval",
              "nanochat.report generate"]
     positions = [next(i for i, c in enumerate(flat) if key in c) for key in order]
     assert positions == sorted(positions), flat
     assert "torch>=2.11" in flat[0]
-    assert any(c.endswith("nanochat.dataset -n 24") for c in flat)  # the rest of the shards
+    # the rest of the shards, derived from the horizon: 4 x 202,549,760 params x 1.2 / 61M tokens per shard
+    assert any(c.endswith("nanochat.dataset --dataset climbmix -n 16") for c in flat)
+    assert "data: climbmix, s20 at ratio 4 reads 810199040 tokens -> 16 train shards" in out.stdout
+    data_dir = str(cluster.base / "base_data" / "climbmix")
+    assert all(value(a, "--data-dir") == data_dir for m in ("scripts.tok_train", "scripts.base_train", "scripts.base_eval")
+               for a in find(cmds, m))
     train = find(cmds, "scripts.base_train")[0]
     assert value(train, "--size") == "20" and value(train, "--model-tag") == "s20"
     assert "--num-iterations" not in train and "--target-flops" not in train  # the SEED defaults: ratio 4
@@ -268,10 +274,21 @@ def test_speedrun_options(cluster):
     assert ["--source", "rl", "-i", "GSM8K"] == find(cmds, "scripts.chat_eval")[1][:4]
 
 
+def test_speedrun_fineweb_edu(cluster):
+    out = cluster.run("runs/speedrun.sh", DATASET="fineweb-edu", SIZE="12")
+    cmds = commands(out)
+    # s12: 4 x 82,994,688 params = 331,978,752 tokens x 1.2 / 55M tokens per FineWeb-Edu shard -> 8 shards
+    assert [module_args(c, "nanochat.dataset") for c in cmds if module_args(c, "nanochat.dataset") is not None] == \
+        [["--dataset", "fineweb-edu", "-n", "8"], ["--dataset", "fineweb-edu", "-n", "8"]]
+    assert "data: fineweb-edu, s12 at ratio 4 reads 331978752 tokens -> 8 train shards" in out.stdout
+    assert value(find(cmds, "scripts.base_train")[0], "--data-dir") == str(cluster.base / "base_data" / "fineweb-edu")
+
+
 @pytest.mark.parametrize("env, message", [
     ({"DATA_DIR": "/nonexistent/shards"}, "parquet shards"),
     ({"NPROC": "eight"}, "NPROC='eight'"),
     ({"SIZE": "0"}, "SIZE='0'"),
+    ({"DATASET": "c4"}, "DATASET='c4': expected climbmix or fineweb-edu"),
 ])
 def test_speedrun_bad_input_fails_clearly(cluster, env, message):
     out = cluster.run("runs/speedrun.sh", **env)
@@ -281,7 +298,7 @@ def test_speedrun_bad_input_fails_clearly(cluster, env, message):
 
 def test_isoflop_cpu_dry_run(cluster):
     out = cluster.run("runs/isoflop_cpu.sh", SEEDS="1 2", DEPTH="6", BUDGET="2e12",
-                      DATA_DIR=str(cluster.base / "base_data"))
+                      DATA_DIR=str(cluster.base / "base_data" / "climbmix"))
     assert out.returncode == 0, out.stderr
     cmds = commands(out)
     trains = find(cmds, "scripts.base_train")
@@ -400,8 +417,8 @@ def all_dry_run_commands(tmp_path_factory):
                                                 ("base_checkpoints", "chatsft_checkpoints"))):
             d.mkdir(parents=True, exist_ok=True)
         (base / "tokenizer" / "tokenizer.json").write_bytes(b"")
-        (base / "base_data").mkdir(exist_ok=True)
-        for d in (shards, base / "base_data"):
+        (base / "base_data" / "climbmix").mkdir(parents=True, exist_ok=True)
+        for d in (shards, base / "base_data" / "climbmix"):
             for name in ("a.parquet", "b.parquet"):
                 (d / name).write_bytes(b"")
         for f in ("base_checkpoints", "chatsft_checkpoints"):

@@ -65,6 +65,7 @@ def test_resume_equals_uninterrupted(base_dir, shard_dir):
     assert last_step(ckpt) == 6
     full = load_file(ckpt, 6, "model.pt")
     _, full_meta = load_meta(ckpt, 6)
+    assert full_meta["data_source"]["dir"] == os.path.abspath(shard_dir) and full_meta["data_source"]["dataset"] is None
     shutil.rmtree(ckpt / "step_000006")
     out = run_train(base_dir, *common, "--resume")
     assert "resumed from" in out and "at step 3" in out
