@@ -45,8 +45,8 @@ parser.add_argument("--n-recur", type=int, default=-1, help="blocks of the repea
 parser.add_argument("--n-coda", type=int, default=-1, help="coda blocks (-1 = 2 for looped, 0 for gpt)")
 parser.add_argument("--max-seq-len", type=int, default=2048, help="context length T")
 parser.add_argument("--n-kv-head", type=int, default=-1, help="GQA key/value heads (-1 = as many as query heads)")
-parser.add_argument("--value-embeds", type=int, default=0, choices=[0, 1], help="value embeddings in the recurrent block")
-parser.add_argument("--init-state", type=str, default="copy", choices=["copy", "randn"], help="initial recurrent state")
+parser.add_argument("--value-embeds", type=int, default=1, choices=[0, 1], help="value embeddings in the recurrent block")
+parser.add_argument("--init-state", type=str, default="randn", choices=["copy", "randn"], help="initial recurrent state")
 parser.add_argument("--init-state-std", type=float, default=1.0, help="std of the randn initial state (Huginn: sqrt(2/5))")
 parser.add_argument("--inject-init", type=str, default="identity", choices=["identity", "sum", "random"],
                     help="inject weight over concat(e, s): [I | 0], [I | I], or random like any matrix")
