@@ -9,7 +9,8 @@ from nanochat.core_eval import evaluate_task
 from nanochat.eval_bundle import Task as CoreTask
 from nanochat.eval_forward import DepthMeter, scoring_forward
 from nanochat.task_eval import evaluate_categorical
-from tasks.common import Task, evaluate_mc, mc_conversation
+from tasks.common import mc_conversation
+from tests.test_chat import ListTask
 from tests.test_engine import chat_model, kl_changes, looped
 from tests.test_gpt import build, tiny, tokens
 
@@ -54,23 +55,6 @@ def test_depth_meter():
     assert meter.mean() == 4.0
     meter.add(torch.tensor([[1, 2, 3], [4, 4, 2]]), [0, 1, 1], [2, 0, 2])  # 3, 4, 2
     assert meter.mean() == 3.0 and meter.count == 3
-
-
-class ListTask(Task):
-    eval_type = "categorical"
-
-    def __init__(self, conversations):
-        super().__init__(seed=None)
-        self.conversations = conversations
-
-    def num_examples(self):
-        return len(self.conversations)
-
-    def get_example(self, index):
-        return self.conversations[index]
-
-    def evaluate(self, conversation, completion):
-        return evaluate_mc(conversation, completion)
 
 
 @torch.no_grad()
