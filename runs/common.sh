@@ -54,10 +54,42 @@ need_tokenizer() {
     need "$NANOCHAT_BASE_DIR/tokenizer/tokenizer.json" "train the tokenizer first (python -m scripts.tok_train)"
 }
 
+# The Python every later `python` and `torchrun` runs, the first of: VENV (a virtual environment), NANOCHAT_PYTHON
+# (an interpreter; the tests pass their own), the active environment (VIRTUAL_ENV or CONDA_PREFIX) when nanochat
+# is installed in it, the repository's .venv (runs/setup_env.sh makes it).
+DEPS="import nanochat, torch, tiktoken, rustbpe, pyarrow"
+
+python_ready() {  # true when a Python is chosen and exists (NANOCHAT_PYTHON, VENV, or an active environment with nanochat)
+    [ -n "${NANOCHAT_PYTHON:-}" ] && return 0
+    [ -n "${VENV:-}" ] && { [ -e "$VENV/bin/activate" ]; return; }
+    [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && (cd / && python -I -c "$DEPS") 2>/dev/null
+}
+
 activate_venv() {
-    local venv=${VENV:-.venv}
-    need "$venv/bin/activate" "no virtual environment: create it with TORCH_SPEC=\"torch>=2.11\" bash runs/setup_env.sh (or set VENV)"
-    if [ -e "$venv/bin/activate" ]; then . "$venv/bin/activate"; fi  # absent only in a dry run before setup
+    local how
+    if [ -n "${VENV:-}" ]; then
+        need "$VENV/bin/activate" "no virtual environment at VENV=$VENV: create it (VENV=$VENV bash runs/setup_env.sh) or unset VENV"
+        if [ -e "$VENV/bin/activate" ]; then . "$VENV/bin/activate"; fi  # absent only in a dry run before setup
+        how="VENV=$VENV"
+    elif [ -n "${NANOCHAT_PYTHON:-}" ]; then
+        [ -x "$NANOCHAT_PYTHON" ] || die "NANOCHAT_PYTHON=$NANOCHAT_PYTHON is not an executable: point it at a Python interpreter"
+        PATH="$(dirname "$NANOCHAT_PYTHON"):$PATH"  # its torchrun, when it has one
+        python() { "$NANOCHAT_PYTHON" "$@"; }
+        how="NANOCHAT_PYTHON=$NANOCHAT_PYTHON"
+    elif python_ready; then
+        how="the active environment ${VIRTUAL_ENV:-$CONDA_PREFIX}"
+    elif [ -e .venv/bin/activate ] || _made .venv/bin/activate; then
+        if [ -e .venv/bin/activate ]; then . .venv/bin/activate; fi
+        how="$PWD/.venv"
+    else
+        die "no virtual environment with nanochat: activate one where \`pip install -e '.[dev]'\` ran, set VENV or" \
+            "NANOCHAT_PYTHON, or create .venv with bash runs/setup_env.sh"
+    fi
+    if ! dry; then
+        (cd / && python -I -c "$DEPS") 2>/dev/null ||
+            die "the Python of $how cannot import nanochat and its dependencies: run \`pip install -e '.[dev]'\` in it"
+    fi
+    echo "python: $how"
 }
 
 checkpoint_dir() {  # checkpoint_dir SOURCE TAG: base | sft | rl (as nanochat/checkpoint_manager.py names them)
@@ -75,12 +107,23 @@ local_torchrun() {  # one node, NPROC processes
     LAUNCH=(torchrun --standalone --nproc_per_node="$NPROC")
 }
 
+first_host() {  # first_host NODELIST: its first host name, without scontrol (n[001-004,7] -> n001)
+    local list=${1%%,*}
+    if [[ $1 =~ ^([^,\[]*)\[([^],-]+) ]]; then list=${BASH_REMATCH[1]}${BASH_REMATCH[2]}; fi
+    echo "$list"
+}
+
 slurm_torchrun() {  # every node of the SLURM job: one torchrun per node (srun), c10d rendezvous on the first node
     [ -n "${SLURM_JOB_ID:-}" ] && [ -n "${SLURM_NNODES:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ] ||
         die "not inside a SLURM job (SLURM_JOB_ID, SLURM_NNODES, SLURM_JOB_NODELIST unset): submit with sbatch"
-    command -v scontrol >/dev/null || die "scontrol not found: this must run on a SLURM node"
     local hosts
-    hosts=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
+    if command -v scontrol >/dev/null; then
+        hosts=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
+    elif dry; then  # a dry run prints only: the first host of the list is enough (n[1-2] -> n1, a,b -> a)
+        hosts=($(first_host "$SLURM_JOB_NODELIST"))
+    else
+        die "scontrol not found: this must run on a SLURM node (DRY_RUN=1 prints the commands without it)"
+    fi
     [ "${#hosts[@]}" -ge 1 ] || die "scontrol lists no hosts for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
     MASTER_ADDR=${hosts[0]}
     GPUS_PER_NODE=${GPUS_PER_NODE:-8}
@@ -90,7 +133,7 @@ slurm_torchrun() {  # every node of the SLURM job: one torchrun per node (srun),
             --rdzv_backend=c10d --rdzv_endpoint="$MASTER_ADDR:${MASTER_PORT:-29500}" --rdzv_id="$SLURM_JOB_ID")
 }
 
-cluster_setup() {  # top of every sbatch script: the repository, its venv, the artifacts, the launcher
+cluster_setup() {  # top of every sbatch script: the repository, its Python, the artifacts, the launcher
     activate_venv
     need_base_dir
     export OMP_NUM_THREADS=1

@@ -20,6 +20,8 @@
 #   WANDB_RUN         wandb run name (empty: no wandb)
 #   RL                1: also GRPO on GSM8K and its chat eval (0)
 #   TORCH_SPEC        the torch wheel runs/setup_env.sh installs ("torch>=2.11": CUDA wheels)
+#   VENV, NANOCHAT_PYTHON  the Python to use (runs/common.sh, activate_venv); neither set and no active
+#                     environment with nanochat installed: runs/setup_env.sh makes .venv
 #   NANOCHAT_BASE_DIR tokenizer, shards, checkpoints, report (~/.cache/nanochat)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,8 +56,12 @@ if ! dry; then
     ngpu=$(nvidia-smi -L | wc -l)
     [ "$ngpu" -ge "$NPROC" ] || die "NPROC=$NPROC but nvidia-smi lists $ngpu GPUs"
 fi
-run env TORCH_SPEC="$TORCH_SPEC" bash runs/setup_env.sh
-will_make .venv/bin/activate
+if python_ready; then  # VENV, NANOCHAT_PYTHON or an active environment with nanochat: use it as it is
+    echo "environment: using the chosen Python, not runs/setup_env.sh (unset VENV/NANOCHAT_PYTHON, deactivate to get .venv)"
+else
+    run env TORCH_SPEC="$TORCH_SPEC" bash runs/setup_env.sh
+    will_make "${VENV:-.venv}/bin/activate"
+fi
 activate_venv
 run python -m nanochat.report reset
 

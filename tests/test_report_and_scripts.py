@@ -159,14 +159,15 @@ def clean_env():
     """This process's environment without anything the scripts read, so tests are hermetic."""
     drop = re.compile(r"^(SLURM_|NANOCHAT_|DRY_RUN|DATA_DIR|VENV|NPROC|SIZE|SIZES|BUDGETS|ARCHS|RL|WANDB_RUN|MODEL_TAG|"
                       r"SOURCE|TASKS|RECUR|RESUME|CORE|DEVICE_BATCH_SIZE|LAUNCHER|MASTER_|GPUS_PER_NODE|RANK|"
-                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS|SEEDS|DEPTH|BUDGET|DATASET)")
+                      r"LOCAL_RANK|WORLD_SIZE|REPO_DIR|NUM_SHARDS|SEEDS|DEPTH|BUDGET|DATASET|VIRTUAL_ENV|CONDA_PREFIX)")
     return {k: v for k, v in os.environ.items() if not drop.match(k)}
 
 
 @pytest.fixture
 def cluster(tmp_path):
     """A fake SLURM job (2 nodes, an scontrol that lists them) and an artifact dir with a tokenizer
-    and two shards; `make(...)` adds checkpoints; `run(script, **env)` dry-runs a script."""
+    and two shards; `make(...)` adds checkpoints; `run(script, **env)` dry-runs a script with this
+    interpreter (NANOCHAT_PYTHON), so no .venv is needed."""
     bin_dir, base = tmp_path / "bin", tmp_path / "base"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$1 $2" = "show hostnames" ] || exit 2\necho node1\necho node2\n')
@@ -183,8 +184,9 @@ def cluster(tmp_path):
             d.mkdir(parents=True)
             (d / "meta.json").write_text("{}")
 
-        def run(self, script, *args, **env):
-            full = {**clean_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "DRY_RUN": "1",
+        def run(self, script, *args, scontrol=True, **env):
+            path = f"{bin_dir}:{os.environ['PATH']}" if scontrol else os.environ["PATH"]
+            full = {**clean_env(), "PATH": path, "DRY_RUN": "1", "NANOCHAT_PYTHON": sys.executable,
                     "NANOCHAT_BASE_DIR": str(base), "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2",
                     "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_SUBMIT_DIR": ROOT, **env}
             full = {k: v for k, v in full.items() if v is not None}
@@ -233,7 +235,7 @@ def test_shell_syntax_and_strict_mode(path):
 
 
 def test_speedrun_dry_run(cluster):
-    out = cluster.run("runs/speedrun.sh")
+    out = cluster.run("runs/speedrun.sh", NANOCHAT_PYTHON=None)  # no Python chosen: setup_env.sh makes .venv
     cmds = commands(out)
     flat = [shlex.join(c) for c in cmds]
     order = ["runs/setup_env.sh", "nanochat.report reset", "nanochat.dataset --dataset climbmix -n 8", "scripts.tok_train",
@@ -395,6 +397,36 @@ def test_chat_eval_sbatch_options(cluster):
     assert "SOURCE=base" in cluster.run("slurm/chat_eval.sbatch", SOURCE="base").stderr
 
 
+def test_sbatch_dry_run_needs_no_scontrol(cluster):
+    out = cluster.run("slurm/base_train.sbatch", scontrol=False, SLURM_JOB_NODELIST="gpu[07-08]")
+    launch = next(c for c in commands(out) if module_args(c, "scripts.base_train") is not None)
+    assert "--rdzv_endpoint=gpu07:29500" in launch
+
+
+def test_scripts_use_the_given_python(cluster):
+    out = cluster.run("runs/speedrun.sh")
+    assert f"python: NANOCHAT_PYTHON={sys.executable}" in out.stdout
+    assert not any("setup_env.sh" in shlex.join(c) for c in commands(out))  # a chosen Python is used as it is
+
+
+def activate(tmp_path, **env):
+    """Source runs/common.sh in an empty folder (no .venv) and run activate_venv for real."""
+    script = f". {shlex.quote(os.path.join(ROOT, 'runs', 'common.sh'))}; activate_venv; python -c 'import sys; print(sys.executable)'"
+    return subprocess.run(["bash", "-c", script], cwd=tmp_path, env={**clean_env(), **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_activate_venv_outside_a_venv(tmp_path):
+    out = activate(tmp_path, NANOCHAT_PYTHON=sys.executable)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"python: NANOCHAT_PYTHON={sys.executable}", sys.executable]
+    out = activate(tmp_path)
+    assert out.returncode != 0 and "no virtual environment with nanochat" in out.stderr
+    assert "pip install -e '.[dev]'" in out.stderr and "runs/setup_env.sh" in out.stderr
+    out = activate(tmp_path, NANOCHAT_PYTHON=str(tmp_path / "nope"))
+    assert out.returncode != 0 and "is not an executable" in out.stderr
+
+
 # -----------------------------------------------------------------------------
 # flag drift: every flag a shell script passes must exist in the script it calls
 
@@ -429,7 +461,8 @@ def all_dry_run_commands(tmp_path_factory):
         (bin_dir / "scontrol").write_text("#!/bin/sh\necho node1\n")
         (bin_dir / "scontrol").chmod(0o755)
         full = {**clean_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "DRY_RUN": "1", "NANOCHAT_BASE_DIR": str(base),
-                "SLURM_JOB_ID": "1", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node1", "SLURM_SUBMIT_DIR": ROOT, **env}
+                "SLURM_JOB_ID": "1", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "node1", "SLURM_SUBMIT_DIR": ROOT,
+                "NANOCHAT_PYTHON": sys.executable, **env}
         out = subprocess.run(["bash", os.path.join(ROOT, script)], cwd=tmp, env=full, capture_output=True, text=True, timeout=60)
         cmds += commands(out)
     return cmds
