@@ -9,6 +9,7 @@ Machine facts come from the environment only:
 
 import os
 import logging
+import time
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,46 @@ def print0(*args, **kwargs):
 
 def setup_logging(level=logging.INFO):
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def format_duration(seconds):
+    """42s, 3.5m or 2.1h: the unit an ETA is read in."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def mib(n):
+    """A byte count for progress lines."""
+    return f"{n / 2**20:.1f} MiB"
+
+
+class Progress:
+    """Progress of a loop of known length: `update(n)` after each piece of work prints
+    "label done/total (pct) | elapsed | eta" at most every `every` seconds (the caller reports the
+    end itself). The ETA assumes the remaining items take the mean time per item so far."""
+
+    def __init__(self, total, label, every=10.0, log=print0, unit=str):
+        self.total, self.label, self.every, self.log, self.unit = total, label, every, log, unit
+        self.done, self.t0 = 0, time.time()
+        self.shown = self.t0
+
+    def line(self):
+        elapsed = time.time() - self.t0
+        if not self.total:  # an unknown length (a download without content-length): no percentage, no ETA
+            return f"{self.label} {self.unit(self.done)} | {format_duration(elapsed)} elapsed"
+        eta = format_duration(elapsed / self.done * (self.total - self.done)) if self.done else "?"
+        return (f"{self.label} {self.unit(self.done)}/{self.unit(self.total)} ({100 * self.done / self.total:.0f}%)"
+                f" | {format_duration(elapsed)} elapsed | eta {eta}")
+
+    def update(self, n=1, extra=""):
+        self.done += n
+        now = time.time()
+        if self.log is not None and now - self.shown >= self.every:
+            self.shown = now
+            self.log(self.line() + extra)
 
 
 # -----------------------------------------------------------------------------

@@ -50,13 +50,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nanochat.common import print0
+from nanochat.common import Progress, print0
 from nanochat.eval_forward import DepthMeter, scoring_forward
 from nanochat.eval_bundle import load_baselines, load_rows, load_tasks
 
 SHUFFLE_SEED = 1337   # nanochat's task order
 FEWSHOT_SEED = 1234   # + example index: nanochat's few-shot draw
-PROGRESS_SECONDS = 60  # a progress line within a task at most this often
+PROGRESS_SECONDS = 30  # a progress line (with ETA) within a task at most this often
 
 
 def _dist():
@@ -193,14 +193,12 @@ def evaluate_task(model, tokenizer, task, rows, device, r=None, max_seq_len=None
     max_seq_len = max_seq_len or model.config.sequence_len
     counts = torch.zeros(2, len(rows), dtype=torch.float32, device=device)  # (correct, skipped) per example
     depths = DepthMeter(r)
-    t0 = t_log = time.time()
-    for done, idx in enumerate(range(rank, len(rows), world), 1):
+    mine = range(rank, len(rows), world)
+    progress = Progress(len(mine), f"  {task.label} (rank 0's share)", PROGRESS_SECONDS, log if rank == 0 else None)
+    for done, idx in enumerate(mine, 1):
         ok, skipped = evaluate_example(model, tokenizer, task, rows, idx, device, r, max_seq_len, exit_threshold, depths)
         counts[0, idx], counts[1, idx] = float(ok), float(skipped)
-        if log is not None and rank == 0 and time.time() - t_log > PROGRESS_SECONDS:
-            t_log = time.time()
-            log(f"  {task.label}: {done * world}/{len(rows)} | acc so far {counts[0].sum().item() / done:.4f} "
-                f"(rank 0) | {t_log - t0:.0f}s")
+        progress.update(extra=f" | acc so far {counts[0].sum().item() / done:.4f}")
     depth_totals = torch.tensor([depths.sum, depths.count], dtype=torch.float64, device=device)
     if world > 1:
         dist.all_reduce(counts)

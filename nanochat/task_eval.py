@@ -22,6 +22,7 @@ returns the same numbers. Collective under torchrun: every rank must call.
 import torch
 import torch.distributed as dist
 
+from nanochat.common import Progress
 from nanochat.eval_forward import DepthMeter, scoring_forward
 
 # random-guess accuracy of each task (nanochat): 1 of 4 letters, or open-ended
@@ -63,6 +64,14 @@ def _my_problems(task, max_problems):
     return n, list(range(rank, n, world))
 
 
+PROGRESS_SECONDS = 30  # a progress line (with ETA) within a task at most this often
+
+
+def _progress(task, mine, log):
+    """Progress over this rank's problems, shown on rank 0 only."""
+    return Progress(len(mine), "problems (rank 0's share)", PROGRESS_SECONDS, log if _rank_world()[0] == 0 else None)
+
+
 def letter_ids(tokenizer, letters):
     """The token id of each answer letter; each must encode to exactly one token."""
     ids = []
@@ -78,11 +87,14 @@ def letter_ids(tokenizer, letters):
 # categorical
 
 @torch.no_grad()
-def evaluate_categorical(model, tokenizer, task, device, r=None, max_problems=-1, batch_size=8, exit_threshold=-1.0):
+def evaluate_categorical(model, tokenizer, task, device, r=None, max_problems=-1, batch_size=8, exit_threshold=-1.0,
+                         log=None):
     """dict(accuracy, correct, total, mean_depth). model(idx, r=r) -> (B, T, V) logits.
     exit_threshold >= 0: adaptive exit (eval_forward.scoring_forward, r the cap); mean_depth is
-    the mean loop iterations of the scored position (the last of each prompt), r when fixed."""
+    the mean loop iterations of the scored position (the last of each prompt), r when fixed.
+    log: where progress lines with an ETA go (rank 0; None: silent)."""
     n, mine = _my_problems(task, max_problems)
+    progress = _progress(task, mine, log)
     bos = tokenizer.get_bos_token_id()
     max_len = getattr(model, "rotary_len", None)
     correct, depths = 0, DepthMeter(r)
@@ -100,6 +112,7 @@ def evaluate_categorical(model, tokenizer, task, device, r=None, max_problems=-1
             scores = logits[row, len(prompt) - 1, letter_ids(tokenizer, letters)]  # (n_letters,)
             predicted = letters[int(scores.argmax())]
             correct += bool(task.evaluate(conversation, predicted))
+        progress.update(len(conversations))
     correct, total, depths.sum, depths.count = _sum_over_ranks([correct, len(mine), depths.sum, depths.count], device)
     assert total == n, f"ranks evaluated {total} problems, expected {n}"
     return dict(accuracy=correct / max(total, 1), correct=int(correct), total=int(total), mean_depth=depths.mean())
@@ -131,10 +144,12 @@ def sample_replies(engine, prompts, num_samples=1, max_tokens=256, temperature=1
 
 
 def evaluate_generative(engine, tokenizer, task, device, num_samples=1, max_new_tokens=512, temperature=0.0,
-                        top_k=None, max_problems=-1, batch_size=8, seed=0):
+                        top_k=None, max_problems=-1, batch_size=8, seed=0, log=None):
     """dict(accuracy = pass@num_samples, pass_at = {k: pass@k}, total, mean_depth): mean_depth
-    is the mean loop iterations per generated token (< r only under adaptive exit)."""
+    is the mean loop iterations per generated token (< r only under adaptive exit). log: as in
+    evaluate_categorical."""
     n, mine = _my_problems(task, max_problems)
+    progress = _progress(task, mine, log)
     max_len = getattr(engine.model, "rotary_len", None)
     passed = [0] * num_samples  # passed[k-1]: problems solved by one of the first k samples
     depth_sum = depth_count = 0
@@ -152,6 +167,7 @@ def evaluate_generative(engine, tokenizer, task, device, num_samples=1, max_new_
                 passed[k] += any(outcomes[:k + 1])
         depth_sum += sum(sum(row["depths"]) for row in rows)
         depth_count += sum(len(row["depths"]) for row in rows)
+        progress.update(len(conversations))
     *passed, total, depth_sum, depth_count = _sum_over_ranks([*passed, len(mine), depth_sum, depth_count], device)
     assert total == n, f"ranks evaluated {total} problems, expected {n}"
     pass_at = {k + 1: p / max(total, 1) for k, p in enumerate(passed)}

@@ -27,6 +27,7 @@ import csv
 import os
 import time
 
+from nanochat import errors
 from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.engine import Engine
@@ -41,6 +42,8 @@ from tasks.gsm8k import GSM8K
 from tasks.humaneval import HumanEval
 from tasks.mmlu import MMLU
 from tasks.spellingbee import SpellingBee
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 TASKS = {
     "ARC-Easy": lambda: ARC("ARC-Easy", "test"),
@@ -107,15 +110,19 @@ for r in recurs:
         row, tag = {"r": r, "mode": mode}, f"r={r}" + " adaptive" * (mode == "adaptive")
         for name, task in tasks.items():
             t0 = time.time()
+
+            def progress(line):  # progress within the task, with its ETA
+                print0(f"{tag} | {name:<13} | {line}")
+
             if task.eval_type == "categorical":
                 res = evaluate_categorical(model, tokenizer, task, device, r=r, max_problems=args.max_problems,
-                                           batch_size=args.batch_size, exit_threshold=threshold)
+                                           batch_size=args.batch_size, exit_threshold=threshold, log=progress)
                 passes = ""
             else:
                 res = evaluate_generative(engine, tokenizer, task, device, num_samples=args.num_samples,
                                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                           top_k=args.top_k if args.top_k > 0 else None, max_problems=args.max_problems,
-                                          batch_size=args.batch_size, seed=args.seed)
+                                          batch_size=args.batch_size, seed=args.seed, log=progress)
                 passes = ", ".join(f"pass@{k} {v:.4f}" for k, v in res["pass_at"].items()) if args.num_samples > 1 else ""
             row[name], row[f"{name} mean depth"] = res["accuracy"], res["mean_depth"]
             extra = f" | {passes}" * bool(passes) + (f" | mean depth {res['mean_depth']:.2f} of {r}" if threshold >= 0 else "")

@@ -38,10 +38,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from nanochat import flash_attention
+from nanochat import errors, flash_attention
 from nanochat.checkpoint_manager import (build_model, find_checkpoint_dir, last_step, load_file, load_meta,
                                          save_checkpoint)
-from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, get_base_dir, print0,
+from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, format_duration, get_base_dir, print0,
                              synchronize)
 from nanochat.engine import Engine
 from nanochat.gpt import NORM_LR
@@ -60,6 +60,8 @@ from tasks.humaneval import HumanEval
 from tasks.mmlu import MMLU
 from tasks.smoltalk import SmolTalk
 from tasks.spellingbee import SimpleSpelling, SpellingBee
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDENTITY = os.path.join(REPO, "dev", "identity_conversations.jsonl")
@@ -458,8 +460,9 @@ while True:
         raise FloatingPointError(f"step {step}: loss is {train_loss} (r={r}); the last checkpoint is intact")
     smooth = loss_log.record_step(step, train_loss, lrm, r, dt)
     horizon = f"/{num_steps}" + (f" ({100 * step / epoch_steps:.1f}% of the epoch)" if args.num_iterations <= 0 else "")
+    eta = loss_log.mean_step_seconds() * (num_steps - step)  # as base_train: the mean step after the warm-up ones
     print0(f"step {step:05d}{horizon} | loss {smooth:.4f} | r {r:2d} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms"
-           f" | tok/s {total_batch / dt:,.0f} | supervised {n_tokens / total_batch:.2f}")
+           f" | tok/s {total_batch / dt:,.0f} | supervised {n_tokens / total_batch:.2f} | eta {format_duration(eta)}")
     wandb_run.log({"step": step, "train/loss": smooth, "train/lrm": lrm, "train/r": r})
 
 stats = packer.stats

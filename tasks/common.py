@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from nanochat.common import get_base_dir
+from nanochat.common import Progress, get_base_dir, mib
 
 LETTERS = "ABCDEFGHIJ"
 SHUFFLE_SEED = 42  # every task's example order (nanochat's)
@@ -220,9 +220,12 @@ def download(url, dest, timeout=60):
     try:
         with requests.get(url, stream=True, timeout=timeout) as resp:
             resp.raise_for_status()
+            progress = Progress(int(resp.headers.get("content-length", 0)), f"  {os.path.basename(dest)}", every=5.0,
+                                unit=mib)
             with open(tmp, "wb") as f:
                 for chunk in resp.iter_content(chunk_size=1 << 20):
                     f.write(chunk)
+                    progress.update(len(chunk))
         if url.split("?")[0].endswith(".parquet") and dest.endswith(".jsonl"):
             rows = read_records(tmp, fmt="parquet")
             with open(tmp, "w", encoding="utf-8") as f:
