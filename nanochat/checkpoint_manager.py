@@ -21,11 +21,13 @@ import pickle
 import re
 import shutil
 import sys
+import zipfile
 
 import torch
 import torch.distributed as dist
 
 from nanochat.common import print0
+from nanochat.errors import MissingInput, UserError, short
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -80,27 +82,32 @@ def load_meta(checkpoint_dir, step=None):
     """(step, meta) of the given or latest checkpoint, with clear errors."""
     step = last_step(checkpoint_dir) if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}: train one first (scripts/base_train.py)")
+        raise MissingInput(f"no checkpoint in {checkpoint_dir}: train one first (python -m scripts.base_train)")
     path = os.path.join(step_dir(checkpoint_dir, step), "meta.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint step {step} not found: {path} is missing")
+        raise MissingInput(f"checkpoint step {step} not found: {path} is missing")
     with open(path) as f:
         meta = json.load(f)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+        raise UserError(f"{path}: checkpoint format {meta.get('format_version')}, this code reads {FORMAT_VERSION}")
     return step, meta
 
 
 def load_file(checkpoint_dir, step, name, device="cpu"):
     path = os.path.join(step_dir(checkpoint_dir, step), name)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint file missing: {path}")
+        raise MissingInput(f"checkpoint file missing: {path}")
+    fix = f"restore it, or delete {os.path.dirname(path)} to fall back to the checkpoint before it"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip; random or truncated bytes would unpickle into nonsense
+        raise UserError(f"corrupt checkpoint file {path}: not the zip archive torch.save writes; {fix}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:  # an object that is not a tensor or plain data: never unpickled
-        raise ValueError(f"refused checkpoint file {path}: {_refusal(e)}") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"corrupt checkpoint file {path}: {e}") from e
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):  # an object that is not a tensor or plain data: never unpickled
+            raise UserError(f"refused checkpoint file {path}: {_refusal(e)}") from None
+        raise UserError(f"corrupt checkpoint file {path} ({short(e)}); {fix}") from e
+    except (RuntimeError, EOFError, OSError, IndexError, KeyError) as e:
+        raise UserError(f"corrupt checkpoint file {path} ({short(e)}); {fix}") from e
 
 
 def _refusal(error):
@@ -124,6 +131,14 @@ def build_model(checkpoint_dir, step=None, device="cpu"):
     return model, meta
 
 
+def base_dir_hint():
+    """Where runs/runcpu.sh left its artifacts, when NANOCHAT_BASE_DIR does not point there."""
+    toy = os.path.abspath(os.path.join("out", "cpu"))
+    if os.path.isdir(toy) and os.environ.get("NANOCHAT_BASE_DIR") != toy:
+        return f", or use those of runs/runcpu.sh: export NANOCHAT_BASE_DIR={toy}"
+    return ", or set NANOCHAT_BASE_DIR to the folder that holds one"
+
+
 CHECKPOINT_SOURCES = {"base": "base_checkpoints", "sft": "chatsft_checkpoints", "rl": "chatrl_checkpoints"}
 
 
@@ -138,7 +153,7 @@ def find_checkpoint_dir(source, model_tag=None):
         return os.path.join(root, model_tag)
     tags = [t for t in (os.listdir(root) if os.path.isdir(root) else []) if last_step(os.path.join(root, t)) is not None]
     if not tags:
-        raise FileNotFoundError(f"no {source} checkpoint under {root}: train one first")
+        raise MissingInput(f"no {source} checkpoint under {root}: train one first{base_dir_hint()}")
     return os.path.join(root, max(tags, key=lambda t: os.path.getmtime(os.path.join(root, t))))
 
 
@@ -149,7 +164,7 @@ def load_model(source, model_tag=None, step=None, device="cpu"):
     model, meta = build_model(checkpoint_dir, step, device)
     tokenizer = get_tokenizer()
     if tokenizer.get_vocab_size() != model.config.vocab_size:
-        raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {model.config.vocab_size}: "
+        raise UserError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {model.config.vocab_size}: "
                          f"{checkpoint_dir} was trained with another tokenizer")
     return model, tokenizer, meta
 
@@ -166,7 +181,7 @@ def convert(directory):
             try:
                 torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as e:
-                raise ValueError(f"refused checkpoint file {path}: {_refusal(e)}") from None
+                raise UserError(f"refused checkpoint file {path}: {_refusal(e)}") from None
             print(f"ok {path}")
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nanochat.common import get_base_dir
+from nanochat.common import Progress, get_base_dir
+from nanochat.errors import MissingInput, UserError, run, short
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,17 @@ def data_plan(data_dir, tokens):
 # -----------------------------------------------------------------------------
 # reading
 
+REPLACE = "delete or replace it (python -m nanochat.dataset fetches a downloaded shard again)"
+
+
 def list_parquet_files(data_dir):
     """Sorted parquet paths in data_dir; a clear error when there are none."""
+    fix = "point --data-dir at a folder of parquet shards, or download some (python -m nanochat.dataset -n 8)"
     if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"data directory {data_dir} does not exist: download shards "
-                                f"(python -m nanochat.dataset -n 8) or pass --data-dir")
+        raise MissingInput(f"data folder {data_dir} does not exist: {fix}")
     files = sorted(os.path.join(data_dir, f) for f in os.listdir(data_dir) if f.endswith(".parquet"))
     if not files:
-        raise FileNotFoundError(f"no .parquet shards in {data_dir}")
+        raise MissingInput(f"no .parquet shards in {data_dir}: {fix}")
     return files
 
 
@@ -111,18 +115,19 @@ def split_files(data_dir, split):
         raise ValueError(f"split={split!r}: expected 'train' or 'val'")
     files = list_parquet_files(data_dir)
     if len(files) < 2:
-        raise ValueError(f"{data_dir} holds {len(files)} shard; need at least 2 (the last is validation)")
+        raise UserError(f"{data_dir} holds {len(files)} shard; need at least 2 (the last is validation): add a shard")
     return files[:-1] if split == "train" else files[-1:]
 
 
 def open_shard(path):
-    """A ParquetFile with a `text` column, or a ValueError naming the broken file."""
+    """A ParquetFile with a `text` column, or a UserError naming the broken file."""
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-        raise ValueError(f"corrupt or truncated parquet shard {path}: {e}") from e
+        raise UserError(f"corrupt or truncated parquet shard {path} ({short(e)}): {REPLACE}") from e
     if "text" not in pf.schema_arrow.names:
-        raise ValueError(f"parquet shard {path} has no 'text' column (columns: {pf.schema_arrow.names})")
+        raise UserError(f"parquet shard {path} has no 'text' column (columns: {pf.schema_arrow.names}): "
+                        f"every shard needs one string column 'text'")
     return pf
 
 
@@ -130,7 +135,7 @@ def read_row_group(pf, path, index):
     try:
         return pf.read_row_group(index, columns=["text"]).column("text").to_pylist()
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-        raise ValueError(f"corrupt parquet shard {path} (row group {index}): {e}") from e
+        raise UserError(f"corrupt parquet shard {path} (row group {index}, {short(e)}): {REPLACE}") from e
 
 
 def iter_texts(files):
@@ -170,8 +175,9 @@ def claim_dir(data_dir, source):
         os.replace(tmp, os.path.join(data_dir, NOTE))
 
 
-def download_shard(source, index, data_dir, retries=5, timeout=60):
-    """Fetch one shard atomically; skip it if a verified copy is already there."""
+def download_shard(source, index, data_dir, retries=5, timeout=60, offline_retries=True):
+    """Fetch one shard atomically; skip it if a verified copy is already there. With
+    offline_retries=False a host that cannot be reached is a UserError at once, not retried."""
     import requests
     path = os.path.join(data_dir, shard_name(index))
     if os.path.exists(path):
@@ -202,6 +208,10 @@ def download_shard(source, index, data_dir, retries=5, timeout=60):
         except (requests.RequestException, ValueError, OSError) as e:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if not offline_retries and isinstance(e, (requests.ConnectionError, requests.Timeout)):
+                host = url.split("/")[2]
+                raise UserError(f"cannot reach {host} ({type(e).__name__}): check the network (or HTTPS_PROXY); offline, "
+                                f"train on local shards: --data-dir DIR (e.g. ../shared/data/pretrain)") from e
             if attempt == retries:
                 raise RuntimeError(f"failed to download {url} after {retries} attempts: {e}") from e
             wait = 2 ** attempt
@@ -215,14 +225,14 @@ def download(num_shards, data_dir=None, workers=8, dataset=DEFAULT_DATASET, retr
     data_dir = data_dir or default_data_dir(source.name)
     claim_dir(data_dir, source)
     indices = list(range(min(num_shards, source.last_shard))) + [source.last_shard]
-    t0, done = time.time(), 0
+    progress = Progress(len(indices), "shards", every=5.0, log=print)
+    # the validation shard first and alone: offline, that is one line, not a retry storm from every worker
+    download_shard(source, indices.pop(), data_dir, retries, offline_retries=False)
+    progress.update()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(lambda i: download_shard(source, i, data_dir, retries), indices):
-            done += 1
-            elapsed = time.time() - t0
-            eta = elapsed / done * (len(indices) - done)
-            print(f"\rshards {done}/{len(indices)} | {elapsed:.0f}s elapsed | eta {eta:.0f}s", end="", flush=True)
-    print(f"\n{len(indices)} {source.name} shards ready in {data_dir}")
+            progress.update()
+    print(f"{progress.total} {source.name} shards ready in {data_dir}")
     return data_dir
 
 
@@ -234,7 +244,7 @@ if __name__ == "__main__":
     parser.add_argument("--data-dir", type=str, default=None, help="target folder (default $NANOCHAT_BASE_DIR/base_data/<dataset>)")
     args = parser.parse_args()
     try:
-        download(args.num_shards, args.data_dir, args.workers, args.dataset)
-    except (ValueError, RuntimeError) as e:
+        run(download, args.num_shards, args.data_dir, args.workers, args.dataset)
+    except RuntimeError as e:  # retries used up: the network, not our code
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)

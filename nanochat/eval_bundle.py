@@ -19,7 +19,8 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 
-from nanochat.common import get_base_dir
+from nanochat.common import Progress, get_base_dir, mib
+from nanochat.errors import MissingInput, UserError
 
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 CONFIG_FILE = "core.yaml"
@@ -49,7 +50,7 @@ def check_bundle(bundle_dir):
     """Raise FileNotFoundError naming what a bundle folder lacks."""
     missing = [f for f in (CONFIG_FILE, META_FILE, DATA_DIR) if not os.path.exists(os.path.join(bundle_dir, f))]
     if missing:
-        raise FileNotFoundError(f"eval bundle {bundle_dir} lacks {', '.join(missing)} "
+        raise MissingInput(f"eval bundle {bundle_dir} lacks {', '.join(missing)} "
                                 f"(expected {CONFIG_FILE}, {META_FILE} and {DATA_DIR}/)")
 
 
@@ -108,14 +109,14 @@ def resolve_bundle(path=None, download=True):
     $NANOCHAT_BASE_DIR/eval_bundle, downloaded there first if absent and `download`."""
     if path:
         if not os.path.isdir(path):
-            raise FileNotFoundError(f"--eval-bundle {path} is not a folder")
+            raise MissingInput(f"--eval-bundle {path} is not a folder: pass the folder that holds {CONFIG_FILE}")
         check_bundle(path)
         return path
     dest = default_bundle_dir()
     if not os.path.isdir(dest) and download:
         download_bundle(dest)
     if not os.path.isdir(dest):
-        raise FileNotFoundError(f"no eval bundle at {dest}: pass --eval-bundle PATH (a folder with {CONFIG_FILE}, "
+        raise MissingInput(f"no eval bundle at {dest}: pass --eval-bundle PATH (a folder with {CONFIG_FILE}, "
                                 f"{META_FILE} and {DATA_DIR}/), or download it with `python -m nanochat.eval_bundle`")
     check_bundle(dest)
     return dest
@@ -132,20 +133,18 @@ def download_bundle(dest, url=EVAL_BUNDLE_URL):
     try:
         with requests.get(url, stream=True, timeout=30) as response:
             response.raise_for_status()
-            total, done, shown = int(response.headers.get("content-length", 0)), 0, -1
+            total = int(response.headers.get("content-length", 0))
+            progress = Progress(total, "  eval bundle", every=5.0, log=lambda line: print(line, flush=True), unit=mib)
             with open(zip_path, "wb") as f:
                 for chunk in response.iter_content(1 << 20):
                     f.write(chunk)
-                    done += len(chunk)
-                    pct = 100 * done // total if total else -1
-                    if pct // 10 != shown // 10:  # a line every 10 %
-                        shown = pct
-                        print(f"  {done / 2**20:.1f} MiB" + (f" ({pct}%)" if total else ""), flush=True)
+                    progress.update(len(chunk))
     except requests.RequestException as e:
         if os.path.exists(zip_path):
             os.remove(zip_path)
-        raise FileNotFoundError(f"no eval bundle at {dest} and downloading {url} failed ({e}): pass --eval-bundle "
-                                f"PATH (a folder with {CONFIG_FILE}, {META_FILE} and {DATA_DIR}/)") from e
+        raise MissingInput(f"no eval bundle at {dest} and downloading {url} failed ({type(e).__name__}): pass "
+                           f"--eval-bundle PATH (a folder with {CONFIG_FILE}, {META_FILE} and {DATA_DIR}/), "
+                           f"or leave CORE out (--eval bpb,sample)") from e
     try:
         with zipfile.ZipFile(zip_path) as zf:
             zf.extractall(tmp_dir)
@@ -162,7 +161,7 @@ def download_bundle(dest, url=EVAL_BUNDLE_URL):
             return dest
         os.replace(inner, dest)
     except zipfile.BadZipFile as e:
-        raise ValueError(f"the download from {url} is not a valid zip ({e})") from e
+        raise UserError(f"the download from {url} is not a valid zip ({e}): try again, or pass --eval-bundle PATH") from e
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if os.path.exists(zip_path):

@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from nanochat.errors import MissingInput, UserError
+
 SPECIAL_TOKENS = [
     "<|bos|>",              # starts every document; the only separator between documents
     "<|user_start|>", "<|user_end|>",
@@ -86,10 +88,11 @@ class Tokenizer:
         path = os.path.join(directory, TOKENIZER_FILE)
         if not os.path.exists(path):
             if os.path.exists(os.path.join(directory, OLD_TOKENIZER_FILE)):
-                raise ValueError(f"{os.path.join(directory, OLD_TOKENIZER_FILE)} is a pickle, which we no longer load "
+                raise UserError(f"{os.path.join(directory, OLD_TOKENIZER_FILE)} is a pickle, which we no longer load "
                                  f"(loading one can run code); convert it once with "
                                  f"`python -m nanochat.checkpoint_manager --convert {directory}`")
-            raise FileNotFoundError(f"no tokenizer at {path}: train one with `python -m scripts.tok_train`")
+            raise MissingInput(f"no tokenizer at {path}: train one with `python -m scripts.tok_train`, or set "
+                               f"NANOCHAT_BASE_DIR to the folder that holds tokenizer/")
         try:
             with open(path) as f:
                 data = json.load(f)
@@ -99,9 +102,9 @@ class Tokenizer:
             ranks = {base64.b64decode(t, validate=True): i for i, t in enumerate(tokens)}
             assert len(ranks) == len(tokens), "duplicate tokens"
         except (ValueError, KeyError, AssertionError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a valid tokenizer file: {e}") from None
+            raise UserError(f"{path} is not a valid tokenizer file: {e}; retrain it (python -m scripts.tok_train)") from None
         if data["pattern"] != SPLIT_PATTERN or data["special_tokens"] != SPECIAL_TOKENS:
-            raise ValueError(f"{path} was trained with another split pattern or special tokens; retrain it")
+            raise UserError(f"{path} was trained with another split pattern or special tokens; retrain it")
         return cls._from_ranks(ranks)
 
     # -------------------------------------------------------------------------
@@ -224,7 +227,7 @@ def get_token_bytes(directory=None, device="cpu"):
     from nanochat.common import get_base_dir
     path = os.path.join(directory or os.path.join(get_base_dir(), "tokenizer"), TOKEN_BYTES_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no {TOKEN_BYTES_FILE} at {path}: train the tokenizer first")
+        raise MissingInput(f"no {TOKEN_BYTES_FILE} at {path}: train the tokenizer first (python -m scripts.tok_train)")
     return torch.load(path, map_location=device, weights_only=True)
 
 

@@ -24,7 +24,8 @@ import time
 
 import torch.distributed as dist
 
-from nanochat.checkpoint_manager import build_model, last_step
+from nanochat import errors
+from nanochat.checkpoint_manager import base_dir_hint, build_model, last_step
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.core_eval import evaluate_core
 from nanochat.eval_plots import plot_sweep
@@ -35,6 +36,8 @@ from nanochat.loss_eval import evaluate_bpb
 from nanochat.recurrence import parse_recur_list
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 EVALS = ("core", "bpb", "sample")
 PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
@@ -57,7 +60,7 @@ args = parser.parse_args()
 
 evals = [e for e in args.eval.split(",") if e]
 if not evals or set(evals) - set(EVALS):
-    raise ValueError(f"--eval {args.eval!r}: expected a comma-separated subset of {EVALS}")
+    raise errors.UserError(f"--eval {args.eval!r}: expected a comma-separated subset of {EVALS}")
 is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None)
 master = rank == 0
 print0(f"args: {vars(args)}")
@@ -73,11 +76,11 @@ if args.model_tag:
 elif tags:
     model_tag = max(tags, key=lambda t: os.path.getmtime(os.path.join(ckpt_root, t)))
 else:
-    raise FileNotFoundError(f"no checkpoints under {ckpt_root}: train one with scripts/base_train.py "
-                            f"(or set NANOCHAT_BASE_DIR)")
+    raise errors.MissingInput(f"no checkpoints under {ckpt_root}: train one (python -m scripts.base_train)"
+                              + base_dir_hint())
 checkpoint_dir = os.path.join(ckpt_root, model_tag)
 if not os.path.isdir(checkpoint_dir):
-    raise FileNotFoundError(f"--model-tag {model_tag}: no folder {checkpoint_dir} (found: {tags})")
+    raise errors.MissingInput(f"--model-tag {model_tag}: no folder {checkpoint_dir} (found: {tags})")
 model, meta = build_model(checkpoint_dir, None if args.step < 0 else args.step, device)
 step, config = meta["step"], model.config
 tokenizer = get_tokenizer()
@@ -86,9 +89,9 @@ print0(f"model {model_tag} step {step}: {config}")
 default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
 recurs = parse_recur_list(args.recur, config.arch, default_r)
 if args.adaptive >= 0 and config.arch == "gpt":
-    raise ValueError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
+    raise errors.UserError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
 if args.adaptive >= 0 and "core" not in evals:
-    raise ValueError(f"--adaptive applies to CORE only; --eval {args.eval!r} has no core")
+    raise errors.UserError(f"--adaptive applies to CORE only; --eval {args.eval!r} has no core")
 
 bundle = None
 if "core" in evals:

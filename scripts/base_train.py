@@ -15,14 +15,13 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import time
 
 import torch
 
-from nanochat import flash_attention
+from nanochat import errors, flash_attention
 from nanochat.checkpoint_manager import last_step, load_file, load_meta, save_checkpoint
-from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, get_base_dir,
+from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, format_duration, get_base_dir,
                              print0, synchronize)
 from nanochat.core_eval import evaluate_core
 from nanochat.dataloader import DataLoader
@@ -35,6 +34,8 @@ from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 from nanochat.training import (LossLog, apply_schedule, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier,
                                sample_greedy)
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
 # model (every GPTConfig field: the dial sets it, these flags override it)
@@ -216,17 +217,26 @@ model_tag = args.model_tag or (f"d{args.size}" if config.arch == "gpt" else f"s{
 checkpoint_dir = os.path.join(get_base_dir(), "base_checkpoints", model_tag)
 start_step, loader_state, loss_log = 0, None, LossLog()
 if args.resume:
+    if last_step(checkpoint_dir) is None:
+        others = sorted(t for t in os.listdir(os.path.dirname(checkpoint_dir)) if last_step(os.path.join(
+            os.path.dirname(checkpoint_dir), t)) is not None) if os.path.isdir(os.path.dirname(checkpoint_dir)) else []
+        raise errors.MissingInput(f"--resume: no checkpoint in {checkpoint_dir}: drop --resume to start a run, or pass "
+                                  f"the --model-tag of one to continue (found: {', '.join(others) or 'none'})")
     step, meta = load_meta(checkpoint_dir)
     saved = meta["user_config"]
     # what decides the model, the schedule, the data order or the r draws must match the checkpoint's
     changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != getattr(args, k)]
     if changed:
-        k = changed[0]
-        flag = "--" + k.replace("_", "-")
-        print(f"error: --resume: {flag} is {getattr(args, k)!r} here but {saved.get(k)!r} in {checkpoint_dir}; "
-              f"rerun with {flag} {saved.get(k)} (or start a new --model-tag)", file=sys.stderr)
-        raise SystemExit(2)
-    assert meta["model_config"] == dataclasses.asdict(config), "same flags, same config: " + str(meta["model_config"])
+        flags = [("--" + k.replace("_", "-"), getattr(args, k), saved.get(k)) for k in changed]
+        raise errors.UserError(f"--resume: {', '.join(f'{f} is {here!r} here but {was!r}' for f, here, was in flags)} "
+                               f"in {checkpoint_dir}; rerun with {' '.join(f'{f} {was}' for f, _, was in flags)} "
+                               f"(or start a new --model-tag)")
+    differ = {k: (v, meta["model_config"].get(k)) for k, v in dataclasses.asdict(config).items()
+              if meta["model_config"].get(k) != v}
+    if differ:  # the same flags built another model: the tokenizer (vocab_size) or the code changed since
+        raise errors.UserError(f"--resume: the model differs from the one in {checkpoint_dir} in "
+                               + ", ".join(f"{k} ({here!r} here, {was!r} there)" for k, (here, was) in differ.items())
+                               + ": use the tokenizer it was trained with, or start a new --model-tag")
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     optimizer.load_state_dict(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     loader_state = load_file(checkpoint_dir, step, f"loader_rank{rank}.pt")
@@ -339,7 +349,7 @@ while True:
     mfu = f" | mfu {100 * flops_per_s / (peak_flops * world_size):.1f}%" if peak_flops else ""
     eta = loss_log.mean_step_seconds() * (num_iterations - step)
     print0(f"step {step:05d}/{num_iterations} | loss {smooth:.4f} | r {r:2d} | lrm {lrm:.2f} | dt {dt * 1000:.0f}ms"
-           f" | tok/s {tok_per_s:,.0f} | {flops_per_s / 1e12:.3g} TFLOP/s{mfu} | eta {eta / 60:.1f}m")
+           f" | tok/s {tok_per_s:,.0f} | {flops_per_s / 1e12:.3g} TFLOP/s{mfu} | eta {format_duration(eta)}")
     wandb_run.log({"step": step, "train/loss": smooth, "train/lrm": lrm, "train/r": r, "train/tok_per_s": tok_per_s})
 
 # the floor to beat: a unigram model fitted on as many train tokens as one evaluation reads

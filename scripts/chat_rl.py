@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from nanochat import errors
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir, load_file, load_meta, save_checkpoint
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, synchronize
 from nanochat.engine import Engine
@@ -41,6 +42,8 @@ from nanochat.task_eval import evaluate_generative, sample_replies
 from nanochat.tokenizer import get_tokenizer
 from nanochat.training import apply_schedule, init_wandb
 from tasks.gsm8k import GSM8K
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 parser = argparse.ArgumentParser(description="GRPO-style RL on GSM8K")
 # model in

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from nanochat import errors
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir
 from nanochat.common import compute_init, print0
 from nanochat.engine import Engine
@@ -31,6 +32,8 @@ from nanochat.kv_cache import KVCache
 from nanochat.recurrence import parse_recur_list
 from nanochat.tokenizer import get_tokenizer
 from tasks.pointer_chase import grade
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 parser = argparse.ArgumentParser(description="Accuracy per test depth x r on the pointer-chasing task, and adaptive exit")
 parser.add_argument("--model-tags", type=str, required=True, help="folders under base_checkpoints, comma-separated")

@@ -8,10 +8,13 @@ encodings when they are cached; they are downloaded once when online).
 
 import argparse
 
+from nanochat import errors
 from nanochat.common import print0
 from nanochat.dataset import default_data_dir, iter_texts, split_files
 from nanochat.report import get_report
 from nanochat.tokenizer import get_tokenizer
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 parser = argparse.ArgumentParser(description="Evaluate tokenizer compression (bytes/token)")
 parser.add_argument("--data-dir", type=str, default=None, help="folder of parquet shards; the last (val) shard is used")

@@ -9,10 +9,13 @@ import json
 import os
 import time
 
+from nanochat import errors
 from nanochat.common import get_base_dir, print0
 from nanochat.dataset import NOTE, default_data_dir, iter_texts, read_data_source, split_files
 from nanochat.report import get_report
 from nanochat.tokenizer import Tokenizer
+
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer")
 parser.add_argument("--vocab-size", type=int, default=32768, help="vocabulary size, special tokens included")

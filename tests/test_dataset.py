@@ -15,6 +15,7 @@ import requests
 
 from nanochat import dataset
 from nanochat.dataset import SOURCES, data_plan, default_data_dir, download, list_parquet_files, shards_for_tokens
+from nanochat.errors import UserError
 from tests.conftest import FakeResponse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,9 +130,9 @@ def test_offline_error_is_one_line(monkeypatch, tmp_path):
         raise requests.ConnectionError("Failed to resolve 'huggingface.co'")
     monkeypatch.setattr(requests, "get", refuse)
     monkeypatch.setattr(dataset.time, "sleep", lambda s: None)
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(UserError) as e:  # the first shard fails at once: no retries, no other worker starts
         download(1, str(tmp_path / "d"), workers=1, retries=2)
-    assert "\n" not in str(e.value) and "failed to download https://huggingface.co/" in str(e.value)
+    assert "\n" not in str(e.value) and "cannot reach huggingface.co" in str(e.value) and "--data-dir" in str(e.value)
 
 
 def test_shards_for_tokens_matches_the_shell_helper():
