@@ -1,18 +1,49 @@
 #!/usr/bin/env bash
-# The whole pipeline at toy scale on a CPU, no network needed (a few minutes on 2 cores):
+# The whole pipeline at toy scale on a CPU, no network needed (about 10 minutes on 2 cores):
 # environment -> tokenizer -> tokenizer eval -> a tiny looped model -> val bpb vs a unigram
-# model -> samples.
+# model, CORE on a subset -> samples -> val bpb at r = 1..16 -> SFT, chat eval, one reply -> report.md.
 # Data: DATA_DIR if set, else ../shared/data/pretrain if present, else the sample shipped in dev/sample_data.
+# CORE: on a seeded subset of each task (CORE_PER_TASK examples) at the end of training, when an eval bundle is
+# found: EVAL_BUNDLE, else ../shared/data/eval_bundle, else $NANOCHAT_BASE_DIR/eval_bundle.
+# Python: the active environment when nanochat is installed in it (or VENV / NANOCHAT_PYTHON), else .venv,
+# made by runs/setup_env.sh. Artifacts: NANOCHAT_BASE_DIR (out/cpu); the last lines print the `export` that
+# points the other commands (chat_cli, chat_web, base_eval) at them. report.md: as runs/speedrun.sh writes it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash runs/setup_env.sh
-. .venv/bin/activate
+. runs/common.sh
+if ! python_ready; then bash runs/setup_env.sh; fi
+activate_venv
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/cpu}
 if [ -z "${DATA_DIR:-}" ]; then
     if [ -d ../shared/data/pretrain ]; then DATA_DIR=../shared/data/pretrain; else DATA_DIR=dev/sample_data; fi
 fi
 STEPS=${STEPS:-150}
-echo "data: $DATA_DIR | artifacts: $NANOCHAT_BASE_DIR | steps: $STEPS"
+CORE_PER_TASK=${CORE_PER_TASK:-12}  # the 10-shot tasks need 11; 12 x 21 tasks is about a minute on 2 cores
+EVAL_BUNDLE=${EVAL_BUNDLE:-}
+if [ -z "$EVAL_BUNDLE" ]; then
+    for dir in ../shared/data/eval_bundle "$NANOCHAT_BASE_DIR/eval_bundle"; do
+        if [ -f "$dir/core.yaml" ]; then EVAL_BUNDLE=$dir; break; fi
+    done
+fi
+if [ -n "$EVAL_BUNDLE" ]; then
+    [ -f "$EVAL_BUNDLE/core.yaml" ] || die "EVAL_BUNDLE=$EVAL_BUNDLE holds no core.yaml: point it at an eval bundle folder"
+    CORE=(--core-metric-every "$STEPS" --core-metric-max-per-task "$CORE_PER_TASK" --eval-bundle "$EVAL_BUNDLE")
+    core_note="CORE on $CORE_PER_TASK examples per task from $EVAL_BUNDLE"
+else
+    CORE=(--core-metric-every -1)
+    core_note="no CORE: no eval bundle (set EVAL_BUNDLE, or put one at ../shared/data/eval_bundle)"
+fi
+mkdir -p "$NANOCHAT_BASE_DIR"
+echo "data: $DATA_DIR | artifacts: $NANOCHAT_BASE_DIR | steps: $STEPS | $core_note"
+python -m nanochat.report reset
+
+finish() {  # the r curve, report.md, and where the artifacts are
+    r_curve
+    python -m nanochat.report generate
+    echo "report: report.md (and $NANOCHAT_BASE_DIR/report/report.md)"
+    echo "the other commands read NANOCHAT_BASE_DIR; to use these artifacts, run first:"
+    echo "  export NANOCHAT_BASE_DIR=$NANOCHAT_BASE_DIR"
+}
 
 # a small vocabulary: the toy corpus is a few MB
 python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 4096
@@ -22,7 +53,7 @@ python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 512 --batch-size 8 
 # a tiny looped model (size 2: 128 wide, prelude 2 / recur 4 x r / coda 2), r ~ Poisson log-normal
 python -m scripts.base_train --size 2 --max-seq-len 512 --device-batch-size 4 --total-batch-size 2048 \
     --num-iterations "$STEPS" --eval-every 50 --eval-tokens 16384 --sample-every -1 --save-every 50 \
-    --embedding-lr 0.3 --matrix-lr 0.03 --data-dir "$DATA_DIR"
+    --embedding-lr 0.3 --matrix-lr 0.03 --data-dir "$DATA_DIR" "${CORE[@]}"
 echo "loss curve: $NANOCHAT_BASE_DIR/base_checkpoints/s2/train_log.png"
 # test-time compute: val bpb of the same checkpoint at r = 1..16 (table, CSV and PNG under base_eval/)
 python -m scripts.base_eval --model-tag s2 --eval bpb --recur 1,2,4,8,16 --data-dir "$DATA_DIR" --eval-tokens 16384 \
@@ -43,7 +74,7 @@ PY
 CHAT_DATA=${CHAT_DATA:-../shared/data/chat}
 if [ ! -d "$CHAT_DATA" ]; then
     echo "skipping the chat stages: no chat data at $CHAT_DATA (point CHAT_DATA at a folder laid out like ../shared/data/chat)"
-    r_curve
+    finish
     exit 0
 fi
 [ -e "$NANOCHAT_BASE_DIR/chat_data" ] || ln -s "$(cd "$CHAT_DATA" && pwd)" "$NANOCHAT_BASE_DIR/chat_data"
@@ -53,4 +84,4 @@ python -m scripts.chat_sft --model-tag s2 --smoltalk-path "$CHAT_DATA/sft/sft_co
     --eval-every 5 --eval-tokens 8192 --chat-eval-every -1
 python -m scripts.chat_eval --source sft --model-tag s2 --max-problems 8 --max-new-tokens 64 --recur 1,4
 python -m scripts.chat_cli --source sft --model-tag s2 -p "Why is the sky blue?" --max-tokens 48
-r_curve
+finish
