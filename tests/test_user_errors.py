@@ -79,12 +79,12 @@ def test_resume_with_another_size_names_the_flags(base):
     assert "{" not in line  # the differing fields, not the config dicts
 
 
-def test_corrupt_checkpoint_names_the_file(base):
-    bad = base / "base_checkpoints" / "bad"
-    shutil.copytree(base / "base_checkpoints" / "t", bad)
-    model = next(bad.glob("step_*")) / "model.pt"
-    model.write_bytes(os.urandom(4096))
-    one_line(command(base, "scripts.base_eval", "--model-tag", "bad", "--eval", "sample", "--device-type", "cpu"),
+def test_corrupt_checkpoint_names_the_file(base, tmp_path):
+    shutil.copytree(base / "tokenizer", tmp_path / "tokenizer")
+    shutil.copytree(base / "base_checkpoints" / "t", tmp_path / "base_checkpoints" / "t")
+    model = next((tmp_path / "base_checkpoints" / "t").glob("step_*")) / "model.pt"
+    model.write_bytes(os.urandom(4096))  # overwritten with random bytes
+    one_line(command(tmp_path, "scripts.base_eval", "--model-tag", "t", "--eval", "sample", "--device-type", "cpu"),
              f"corrupt checkpoint file {model}", "not the zip archive torch.save writes", "delete")
 
 
