@@ -18,7 +18,8 @@ if [ -z "${DATA_DIR:-}" ]; then
     if [ -d ../shared/data/pretrain ]; then DATA_DIR=../shared/data/pretrain; else DATA_DIR=dev/sample_data; fi
 fi
 STEPS=${STEPS:-150}
-CORE_PER_TASK=${CORE_PER_TASK:-12}  # the 10-shot tasks need 11; 12 x 21 tasks is about a minute on 2 cores
+# the 10-shot tasks need 11 examples; 12 x 21 tasks: ~1 min on 2 cores (BENCHMARKS.md: 4,200 examples at r=4 in 896 s)
+CORE_PER_TASK=${CORE_PER_TASK:-12}
 EVAL_BUNDLE=${EVAL_BUNDLE:-}
 if [ -z "$EVAL_BUNDLE" ]; then
     for dir in ../shared/data/eval_bundle "$NANOCHAT_BASE_DIR/eval_bundle"; do
