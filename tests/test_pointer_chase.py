@@ -112,7 +112,9 @@ def test_micro_run_and_depth_eval(tmp_path):
               "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
               "--data-dir", str(data), "--warmup-steps", "1"]
     run(*common, "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1", "--recur-mean", "2", "--recur-max", "4",
-        "--model-tag", "loop")
+        "--n-head", "4", "--model-tag", "loop")
+    meta = json.loads(next((base / "base_checkpoints" / "loop").glob("step_*/meta.json")).read_text())
+    assert meta["model_config"]["n_head"] == meta["model_config"]["n_kv_head"] == 4  # --n-head; kv heads follow it
     run(*common, "--arch", "gpt", "--n-recur", "2", "--model-tag", "gpt")
     out = tmp_path / "eval"
     stdout = run("-m", "scripts.depth_eval", "--model-tags", "loop,gpt", "--data-dir", str(data), "--recur", "1,3",
