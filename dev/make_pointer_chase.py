@@ -34,9 +34,11 @@ def main():
     parser.add_argument("--n-roots", type=int, default=4, help="roots (answers to choose from) per table")
     parser.add_argument("--max-depth", type=int, default=4, help="D_train: the deepest question in training")
     parser.add_argument("--queries", type=int, default=8, help="questions per training document")
+    parser.add_argument("--test-depths", type=str, default="", help="comma-separated test depths (empty = max, 2x max, 4x max)")
     args = parser.parse_args()
+    test_depths = [int(d) for d in args.test_depths.split(",")] if args.test_depths else None
     train, val, tests = make_splits(args.seed, args.n_train, args.n_val, args.n_test, args.n_symbols,
-                                    args.n_roots, args.max_depth, args.queries)
+                                    args.n_roots, args.max_depth, args.queries, test_depths)
     os.makedirs(args.out, exist_ok=True)
     per = -(-len(train) // args.train_shards)
     for i in range(args.train_shards):

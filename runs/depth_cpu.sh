@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # More iterations, harder problems: easy-to-hard (depth) extrapolation on CPU. Pointer chasing to
 # a fixed point (tasks/pointer_chase.py): training questions need at most MAX_DEPTH lookups, the test
-# sets need MAX_DEPTH, 2x and 4x as many, at the same length. A tiny looped model (prelude 1 /
-# recur 1 x r / coda 1, 128 wide, r sampled with E[r] = RECUR_MEAN) and a standard GPT of GPT_DEPTH
-# layers at the same training FLOPs (--target-flops BUDGET), for each seed, through the normal
-# path: byte-level tokenizer, parquet shards, dataloader, base_train. scripts/depth_eval.py then
-# gives accuracy per test depth x r and with adaptive exit (table, JSON, heatmap). About 8 minutes
-# a run on 2 cores (4 runs by default) plus a few minutes of eval.
+# sets need 1..MAX_DEPTH, 2x and 4x as many, at the same length. A tiny looped model (prelude 1 /
+# recur 1 x r / coda 1, 128 wide, 4 heads, r sampled with E[r] = RECUR_MEAN) and a standard GPT of
+# GPT_DEPTH layers at the same training FLOPs (--target-flops BUDGET), for each seed, through the
+# normal path: byte-level tokenizer, parquet shards, dataloader, base_train. scripts/depth_eval.py
+# then gives accuracy per test depth x r and with adaptive exit (table, JSON, heatmap). About 15
+# minutes a run on 2 free cores (4 runs by default) plus a few minutes of eval.
 #
 #   bash runs/depth_cpu.sh
 #   SEEDS="42" bash runs/depth_cpu.sh
 #   DRY_RUN=1 bash runs/depth_cpu.sh           # print every command; run only the input checks
 #
 # Settings (environment): SEEDS (42 7), MAX_DEPTH (4), RECUR_MEAN (6), GPT_DEPTH (8: 1 + 6 + 1, the
-# looped model's layers at the mean r), BUDGET (3e13 FLOPs: ~1230 steps of 2560 tokens of the
+# looped model's layers at the mean r), BUDGET (7e13 FLOPs: ~1260 steps of 64 documents of the
 # looped model), NANOCHAT_BASE_DIR (out/depth). Data and tokenizer live under it; a run whose
 # checkpoint exists is skipped.
 set -euo pipefail
@@ -24,10 +24,10 @@ SEEDS=${SEEDS:-42 7}
 MAX_DEPTH=${MAX_DEPTH:-4}
 RECUR_MEAN=${RECUR_MEAN:-6}
 GPT_DEPTH=${GPT_DEPTH:-8}
-BUDGET=${BUDGET:-3e13}
+BUDGET=${BUDGET:-7e13}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/depth}
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
-[[ $MAX_DEPTH =~ ^[1-5]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..5 (the tests go to 4x it in a table of 24 letters with 4 roots)"
+[[ $MAX_DEPTH =~ ^[1-4]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..4 (the tests go to 4x it in a table of 24 letters with 4 roots)"
 [[ $RECUR_MEAN =~ ^[1-9][0-9]*$ ]] || die "RECUR_MEAN: '$RECUR_MEAN' is not a positive integer"
 [[ $GPT_DEPTH =~ ^[1-9][0-9]*$ ]] || die "GPT_DEPTH: '$GPT_DEPTH' is not a positive integer"
 [[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 3e13"
@@ -35,16 +35,18 @@ activate_venv
 DATA_DIR=$NANOCHAT_BASE_DIR/data
 mkdir -p "$NANOCHAT_BASE_DIR"
 if [ ! -e "$DATA_DIR/test_d$MAX_DEPTH.jsonl" ]; then
-    run python -m dev.make_pointer_chase --out "$DATA_DIR" --max-depth "$MAX_DEPTH"
+    run python -m dev.make_pointer_chase --out "$DATA_DIR" --max-depth "$MAX_DEPTH" \
+        --test-depths "$(seq -s, 1 "$MAX_DEPTH"),$((2 * MAX_DEPTH)),$((4 * MAX_DEPTH))"
     will_make "$DATA_DIR"
 fi
 need_shards "$DATA_DIR"
 if [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
-    run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 913  # saturated: 265 + 24^2 + 3*24, every chunk one token
+    run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # byte level: every letter one token
 fi
-# one document per row: BOS, 24 table entries, "|q", "=b", 7 x (" k", "=b") = 41 tokens = T + 1
-COMMON=(--size 2 --max-seq-len 40 --device-batch-size 64 --total-batch-size 2560 --target-flops "$BUDGET"
-        --eval-every -1 --eval-tokens 25600 --sample-every -1 --core-metric-every -1 --data-dir "$DATA_DIR")
+# one document per row: BOS, 24 table entries "ab " (the last without its space), "|", "qb", 7 x " kb"
+# = 96 tokens = T + 1
+COMMON=(--size 2 --n-head 4 --max-seq-len 95 --device-batch-size 64 --total-batch-size 6080 --target-flops "$BUDGET"
+        --eval-every -1 --eval-tokens 60800 --sample-every -1 --core-metric-every -1 --data-dir "$DATA_DIR")
 TAGS=()
 for seed in $SEEDS; do
     for arch in looped gpt; do

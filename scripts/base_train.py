@@ -45,6 +45,7 @@ parser.add_argument("--n-prelude", type=int, default=-1, help="prelude blocks (-
 parser.add_argument("--n-recur", type=int, default=-1, help="blocks of the repeated stack (-1 = 4 for looped, --size for gpt)")
 parser.add_argument("--n-coda", type=int, default=-1, help="coda blocks (-1 = 2 for looped, 0 for gpt)")
 parser.add_argument("--max-seq-len", type=int, default=2048, help="context length T")
+parser.add_argument("--n-head", type=int, default=-1, help="attention heads (-1 = width/128: heads of 128)")
 parser.add_argument("--n-kv-head", type=int, default=-1, help="GQA key/value heads (-1 = as many as query heads)")
 parser.add_argument("--value-embeds", type=int, default=1, choices=[0, 1], help="value embeddings in the recurrent block")
 parser.add_argument("--init-state", type=str, default="randn", choices=["copy", "randn"], help="initial recurrent state")
@@ -110,9 +111,11 @@ tokenizer = get_tokenizer()
 token_bytes = get_token_bytes(device=device)
 overrides = dict(value_embeds=bool(args.value_embeds), init_state=args.init_state, init_state_std=args.init_state_std,
                  inject_init=args.inject_init, window_pattern=args.window_pattern, softcap=args.softcap)
-for name in ("n_kv_head", "n_prelude", "n_recur", "n_coda", "short_window"):
+for name in ("n_head", "n_kv_head", "n_prelude", "n_recur", "n_coda", "short_window"):
     if getattr(args, name) >= 0:
         overrides[name] = getattr(args, name)
+if args.n_head >= 0 and args.n_kv_head < 0:
+    overrides["n_kv_head"] = args.n_head  # "-1 = as many as query heads" holds for a changed head count too
 config = GPTConfig.from_size(args.size, arch=args.arch, vocab_size=tokenizer.get_vocab_size(),
                              sequence_len=args.max_seq_len, **overrides)
 print0(f"model config: {config}")

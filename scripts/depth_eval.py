@@ -31,7 +31,7 @@ from nanochat.engine import Engine
 from nanochat.kv_cache import KVCache
 from nanochat.recurrence import parse_recur_list
 from nanochat.tokenizer import get_tokenizer
-from tasks.pointer_chase import grade
+from tasks.pointer_chase import biggest_tree_guess, grade
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
@@ -65,7 +65,7 @@ def load_tests(data_dir, limit):
 
 
 def evaluate(engine, tokenizer, problems):
-    """Accuracy at the engine's fixed r, greedy. The answer "=<root>" is one token
+    """Accuracy at the engine's fixed r, greedy. The answer, the root letter, is one token
     (tasks/pointer_chase.py), written from the prefill."""
     bos = tokenizer.get_bos_token_id()
     correct = 0
@@ -133,13 +133,23 @@ for row in results:
         ex = row["exit"].get(depth)
         cells += [f"{ex['acc']:.2f}", f"{ex['mean_depth']:.1f}"] if ex else ["", ""]
         lines.append(f"| {row['tag']} ({row['arch']}) | {depth} | " + " | ".join(cells) + " |")
+# what a model gets without chasing: chance (one of the roots) and the biggest-tree shortcut
+def n_roots(problem):
+    return sum(e[0] == e[1] for e in problem["table"].split(" "))  # the entries "xx"
+
+
+baselines = {d: dict(chance=sum(1 / n_roots(p) for p in ps) / len(ps),
+                     biggest_tree=sum(map(biggest_tree_guess, ps)) / len(ps)) for d, ps in tests.items()}
+lines += ["", "| test depth | chance | biggest-tree guess |", "|---|---|---|"]
+lines += [f"| {d} | {b['chance']:.2f} | {b['biggest_tree']:.2f} |" for d, b in baselines.items()]
 table = "\n".join(lines)
 print0("\n" + table)
 os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 with open(args.out + ".md", "w") as f:
     f.write(table + "\n")
 with open(args.out + ".json", "w") as f:
-    json.dump(dict(args=vars(args), n_problems={d: len(p) for d, p in tests.items()}, results=results), f, indent=1)
+    json.dump(dict(args=vars(args), n_problems={d: len(p) for d, p in tests.items()}, baselines=baselines, results=results),
+              f, indent=1)
 
 import matplotlib
 matplotlib.use("Agg")

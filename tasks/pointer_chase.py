@@ -11,22 +11,23 @@ chase stays put, so a model that runs more iterations than a problem needs loses
 no step counter has to be carried or extrapolated (a "k hops" prompt would show the model
 numbers it never saw in training).
 
-    ab bb cb da ... xb|q=b k=b m=d      the table, "|", queries "<letter>=<root>"
+    ab bb cb da ... xb|qb kb md      the table, "|", queries "<letter><root>"
 
 Difficulty never changes the length: the table always holds N entries and each problem has
 the same number of queries. Training documents hold `queries` questions of depth 1..max_depth
 (the first query's depth drawn uniformly, so every depth is trained). A test problem holds one
 question, at depth d, in a table built the same way except for the one chain of length d that
 the question walks; the eval prompt stops after the queried letter ("...|q") and the model
-writes "=" and the root.
+writes the root.
 
-Tokens: the text is meant for a BPE tokenizer trained on it to saturation (scripts/tok_train.py
---vocab-size vocab_size(N): 913 for 24 letters). The split pattern cuts it into chunks of at most
-three bytes ("ab", " bc", "|q", "=b", " k") and such a tokenizer merges every chunk into one
-token, so a table entry is one token holding both letters and a lookup is a single attention
-step (no previous-token head has to pair a key with its value first), the answer "=b" is one
-token, and every training document (1 + N + 2 x queries tokens) and every test prompt (N + 1)
-has the same number of tokens at every depth.
+Tokens: byte level (scripts/tok_train.py --vocab-size 265: no merges), so every letter is one
+token and the letter a query names is the same token as the key it must find. A lookup is then
+the classic induction pattern: a previous-token head marks each value with its key, and the
+query attends to the value whose key matches. (A first version made every entry "xy" one
+token of a saturated BPE vocabulary; a looped model trained 1500 steps on it stayed at chance
+even at depth 1, because each of the N^2 entry tokens has to learn its key on its own, while
+the byte-level version solves depth 1 within 500 steps: BENCHMARKS.md.) Every training
+document has 3N + 3 x queries - 1 tokens and every test prompt 3N + 1, at every depth.
 """
 
 import random
@@ -38,11 +39,14 @@ SEP = "|"  # between the table and the queries
 def make_table(rng, n_symbols, n_roots, depth, max_depth):
     """(parent, query): parent maps each of the first n_symbols letters to its parent (roots to
     themselves); query is a letter at exactly `depth`. One chain of length `depth` hangs from a
-    root; every other letter hangs from a random letter of depth < max_depth, so apart from
-    that chain no letter is deeper than max_depth. Each of those letters picks a tree uniformly,
-so no root is the answer by being the most popular."""
-    if n_roots < 1 or depth < 1 or n_roots + depth > n_symbols or n_symbols > 26:
-        raise ValueError(f"n_symbols={n_symbols} cannot hold {n_roots} roots and a chain of depth {depth}")
+    root; every other root first gets one child (a root alone in its tree would give its
+    absence away: the answer would be "a root that has children", read off in one lookup), then
+    every other letter hangs from a random letter of depth < max_depth in a uniformly chosen
+    tree, so apart from the chain no letter is deeper than max_depth and no root is the answer
+    by being the most popular."""
+    if n_roots < 1 or depth < 1 or 2 * n_roots - 1 + depth > n_symbols or n_symbols > 26:
+        raise ValueError(f"n_symbols={n_symbols} cannot hold {n_roots} roots, one child for each but the "
+                         f"chain's and a chain of depth {depth}")
     letters = list(string.ascii_lowercase[:n_symbols])
     rng.shuffle(letters)
     roots, chain, rest = letters[:n_roots], letters[n_roots:n_roots + depth], letters[n_roots + depth:]
@@ -50,19 +54,20 @@ so no root is the answer by being the most popular."""
     level = {x: 0 for x in roots}
     tree = {x: x for x in roots}
     prev = rng.choice(roots)
+    lonely = [t for t in roots if t != prev]
     for x in chain:
         parent[x], level[x], tree[x], prev = prev, level[prev] + 1, tree[prev], x
-    for x in rest:  # a uniform tree, then a uniform host in it: no tree grows by popularity
-        t = rng.choice(roots)
+    for i, x in enumerate(rest):  # a uniform tree, then a uniform host in it: no tree grows by popularity
+        t = lonely[i] if i < len(lonely) else rng.choice(roots)
         y = rng.choice([y for y in parent if tree[y] == t and level[y] < max_depth])
         parent[x], level[x], tree[x] = y, level[y] + 1, t
     return parent, chain[-1]
 
 
 def vocab_size(n_symbols):
-    """Tokens of the saturated tokenizer: 256 bytes, 9 specials, and one merge per multi-byte
-    chunk: "a?" (N), " ??" ((N-1) N), " ?" (N), "|?" (N), "=?" (N)."""
-    return 256 + 9 + n_symbols * n_symbols + 3 * n_symbols
+    """Tokens of the byte-level tokenizer (256 bytes and 9 specials, no merges): every letter
+    is its own token whatever the table size."""
+    return 256 + 9
 
 
 def root_of(parent, x):
@@ -84,7 +89,7 @@ def table_text(parent):
 
 
 def query_text(parent, x):
-    return f"{x}={root_of(parent, x)}"
+    return f"{x}{root_of(parent, x)}"
 
 
 def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
@@ -105,8 +110,21 @@ def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
 
 
 def grade(problem, completion):
-    """Exact match: the completion must start with "=" and the root letter."""
-    return completion[:2] == "=" + problem["answer"]
+    """Exact match: the completion must start with the root letter."""
+    return completion[:1] == problem["answer"]
+
+
+def biggest_tree_guess(problem):
+    """Expected accuracy of a shortcut, for comparison: answer the root of the biggest tree (a
+    uniform pick among ties). A deep question's chain makes its tree big, so this guess gets
+    deep test sets right; but knowing every tree's size means resolving every letter's root,
+    which takes as many sequential lookups as the question itself."""
+    parent = parse_table(problem["table"])
+    sizes = {}
+    for x in parent:
+        sizes[root_of(parent, x)] = sizes.get(root_of(parent, x), 0) + 1
+    best = [r for r, n in sizes.items() if n == max(sizes.values())]
+    return (problem["answer"] in best) / len(best)
 
 
 def parse_table(text):
@@ -114,17 +132,17 @@ def parse_table(text):
     return {entry[0]: entry[1] for entry in text.split(" ")}
 
 
-def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8):
+def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8, test_depths=None):
     """(train, val, tests): training and validation documents (depth <= max_depth) and, for
-    each test depth in (max_depth, 2 max_depth, 4 max_depth), n_test problems. No test table
-    occurs in a training or validation document, nor twice in the tests."""
+    each test depth (default max_depth, 2 max_depth, 4 max_depth), n_test problems. No test
+    table occurs in a training or validation document, nor twice in the tests."""
     rng = random.Random(seed)
     kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth)
     train = [train_document(rng, queries=queries, **kw) for _ in range(n_train)]
     val = [train_document(rng, queries=queries, **kw) for _ in range(n_val)]
     seen = {doc.split(SEP)[0] for doc in train + val}
     tests = {}
-    for depth in (max_depth, 2 * max_depth, 4 * max_depth):
+    for depth in test_depths or (max_depth, 2 * max_depth, 4 * max_depth):
         problems = []
         while len(problems) < n_test:
             p = eval_problem(rng, depth, **kw)

@@ -34,6 +34,7 @@ def test_problems_have_the_asked_depth_and_root():
         assert depth_of(parent, x) == depth and root_of(parent, x) == p["answer"]
         assert sum(parent[y] == y for y in parent) == 4  # the roots
         assert sorted(parent) == list("abcdefghijklmnopqrstuvwx")
+        assert all(any(parent[y] == r != y for y in parent) for r in parent if parent[r] == r)  # no lonely root
         # apart from the asked chain, nothing is deeper than max_depth
         chain = {x}
         while parent[x] != x:
@@ -47,25 +48,26 @@ def test_training_documents_stay_within_the_training_depth():
     for _ in range(50):
         table, queries = train_document(rng).split(SEP)
         parent = parse_table(table)
-        asked = [q.split("=") for q in queries.split(" ")]
+        asked = [tuple(q) for q in queries.split(" ")]
         assert len(asked) == 8 and len({x for x, _ in asked}) == 8
         for x, answer in asked:
             assert 1 <= depth_of(parent, x) <= 4 and root_of(parent, x) == answer
 
 
 def test_difficulty_does_not_change_length():
-    """The saturated tokenizer makes every chunk one token: a table entry, the query, the
-    answer; so token counts are fixed whatever the depth."""
+    """The byte-level tokenizer makes every letter one token, the same token in a key and in
+    a query; token counts are fixed whatever the depth."""
     rng = random.Random(2)
-    docs = [train_document(rng) for _ in range(3000)]
+    docs = [train_document(rng) for _ in range(300)]
     tok = Tokenizer.train_from_iterator(iter(docs), vocab_size(24))
-    assert tok.get_vocab_size() == vocab_size(24) == 913
-    assert {len(tok.encode(d)) for d in docs[:500]} == {24 + 2 + 2 * 7}
-    prompts = [eval_problem(rng, d)["prompt"] for d in (1, 2, 4, 8, 16, 20) for _ in range(20)]
-    assert {len(tok.encode(p)) for p in prompts} == {25}
+    assert tok.get_vocab_size() == vocab_size(24) == 265
+    assert {len(tok.encode(d)) for d in docs} == {3 * 24 + 3 * 8 - 1}
+    prompts = [eval_problem(rng, d)["prompt"] for d in (1, 2, 4, 8, 16) for _ in range(20)]
+    assert {len(tok.encode(p)) for p in prompts} == {3 * 24 + 1}
     p = eval_problem(rng, 8)
-    assert tok.decode(tok.encode(p["prompt"])[:1]) == p["table"][:2]  # "a?": one token holds key and value
-    assert len(tok.encode("=" + p["answer"])) == 1
+    query = tok.encode(p["prompt"])[-1]
+    assert query in tok.encode(p["table"])[::3]  # the query letter is the token of its key in the table
+    assert len(tok.encode(p["answer"])) == 1
     # the eval prompt is the start of a training document: table, SEP, the queried letter
     assert docs[0].startswith(docs[0].split(SEP)[0] + SEP) and prompts[0].count(SEP) == 1
 
@@ -81,13 +83,13 @@ def test_no_overlap_between_train_and_test():
 
 def test_grader():
     p = {"prompt": "aa ba|b", "answer": "a"}
-    assert grade(p, "=a") and grade(p, "=a x=y")
-    assert not grade(p, "=b") and not grade(p, "a") and not grade(p, "") and not grade(p, " =a")
+    assert grade(p, "a") and grade(p, "a xa")
+    assert not grade(p, "b") and not grade(p, " a") and not grade(p, "") and not grade(p, "=a")
 
 
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="cannot hold"):
-        eval_problem(random.Random(0), 21)  # 4 roots + 21 > 24 letters
+        eval_problem(random.Random(0), 18)  # 4 roots, 3 children of the other roots + 18 > 24 letters
 
 
 @pytest.mark.slow
@@ -103,14 +105,16 @@ def test_micro_run_and_depth_eval(tmp_path):
         return proc.stdout
 
     run("-m", "dev.make_pointer_chase", "--out", str(data), "--n-train", "2000", "--n-val", "40", "--n-test", "6",
-        "--train-shards", "1", "--max-depth", "2", "--n-symbols", "12", "--queries", "2")
+        "--train-shards", "1", "--max-depth", "2", "--n-symbols", "12", "--n-roots", "2", "--queries", "2")
     assert pq.read_table(data / "shard_00000.parquet").num_rows == 2000
     run("-m", "scripts.tok_train", "--data-dir", str(data), "--vocab-size", str(vocab_size(12)))
     common = ["-m", "scripts.base_train", "--size", "1", "--max-seq-len", "16", "--device-batch-size", "4",
               "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
               "--data-dir", str(data), "--warmup-steps", "1"]
     run(*common, "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1", "--recur-mean", "2", "--recur-max", "4",
-        "--model-tag", "loop")
+        "--n-head", "4", "--model-tag", "loop")
+    meta = json.loads(next((base / "base_checkpoints" / "loop").glob("step_*/meta.json")).read_text())
+    assert meta["model_config"]["n_head"] == meta["model_config"]["n_kv_head"] == 4  # --n-head; kv heads follow it
     run(*common, "--arch", "gpt", "--n-recur", "2", "--model-tag", "gpt")
     out = tmp_path / "eval"
     stdout = run("-m", "scripts.depth_eval", "--model-tags", "loop,gpt", "--data-dir", str(data), "--recur", "1,3",
@@ -123,8 +127,10 @@ def test_micro_run_and_depth_eval(tmp_path):
     assert all(0 <= v <= 1 for d in loop["acc"].values() for v in d.values())
     assert all(1 <= e["mean_depth"] <= 4 for e in loop["exit"].values())
     assert all(set(v) == {"1"} for v in gpt["acc"].values()) and gpt["exit"] == {}
+    assert set(result["baselines"]) == {"2", "4", "8"}
+    assert all(b["chance"] == 0.5 and 0 <= b["biggest_tree"] <= 1 for b in result["baselines"].values())
     table = (tmp_path / "eval.md").read_text().splitlines()
-    assert len(table) == 2 + 6 and table[0].count("r=") == 2
+    assert len(table) == 2 + 6 + 3 + 3 and table[0].count("r=") == 2 and table[-3].startswith("| 2 | 0.50 |")
     assert (tmp_path / "eval.png").stat().st_size > 1000
 
 
@@ -137,10 +143,10 @@ def test_depth_cpu_dry_run(tmp_path):
     out = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
-    assert "dev.make_pointer_chase" in cmds[0] and "--vocab-size 913" in cmds[1]
+    assert "dev.make_pointer_chase" in cmds[0] and "--test-depths 1,2,3,4,8,16" in cmds[0] and "--vocab-size 265" in cmds[1]
     trains = [c for c in cmds if "scripts.base_train" in c]
     assert [c.split("--model-tag ")[1] for c in trains] == ["loop_s1", "gpt8_s1", "loop_s2", "gpt8_s2"]
-    assert all("--target-flops 1e12" in c and "--max-seq-len 40" in c for c in trains)
+    assert all("--target-flops 1e12" in c and "--max-seq-len 95" in c and "--n-head 4" in c for c in trains)
     assert "--n-prelude 1 --n-recur 1 --n-coda 1" in trains[0] and "--arch gpt --n-recur 8" in trains[1]
     assert "--model-tags loop_s1,gpt8_s1,loop_s2,gpt8_s2" in cmds[-1] and "--recur 1,2,4,8,16,32" in cmds[-1]
     bad = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env={**env, "SEEDS": "x"}, capture_output=True, text=True)
