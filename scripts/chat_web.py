@@ -121,7 +121,8 @@ def create_app(workers, defaults, api_key=""):
     @app.get("/config")
     async def config():
         cfg = model.config
-        return {"defaults": defaults, "arch": cfg.arch, "n_embd": cfg.n_embd, "positions": model.rotary_len,
+        return {"defaults": defaults, "arch": cfg.arch, "n_embd": cfg.n_embd, "context": cfg.sequence_len,
+                "positions": model.rotary_len,  # the hard limit on prompt + reply; `context` is what it trained on
                 "limits": {"max_messages": chat_api.MAX_MESSAGES, "max_message_chars": chat_api.MAX_MESSAGE_CHARS,
                            "max_total_chars": chat_api.MAX_TOTAL_CHARS, "temperature": chat_api.TEMPERATURE_RANGE,
                            "top_k": chat_api.TOP_K_RANGE, "max_tokens": chat_api.MAX_TOKENS_RANGE,
@@ -138,11 +139,11 @@ def create_app(workers, defaults, api_key=""):
         except RequestError as e:
             return reject(e.status, str(e))
 
-        async def events():
-            async for event in pool.run(ids, req):
+        async def stream():
+            async for event in chat_api.events(pool, ids, req, tokenizer):
                 yield f"data: {json.dumps(event)}\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app

@@ -129,7 +129,8 @@ def test_stream_order_depths_and_page(app):
             assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
             evs = events(res.read().decode())
         *tokens, done = evs
-        assert tokens and all(set(e) == {"token", "depth"} and e["depth"] == 3 for e in tokens)  # fixed r = eval_r
+        assert tokens and all(set(e) == {"token", "depth", "type", "part"} and e["depth"] == 3
+                              for e in tokens)  # fixed r = eval_r
         assert done["done"] is True and done["r"] == 3 and done["mean_depth"] == 3.0 and 1 <= done["tokens"] <= 6
         # greedy is deterministic; adaptive exit reports depths within [1, r] and their mean
         again = events(client.post("/chat/completions", json=body).text)
@@ -286,7 +287,7 @@ def test_real_server_streams_and_survives_a_client_that_leaves(server):
     with httpx.stream("POST", server + "/chat/completions", json=body, timeout=60) as res:
         assert res.status_code == 200
         first = json.loads(next(line for line in res.iter_lines() if line)[len("data: "):])
-        assert set(first) == {"token", "depth"}  # then hang up, mid-reply
+        assert set(first) == {"token", "depth", "type", "part"}  # then hang up, mid-reply
     deadline = time.time() + 30
     while (stats := httpx.get(server + "/stats").json())["free"] != 1:
         assert time.time() < deadline, stats

@@ -1,0 +1,111 @@
+"""Replies shown as what they are: the decoder types a tool call and its output, the terminal
+prints them as [python] / [output] blocks, the page's stream carries the types, and a reply sent
+back as typed parts renders to exactly the tokens the model wrote."""
+
+import re
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from nanochat.chat_api import Worker
+from nanochat.engine import Engine
+from nanochat.reply import ReplyDecoder, TerminalReply, render_parts
+from scripts.chat_web import create_app
+from tests.test_engine import ScriptedModel
+from tests.test_gpt import tiny
+from tests.test_web import events
+
+QUESTION = [{"role": "user", "content": "6 times 7?"}]
+EXPECTED_PARTS = [{"type": "text", "text": "Let me compute."}, {"type": "python", "text": "print(6 * 7)"},
+                  {"type": "python_output", "text": "42"}, {"type": "text", "text": " So it is 42 码🤖"}]
+
+
+class ToolModel(ScriptedModel):
+    """ScriptedModel that starts its script again at each prefill, so it can serve several requests."""
+    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None):
+        if idx.size(1) > 1:
+            self.history = []
+            del self.prompt_len
+        return super().forward(idx, r, bptt_k, generator, kv_cache)
+
+
+def tool_model(tokenizer):
+    special = tokenizer.encode_special
+    with torch.device("meta"):
+        model = ToolModel(tiny(vocab_size=512))
+    model.to_empty(device="cpu")
+    model.init_weights()
+    model.prompt_len = 0
+    model.script = [*tokenizer.encode("Let me compute."), special("<|python_start|>"), *tokenizer.encode("print(6 * 7)"),
+                    special("<|python_end|>")]
+    model.output_end = special("<|output_end|>")
+    model.ending = [*tokenizer.encode(" So it is 42 码🤖"), special("<|assistant_end|>")]
+    return model
+
+
+def test_decoder_types_pieces_and_parts_round_trip(tokenizer):
+    assert len(tokenizer.encode("🤖")) > 1  # the emoji spans tokens: the decoder must hold its first bytes back
+    model = tool_model(tokenizer)
+    prompt = tokenizer.render_for_completion({"messages": QUESTION + [{"role": "assistant", "content": ""}]})
+    engine = Engine(model, tokenizer, r=2, tool=lambda code: "42")
+    reply = [s.tokens[0] for s in engine.generate(prompt, max_tokens=60, temperature=0) if not s.done[0]]
+    decoder = ReplyDecoder(tokenizer)
+    pieces = [piece for token in reply for piece in decoder.feed(token)] + decoder.finish()
+    assert decoder.parts == EXPECTED_PARTS
+    assert all("\ufffd" not in text and "<|" not in text for _, text in pieces)
+    by_kind = {}
+    for kind, text in pieces:
+        by_kind[kind] = by_kind.get(kind, "") + text
+    assert by_kind == {"text": "Let me compute. So it is 42 码🤖", "python": "print(6 * 7)", "python_output": "42"}
+    # the parts, sent back as the assistant's content, are the very tokens the model wrote
+    ids, _ = tokenizer.render_conversation({"messages": QUESTION + [
+        {"role": "assistant", "content": render_parts(decoder.parts)}]}, max_tokens=10**6)
+    assert ids == prompt + reply + [tokenizer.encode_special("<|assistant_end|>")]
+    assert render_parts([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "ab"
+    # a reply cut off inside a character gives it back, replaced, at the end
+    cut = ReplyDecoder(tokenizer)
+    assert cut.feed(tokenizer.encode("🤖")[0]) == [] and cut.finish()[0][1].endswith("\ufffd")
+
+
+def test_terminal_shows_tool_blocks(tokenizer):
+    pieces = [("text", "Let me compute."), ("python", "x = 6\nprint(x * 7)"), ("python_output", "42"),
+              ("text", " So"), ("text", " 42.")]
+    plain = TerminalReply(color=False)
+    out = "".join(plain.show(k, t) for k, t in pieces) + plain.end()
+    assert out == "Let me compute.\n[python] x = 6\n         print(x * 7)\n[output] 42\n So 42.\n"
+    colored = TerminalReply(color=True)
+    ansi = "".join(colored.show(k, t) for k, t in pieces) + colored.end()
+    assert "\033[36m[python]" in ansi and "\033[32m[output]" in ansi
+    assert re.sub(r"\033\[\d+m", "", ansi) == out
+    starts_with_code = TerminalReply(color=False)
+    assert starts_with_code.show("python", "1+1") == "\n[python] 1+1" and starts_with_code.end() == "\n"
+    assert TerminalReply(color=False).end() == "\n"  # an empty reply still ends its line
+
+
+@pytest.fixture
+def tool_app(tokenizer):
+    return create_app([Worker(tool_model(tokenizer), tokenizer, "cpu")],
+                      dict(temperature=0.0, top_k=50, max_tokens=60, recur=2))
+
+
+def test_page_stream_types_tool_calls_and_takes_them_back(tool_app):
+    with TestClient(tool_app) as client:
+        evs = events(client.post("/chat/completions", json={"messages": QUESTION}).text)
+        *pieces, done = evs
+        assert done["done"] and not any("<|" in e["token"] for e in pieces)
+        parts = {}
+        for e in pieces:
+            parts.setdefault(e["part"], {"type": e["type"], "text": ""})["text"] += e["token"]
+        assert [parts[i] for i in sorted(parts)] == EXPECTED_PARTS
+        history = QUESTION + [{"role": "assistant", "content": EXPECTED_PARTS}, {"role": "user", "content": "and 6*8?"}]
+        assert events(client.post("/chat/completions", json={"messages": history}).text)[-1]["done"]
+        for content, field in (([{"type": "shell", "text": "ls"}], "messages[1].content[0]"),
+                               ([{"type": "text"}], "messages[1].content[0]"), (7, "messages[1].content")):
+            bad = QUESTION + [{"role": "assistant", "content": content}, {"role": "user", "content": "hm"}]
+            res = client.post("/chat/completions", json={"messages": bad})
+            assert res.status_code == 400 and res.json()["error"].startswith(field + ":"), res.text
+        user_parts = client.post("/chat/completions", json={"messages": [{"role": "user", "content": EXPECTED_PARTS}]})
+        assert user_parts.status_code == 400 and "messages[0].content: expected a string" in user_parts.json()["error"]
+        config = client.get("/config").json()  # the page's header shows the trained context, not the rotary table
+        assert config["context"] == 32 and config["positions"] == 320
