@@ -286,7 +286,7 @@ async def events(pool, ids, req, tokenizer):
     decoder, depths, ok = ReplyDecoder(tokenizer), [], False
 
     def pieces(found, depth):
-        return [{"token": text, "depth": depth, "type": kind, "part": len(decoder.parts) - 1} for kind, text in found]
+        return [{"token": text, "depth": depth, "type": kind, "part": part} for kind, text, part in found]
 
     steps = pool.generate(ids, req)
     try:

@@ -4,8 +4,8 @@ OpenAI-compatible API show instead of the raw <|python_start|>... special tokens
 
     decoder = ReplyDecoder(tokenizer)
     for token in reply:
-        for kind, text in decoder.feed(token):   # kind: "text" | "python" | "python_output"
-            ...
+        for kind, text, part in decoder.feed(token):   # kind: "text" | "python" | "python_output"
+            ...                                         # part: its index in decoder.parts
     decoder.finish()                              # the rest of a cut-off character, if any
     decoder.parts  # [{"type": "text", "text": "6 times 7 is "}, {"type": "python", "text": "6*7"},
                    #  {"type": "python_output", "text": "42"}, ...]: render_conversation's schema
@@ -34,7 +34,7 @@ class ReplyDecoder:
             self.parts.append({"type": self.kind, "text": ""})
             self.new_part = False
         self.parts[-1]["text"] += text
-        return [(self.kind, text)]
+        return [(self.kind, text, len(self.parts) - 1)]
 
     def _flush(self, final):
         """Decode the held-back tokens; keep them while they end inside a character (unless final)."""
@@ -47,7 +47,7 @@ class ReplyDecoder:
         return self._emit(text)
 
     def feed(self, token):
-        """One reply token -> the (kind, text) pieces it completes (often one, sometimes none)."""
+        """One reply token -> the (kind, text, part) pieces it completes (often one, sometimes none)."""
         if token in self.opens or token in self.closes:
             out = self._flush(final=True)
             self.kind = self.opens.get(token, "text")

@@ -72,8 +72,8 @@ def reply(conversation):
             break
         tokens.append(step.tokens[0])
         depths.append(step.depths[0])
-        print("".join(terminal.show(kind, text) for kind, text in decoder.feed(step.tokens[0])), end="", flush=True)
-    print("".join(terminal.show(kind, text) for kind, text in decoder.finish()) + terminal.end(), end="")
+        print("".join(terminal.show(kind, text) for kind, text, _ in decoder.feed(step.tokens[0])), end="", flush=True)
+    print("".join(terminal.show(kind, text) for kind, text, _ in decoder.finish()) + terminal.end(), end="")
     if args.adaptive >= 0 and depths:
         print(f"[{len(depths)} tokens, mean depth {sum(depths) / len(depths):.2f} of {engine.r}]")
     return tokens

@@ -53,9 +53,10 @@ def test_decoder_types_pieces_and_parts_round_trip(tokenizer):
     decoder = ReplyDecoder(tokenizer)
     pieces = [piece for token in reply for piece in decoder.feed(token)] + decoder.finish()
     assert decoder.parts == EXPECTED_PARTS
-    assert all("\ufffd" not in text and "<|" not in text for _, text in pieces)
+    assert all("\ufffd" not in text and "<|" not in text for _, text, _ in pieces)
+    assert ["".join(t for _, t, p in pieces if p == i) for i in range(4)] == [p["text"] for p in EXPECTED_PARTS]
     by_kind = {}
-    for kind, text in pieces:
+    for kind, text, _ in pieces:
         by_kind[kind] = by_kind.get(kind, "") + text
     assert by_kind == {"text": "Let me compute. So it is 42 码🤖", "python": "print(6 * 7)", "python_output": "42"}
     # the parts, sent back as the assistant's content, are the very tokens the model wrote
@@ -66,6 +67,15 @@ def test_decoder_types_pieces_and_parts_round_trip(tokenizer):
     # a reply cut off inside a character gives it back, replaced, at the end
     cut = ReplyDecoder(tokenizer)
     assert cut.feed(tokenizer.encode("🤖")[0]) == [] and cut.finish()[0][1].endswith("\ufffd")
+    # text held back when a tool call starts still belongs to the text part before it
+    split = ReplyDecoder(tokenizer)
+    emoji = tokenizer.encode("🤖")
+    for token in emoji[:-1]:
+        assert split.feed(token) == []
+    assert split.feed(emoji[-1]) == [("text", "🤖", 0)]
+    split.feed(emoji[0])
+    assert split.feed(tokenizer.encode_special("<|python_start|>")) == [("text", "\ufffd", 0)]
+    assert split.feed(tokenizer.encode("1")[0]) == [("python", "1", 1)]
 
 
 def test_terminal_shows_tool_blocks(tokenizer):

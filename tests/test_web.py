@@ -3,6 +3,7 @@ serving), the reply stream, the worker pool under concurrent requests, a failing
 the page in real headless Chromium against a uvicorn server on a tiny saved checkpoint."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -250,16 +251,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tokenizer, tmp_path_factory):
-    """uvicorn in a subprocess (started once for the module's tests), serving the tiny checkpoint."""
-    base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("served"))
+@contextlib.contextmanager
+def chat_web_server(base_dir, *flags):
+    """`python -m scripts.chat_web` in a subprocess on a free port of 127.0.0.1, serving the
+    checkpoints under base_dir; yields its URL once /health says ready."""
     port = free_port()
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1"}
     log = open(os.path.join(base_dir, "server.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--device-type", "cpu", "--host", "127.0.0.1",
-                             "--port", str(port), "--max-tokens", "24", "--recur", "4"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port), *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -277,6 +277,14 @@ def server(tokenizer, tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tokenizer, tmp_path_factory):
+    """The server (started once for the module's tests), serving the tiny checkpoint."""
+    base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("served"))
+    with chat_web_server(base_dir, "--max-tokens", "24", "--recur", "4") as url:
+        yield url
 
 
 def test_real_server_streams_and_survives_a_client_that_leaves(server):
