@@ -3,19 +3,13 @@ scripts.chat_web` on 127.0.0.1 serving a tiny random checkpoint made here (and, 
 and a failing generation, the app in an in-process uvicorn). Streamed == whole at temperature 0,
 n, stop, seed, the recurrence extension fields, and each bad request as the client's typed error."""
 
-import contextlib
-import threading
-import time
-
 import openai
 import pytest
-import uvicorn
 
 from nanochat.chat_api import Worker
 from scripts.chat_web import create_app
-from tests.test_engine import chat_model
 from tests.test_reply import tool_model
-from tests.test_web import HELLO, chat_web_server, free_port, save_tiny_checkpoint
+from tests.test_web import HELLO, chat_web_server, in_process_server, save_tiny_checkpoint
 
 MODEL = "nanochat-sft-tiny-7"  # source, tag and step of save_tiny_checkpoint's checkpoint
 
@@ -128,28 +122,12 @@ def test_bad_requests_raise_the_clients_typed_errors(client):
     assert chat(client, max_tokens=2).choices[0].message.content is not None  # still serving
 
 
-@contextlib.contextmanager
-def in_process_server(app):
-    """uvicorn on a thread of this process: for apps over hand-made workers."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_api_key_failure_and_tool_calls(tokenizer, monkeypatch):
     worker = Worker(tool_model(tokenizer), tokenizer, "cpu")
     app = create_app([worker], dict(temperature=0.0, top_k=50, max_tokens=60, recur=2), api_key="s3cret",
                      model_name="tool")
-    with in_process_server(app) as url:
+    with in_process_server(app) as server:
+        url = server + "/v1"
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
         client = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0)

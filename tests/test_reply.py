@@ -2,6 +2,7 @@
 prints them as [python] / [output] blocks, the page's stream carries the types, and a reply sent
 back as typed parts renders to exactly the tokens the model wrote."""
 
+import os
 import re
 
 import pytest
@@ -14,7 +15,7 @@ from nanochat.reply import ReplyDecoder, TerminalReply, render_parts
 from scripts.chat_web import create_app
 from tests.test_engine import ScriptedModel
 from tests.test_gpt import tiny
-from tests.test_web import events
+from tests.test_web import CHROMIUM, events, in_process_server
 
 QUESTION = [{"role": "user", "content": "6 times 7?"}]
 EXPECTED_PARTS = [{"type": "text", "text": "Let me compute."}, {"type": "python", "text": "print(6 * 7)"},
@@ -119,3 +120,38 @@ def test_page_stream_types_tool_calls_and_takes_them_back(tool_app):
         assert user_parts.status_code == 400 and "messages[0].content: expected a string" in user_parts.json()["error"]
         config = client.get("/config").json()  # the page's header shows the trained context, not the rotary table
         assert config["context"] == 32 and config["positions"] == 320
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not found (apt-get install -y chromium)")
+def test_page_shows_tool_blocks_in_headless_chromium(tool_app, tmp_path):
+    """The page in a real browser: the code and its output in their own labelled blocks, no raw
+    special tokens; the follow-up question sends them back as parts; the header's trained context."""
+    from playwright.sync_api import sync_playwright
+    with in_process_server(tool_app) as url, sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            sent = []
+            page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/chat/completions") else None)
+            page.goto(url)
+            page.wait_for_function("document.getElementById('model').textContent.includes('context')")
+            assert page.inner_text("#model") == "looped, width 64, trained context 32 tokens"
+            for turn, question in enumerate(("6 times 7?", "and again?")):
+                page.fill("#input", question)
+                page.click("#send")
+                page.wait_for_selector(f".msg.assistant >> nth={turn} >> .meta:has-text('mean depth')", timeout=60_000)
+            reply = page.locator(".msg.assistant").last
+            assert reply.locator(".tool.python .label").inner_text().lower() == "python"
+            assert reply.locator(".tool.python code").inner_text() == "print(6 * 7)"
+            assert reply.locator(".tool.python_output code").inner_text() == "42"
+            text = reply.locator(".content").inner_text()
+            assert "<|" not in text and text.startswith("Let me compute.") and text.rstrip().endswith("So it is 42 码🤖")
+            assert page.locator(".msg").count() == 4 and page.locator(".msg .error").count() == 0
+            assert sent[1]["messages"][1] == {"role": "assistant", "content": EXPECTED_PARTS}  # the tool call went back
+            assert page.inner_text("#status") == "" and not errors, errors
+        finally:
+            browser.close()

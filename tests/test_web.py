@@ -11,10 +11,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from nanochat import chat_api
@@ -277,6 +279,23 @@ def chat_web_server(base_dir, *flags):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@contextlib.contextmanager
+def in_process_server(app):
+    """uvicorn on a thread of this process, for apps over hand-made workers; yields its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
