@@ -114,9 +114,15 @@ def parse_request(body, defaults, model_id):
         raise RequestError(404, "model", f"the model {body['model']!r} does not exist: this server has {model_id!r}")
     if body.get("top_p") not in (None, 1, 1.0):
         raise RequestError(400, "top_p", "only 1 is supported: sample with temperature and top_k (an extension field)")
-    messages = _messages(body.get("messages"))
+    given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as OpenAI reads it
+    req = _chat_request(_messages(body.get("messages")), given, defaults)
+    req.n, opts = _options(given)
+    return req, opts
+
+
+def _chat_request(messages, given, defaults):
+    """chat_api's checks and defaults (the page's endpoint runs the same), with a system message in front."""
     system = messages[:1] if messages[0]["role"] == "system" else []
-    given = {k: v for k, v in body.items() if v is not None}
     native = {"messages": messages[len(system):]}
     for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("recur", "recur"),
                          ("adaptive", "adaptive"), ("seed", "seed"), ("max_tokens", "max_completion_tokens"),
@@ -125,7 +131,7 @@ def parse_request(body, defaults, model_id):
             native[ours] = given[theirs]
     try:
         req = validate_request(native, defaults)
-    except RequestError as e:  # the same checks as the page's endpoint; the indices count the system message too
+    except RequestError as e:  # the client's indices count the system message too
         if system and e.field.startswith("messages["):
             i = int(e.field[len("messages["):].split("]")[0])
             raise RequestError(e.status, f"messages[{i + 1}]" + e.field.split("]", 1)[1],
@@ -136,10 +142,14 @@ def parse_request(body, defaults, model_id):
             raise RequestError(400 if not system[0]["content"].strip() else 413, "messages[0].content",
                                f"a system message must hold 1 to {MAX_MESSAGE_CHARS} characters")
         req.messages = system + req.messages
+    return req
+
+
+def _options(given):
+    """(n, Options) from the fields that shape the reply rather than the sampling."""
     n = given.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise RequestError(400, "n", f"expected an integer in [1, {MAX_N}], got {n!r}"[:120])
-    req.n = n
     stops = given.get("stop", [])
     stops = [stops] if isinstance(stops, str) else stops
     if (not isinstance(stops, list) or len(stops) > MAX_STOPS
@@ -155,8 +165,8 @@ def parse_request(body, defaults, model_id):
         raise RequestError(400, "stream_options", "expected {\"include_usage\": true | false}")
     if stream_options and not stream:
         raise RequestError(400, "stream_options", "only allowed with stream: true")
-    return req, Options(stream, stream_options.get("include_usage", False), stops,
-                        "max_tokens" in given or "max_completion_tokens" in given)
+    return n, Options(stream, stream_options.get("include_usage", False), stops,
+                      "max_tokens" in given or "max_completion_tokens" in given)
 
 
 class Choice:
@@ -166,7 +176,7 @@ class Choice:
     def __init__(self, tokenizer, stops):
         self.decoder, self.stops = ReplyDecoder(tokenizer), stops
         self.kind, self.part, self.content, self.sent = "text", -1, "", 0
-        self.depths, self.unsent_depths, self.finish_reason = [], [], None
+        self.unsent_depths, self.finish_reason = [], None
 
     def _add(self, kind, text, part):
         if kind != self.kind or (kind != "text" and part != self.part):
@@ -198,7 +208,6 @@ class Choice:
 
     def feed(self, token, depth):
         """-> (text, depths, finish_reason or None), or None while nothing can go out."""
-        self.depths.append(depth)
         self.unsent_depths.append(depth)
         for piece in self.decoder.feed(token):
             self._add(*piece)
@@ -284,50 +293,10 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
                 "recurrence": {"recur": req.recur, "adaptive": req.adaptive}}
         events = choice_events(pool, ids, req, opts.stops, tokenizer)
         if opts.stream:
-            return StreamingResponse(stream(head, events, req, len(ids), opts.include_usage),
+            return StreamingResponse(sse(pool, head, events, req.n, len(ids), opts.include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        texts, depths, reasons = [""] * req.n, [[] for _ in range(req.n)], [None] * req.n
-        try:
-            async for i, text, d, reason in events:
-                texts[i] += text
-                depths[i] += d
-                reasons[i] = reason or reasons[i]
-        except GenerationError as e:
-            pool.count(False)
-            return error_response(500, str(e))
-        pool.count(True)
-        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
-                    "logprobs": None, "depths": depths[i]} for i in range(req.n)]
-        return {**head, "object": "chat.completion", "choices": choices, "usage": usage(len(ids), depths)}
-
-    async def stream(head, events, req, prompt_tokens, include_usage):
-        def chunk(choices, **extra):
-            return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": choices, **extra}) + "\n\n"
-
-        def choice(i, delta, reason=None, depths=()):
-            return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None, "depths": list(depths)}
-
-        ok, depths = False, [[] for _ in range(req.n)]
-        try:
-            for i in range(req.n):
-                yield chunk([choice(i, {"role": "assistant", "content": ""})])
-            async for i, text, d, reason in events:
-                depths[i] += d
-                if text:
-                    yield chunk([choice(i, {"content": text}, depths=d)])
-                if reason:
-                    yield chunk([choice(i, {}, reason, () if text else d)])
-            if include_usage:
-                yield chunk([], usage=usage(prompt_tokens, depths))
-            yield "data: [DONE]\n\n"
-            ok = True
-        except GenerationError as e:
-            yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
-                                                   "code": None}}) + "\n\n"
-        finally:
-            await events.aclose()
-            pool.count(ok)
+        return await whole(pool, head, events, req.n, len(ids))
 
     @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown(path: str, request: Request):
@@ -335,6 +304,55 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
                            f"POST /v1/chat/completions)", code="unknown_url")
 
     return api
+
+
+async def whole(pool, head, events, n, prompt_tokens):
+    """The non-streamed response: the same events as the stream, joined per choice."""
+    texts, depths, reasons = [""] * n, [[] for _ in range(n)], [None] * n
+    try:
+        async for i, text, d, reason in events:
+            texts[i] += text
+            depths[i] += d
+            reasons[i] = reason or reasons[i]
+    except GenerationError as e:
+        pool.count(False)
+        return error_response(500, str(e))
+    pool.count(True)
+    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
+                "logprobs": None, "depths": depths[i]} for i in range(n)]
+    return {**head, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, depths)}
+
+
+async def sse(pool, head, events, n, prompt_tokens, include_usage):
+    """The streamed response as server-sent events, as OpenAI sends them: a role chunk per choice,
+    content chunks (each with the depths of its tokens), a finish chunk per choice, the usage
+    chunk if asked for, then [DONE]. A generation that fails midway ends with an error event."""
+    def chunk(choices, **extra):
+        return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": choices, **extra}) + "\n\n"
+
+    def choice(i, delta, reason=None, depths=()):
+        return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None, "depths": list(depths)}
+
+    ok, depths = False, [[] for _ in range(n)]
+    try:
+        for i in range(n):
+            yield chunk([choice(i, {"role": "assistant", "content": ""})])
+        async for i, text, d, reason in events:
+            depths[i] += d
+            if text:
+                yield chunk([choice(i, {"content": text}, depths=d)])
+            if reason:
+                yield chunk([choice(i, {}, reason, () if text else d)])
+        if include_usage:
+            yield chunk([], usage=usage(prompt_tokens, depths))
+        yield "data: [DONE]\n\n"
+        ok = True
+    except GenerationError as e:
+        yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
+                                               "code": None}}) + "\n\n"
+    finally:
+        await events.aclose()
+        pool.count(ok)
 
 
 def usage(prompt_tokens, depths):
