@@ -24,7 +24,8 @@ Differences from OpenAI, each one explicit:
   (user, metadata, store, ...); penalties and logprobs are accepted at their neutral values only.
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 bad request (a
 prompt too long for the model: code "context_length_exceeded"), 401 missing or wrong API key,
-404 unknown model or endpoint, 413 body or message over a size limit, 500 generation failed.
+404 unknown model or endpoint, 405 wrong method, 413 body or message over a size limit, 500
+generation failed.
 Generation goes through WorkerPool.generate (nanochat/chat_api.py) and nothing else.
 """
 
@@ -47,8 +48,7 @@ NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False}  # 
 KNOWN = ("model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
          "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive")
 FENCES = {"python": "```python\n", "python_output": "```output\n"}
-STATUS_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-                413: "invalid_request_error", 500: "server_error"}
+STATUS_TYPES = {500: "server_error"}  # every other status is the client's: "invalid_request_error"
 
 
 def error_response(status, message, param=None, code=None):
@@ -300,6 +300,9 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
 
     @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown(path: str, request: Request):
+        allowed = {"models": "GET", "chat/completions": "POST"}.get(path.strip("/"))
+        if allowed:
+            return reject(405, f"{request.method} /v1/{path}: use {allowed}", code="method_not_allowed")
         return reject(404, f"unknown endpoint {request.method} /v1/{path} (this server has GET /v1/models and "
                            f"POST /v1/chat/completions)", code="unknown_url")
 

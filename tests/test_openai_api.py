@@ -119,6 +119,9 @@ def test_bad_requests_raise_the_clients_typed_errors(client):
     assert e.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model=MODEL, input="hi")
+    with pytest.raises(openai.APIStatusError) as e:
+        client.get("/chat/completions", cast_to=object)
+    assert e.value.status_code == 405 and e.value.code == "method_not_allowed"
     assert chat(client, max_tokens=2).choices[0].message.content is not None  # still serving
 
 
