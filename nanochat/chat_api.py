@@ -5,10 +5,14 @@ holds the routes and the command line).
     POST /chat/completions  {"messages": [{"role": "user", "content": "hi"}, ...],
                              "temperature": 0.6, "top_k": 50, "max_tokens": 256,
                              "recur": 4, "adaptive": 1e-3, "seed": 1}     (all but messages optional)
-    -> text/event-stream:   data: {"token": "Hel", "depth": 4}
-                            data: {"token": "lo", "depth": 2}
-                            data: {"done": true, "mean_depth": 3.0, "tokens": 2, "r": 4}
+    -> text/event-stream:   data: {"token": "Hel", "depth": 4, "type": "text", "part": 0}
+                            data: {"token": "lo", "depth": 2, "type": "text", "part": 0}
+                            data: {"token": "6*7", "depth": 4, "type": "python", "part": 1}
+                            data: {"token": "42", "depth": 3, "type": "python_output", "part": 2}
+                            data: {"done": true, "mean_depth": 3.0, "tokens": 9, "r": 4}
        or, if generation fails midway: data: {"error": "..."}
+An assistant message's content is a string or the list of typed parts the stream gave
+({"type": "python", "text": "6*7"}, ...), so a tool call goes back to the model as it was written.
 
 Bad input raises RequestError(status, field, message): 400 for a wrong type or value (JSON
 nested too deeply included), 413 for input over a size limit (the body is capped while it is
@@ -23,6 +27,7 @@ import threading
 from dataclasses import dataclass
 
 from nanochat.engine import Engine
+from nanochat.reply import PART_TYPES, ReplyDecoder
 
 MAX_MESSAGES = 500                # messages per request
 MAX_MESSAGE_CHARS = 8000          # characters per message
@@ -51,6 +56,7 @@ class ChatRequest:
     recur: int
     adaptive: float | None  # None = fixed r
     seed: int
+    n: int = 1              # replies (rows) sampled from the one prompt
 
 
 async def read_body(request, limit=MAX_BODY_BYTES):
@@ -91,6 +97,20 @@ def _number(body, field, lo, hi, integer, default):
     return value
 
 
+def content_chars(content, role, field):
+    """The length of a message's content: a string, or (assistant only) a list of parts
+    {"type": "text" | "python" | "python_output", "text": str}, as nanochat/reply.py gives them."""
+    if isinstance(content, str):
+        return len(content)
+    if role != "assistant" or not isinstance(content, list):
+        raise RequestError(400, field, "expected a string" + (" or a list of parts" if role == "assistant" else ""))
+    for j, part in enumerate(content):
+        if not (isinstance(part, dict) and set(part) == {"type", "text"} and part["type"] in PART_TYPES
+                and isinstance(part["text"], str)):
+            raise RequestError(400, f"{field}[{j}]", f"expected {{type, text}} with type one of {', '.join(PART_TYPES)}")
+    return sum(len(part["text"]) for part in content)
+
+
 def validate_request(body, defaults):
     """body: the parsed JSON. defaults: dict of temperature, top_k, max_tokens, recur."""
     if not isinstance(body, dict):
@@ -111,14 +131,13 @@ def validate_request(body, defaults):
         if m["role"] != expected:
             raise RequestError(400, f"messages[{i}].role", f"{_short(m['role'])}: roles alternate user/assistant, "
                                                             f"starting with user, so expected {expected!r}")
-        if not isinstance(m["content"], str):
-            raise RequestError(400, f"messages[{i}].content", "expected a string")
+        chars = content_chars(m["content"], expected, f"messages[{i}].content")
         if expected == "user" and not m["content"].strip():
             raise RequestError(400, f"messages[{i}].content", "a user message must not be empty")
-        if len(m["content"]) > MAX_MESSAGE_CHARS:
+        if chars > MAX_MESSAGE_CHARS:
             raise RequestError(413, f"messages[{i}].content",
-                               f"{len(m['content'])} characters, at most {MAX_MESSAGE_CHARS} per message")
-        total += len(m["content"])
+                               f"{chars} characters, at most {MAX_MESSAGE_CHARS} per message")
+        total += chars
     if messages[-1]["role"] != "user":
         raise RequestError(400, "messages", "the conversation must end with a user message")
     if total > MAX_TOTAL_CHARS:
@@ -137,14 +156,21 @@ def validate_request(body, defaults):
 
 def render_prompt(tokenizer, req, model):
     """The prompt ids (ending in <|assistant_start|>), after the checks that need the model: 413 if
-    prompt + max_tokens exceeds its positions, 400 for adaptive exit on a model without a loop."""
-    if req.adaptive is not None and model.config.arch == "gpt":
-        raise RequestError(400, "adaptive", "this model (arch 'gpt') has no loop to exit early from")
+    prompt + max_tokens exceeds its positions, 400 for adaptive exit on a model without a loop
+    (whose requests run at recur 1, as the Engine does)."""
+    if model.config.arch == "gpt":
+        if req.adaptive is not None:
+            raise RequestError(400, "adaptive", "this model (arch 'gpt') has no loop to exit early from")
+        req.recur = 1
     ids = tokenizer.render_for_completion({"messages": req.messages + [{"role": "assistant", "content": ""}]})
     if len(ids) + req.max_tokens > model.rotary_len:
         raise RequestError(413, "messages", f"the conversation is {len(ids)} tokens; with max_tokens="
                                             f"{req.max_tokens} that exceeds the model's {model.rotary_len} positions")
     return ids
+
+
+class GenerationError(RuntimeError):
+    """A generation failed on its worker (device error, bug); the message says how."""
 
 
 @dataclass
@@ -161,30 +187,27 @@ class Worker:
         return Engine(self.model, self.tokenizer, r=req.recur, exit_criterion=None if req.adaptive is None else "kl",
                       exit_threshold=req.adaptive or 0.0)
 
-    def stream(self, engine, ids, req, stop):
-        """Yield event dicts for one reply (sync: runs on a thread). Text is held back while it
-        ends inside a multi-byte character; a chunk's depth is that of its last token."""
-        tokens, depths, shown = [], [], ""
-        for step in engine.generate(ids, max_tokens=req.max_tokens, temperature=req.temperature,
+    def steps(self, ids, req, stop):
+        """The engine's Steps for one request (req.n rows), until every row is done, max_tokens,
+        or `stop` is set (sync: runs on a thread)."""
+        engine = self.engine(req)
+        for step in engine.generate(ids, num_samples=req.n, max_tokens=req.max_tokens, temperature=req.temperature,
                                     top_k=req.top_k, seed=req.seed):
-            if step.done[0] or stop.is_set():
-                break
-            tokens.append(step.tokens[0])
-            depths.append(step.depths[0])
-            text = self.tokenizer.decode(tokens)
-            if not text.endswith("\ufffd"):
-                yield {"token": text[len(shown):], "depth": depths[-1]}
-                shown = text
-        rest = self.tokenizer.decode(tokens)[len(shown):]
-        if rest:
-            yield {"token": rest, "depth": depths[-1]}
-        yield {"done": True, "mean_depth": sum(depths) / len(depths) if depths else 0.0, "tokens": len(tokens),
-               "r": engine.r}
+            if stop.is_set():
+                return
+            yield step
+            if all(step.done):
+                return
 
 
 class WorkerPool:
     """Free workers wait in an asyncio queue: a request takes one (waiting if all are busy) and
-    gives it back when its generation thread has really finished, error or not."""
+    gives it back when its generation thread has really finished, error or not.
+
+    `generate(ids, req)` is the one way the HTTP layer (this file's `events` for the page, and
+    nanochat/openai_api.py) reaches the model: an async iterator of engine Steps, one token per
+    row (req.n rows) per step. A backend that batches requests together replaces it and keeps
+    that contract."""
 
     def __init__(self, workers):
         self.workers = list(workers)
@@ -201,19 +224,26 @@ class WorkerPool:
         return {"ready": any(w.healthy for w in self.workers), "workers": workers}
 
     def stats(self):
-        """served: replies streamed to the end; failed: generation errors and replies abandoned by their
+        """served: replies sent to the end; failed: generation errors and replies abandoned by their
         client; rejected: 4xx (counted by the server)."""
         free = self.free.qsize()
         return {"workers": len(self.workers), "busy": len(self.workers) - free, "free": free,
                 "requests_served": self.served, "requests_failed": self.failed, "requests_rejected": self.rejected,
                 "devices": [w.device for w in self.workers]}
 
-    async def run(self, ids, req):
-        """Async iterator of a reply's events. Takes a free worker (waiting while all are busy) and
-        runs the generation on its own thread, so the event loop keeps serving /health and other
-        requests. The thread gives the worker back when it ends, error or not; a client that goes
-        away sets `stop`, and the worker returns only once the thread has stopped using the model."""
-        loop, events, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+    def count(self, ok):
+        """A reply's outcome, counted by whoever sends it (only it knows if the client got it all)."""
+        self.served += ok
+        self.failed += not ok
+
+    async def generate(self, ids, req):
+        """Async iterator of engine Steps for one request. Takes a free worker (waiting while all are
+        busy) and runs the generation on its own thread, so the event loop keeps serving /health and
+        other requests. Raises GenerationError if the generation fails. The thread gives the worker
+        back when it ends, error or not; a consumer that stops early (closing the iterator: a client
+        gone, a stop string met) sets `stop`, and the worker returns only once the thread has
+        stopped using the model."""
+        loop, queue, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
         worker = await self.free.get()  # cancelled while waiting: nothing taken
         self.busy.add(id(worker))
 
@@ -223,30 +253,56 @@ class WorkerPool:
             except RuntimeError:  # the loop has closed (server shutting down)
                 pass
 
-        def finish(ok, error):
-            self.served += ok
-            self.failed += not ok
-            if error is not None or ok:
+        def finish(error):
+            if error is not None or not stop.is_set():
                 worker.healthy, worker.last_error = error is None, error or ""
             self.busy.discard(id(worker))
             self.free.put_nowait(worker)
-            events.put_nowait(None)
+            queue.put_nowait(GenerationError(error) if error else None)
 
-        def generate():
-            ok, error = False, None
+        def run():
+            error = None
             try:
-                for event in worker.stream(worker.engine(req), ids, req, stop):
-                    call(events.put_nowait, event)
-                ok = not stop.is_set()
+                for step in worker.steps(ids, req, stop):
+                    call(queue.put_nowait, step)
             except Exception as e:  # a failed request must not take the worker or the server down
                 error = f"generation failed: {type(e).__name__}: {e}"
-                call(events.put_nowait, {"error": error})
             finally:
-                call(finish, ok, error)
+                call(finish, error)
 
-        threading.Thread(target=generate, daemon=True, name=f"generate-{worker.device}").start()
+        threading.Thread(target=run, daemon=True, name=f"generate-{worker.device}").start()
         try:
-            while (event := await events.get()) is not None:
-                yield event
+            while (item := await queue.get()) is not None:
+                if isinstance(item, GenerationError):
+                    raise item
+                yield item
         finally:
             stop.set()
+
+
+async def events(pool, ids, req, tokenizer):
+    """The page's event stream (module docstring) for one reply: row 0 of pool.generate, each
+    piece typed (text, python, python_output) and numbered by part."""
+    decoder, depths, ok = ReplyDecoder(tokenizer), [], False
+
+    def pieces(found, depth):
+        return [{"token": text, "depth": depth, "type": kind, "part": part} for kind, text, part in found]
+
+    steps = pool.generate(ids, req)
+    try:
+        async for step in steps:
+            if step.done[0]:
+                break
+            depths.append(step.depths[0])
+            for event in pieces(decoder.feed(step.tokens[0]), depths[-1]):
+                yield event
+        for event in pieces(decoder.finish(), depths[-1] if depths else 0):
+            yield event
+        yield {"done": True, "mean_depth": sum(depths) / len(depths) if depths else 0.0, "tokens": len(depths),
+               "r": req.recur}
+        ok = True
+    except GenerationError as e:
+        yield {"error": str(e)}
+    finally:
+        await steps.aclose()
+        pool.count(ok)

@@ -6,10 +6,12 @@ Talk to a model in the terminal.
     python -m scripts.chat_cli --source base --model-tag s20 --recur 8 --adaptive 1e-3
 
 Interactive commands: 'quit' or 'exit' leaves, 'clear' starts a new conversation. The reply
-streams token by token; python tool calls run in the sandbox and their output is shown.
+streams token by token; python tool calls run in the sandbox and show as a [python] block
+followed by its [output] block (in colour on a terminal, unless NO_COLOR is set).
 """
 
 import argparse
+import os
 import sys
 
 import torch
@@ -19,6 +21,7 @@ from nanochat.common import compute_init
 from nanochat.engine import Engine
 from nanochat.execution import describe_sandbox
 from nanochat.gpt import DEFAULT_RECUR
+from nanochat.reply import ReplyDecoder, TerminalReply
 
 parser = argparse.ArgumentParser(description="Chat with a model")
 parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
@@ -60,19 +63,17 @@ assistant_start, assistant_end = tokenizer.encode_special("<|assistant_start|>")
 
 
 def reply(conversation):
-    """Stream the assistant's reply to stdout; returns its tokens."""
-    tokens, depths, shown = [], [], ""
+    """Stream the assistant's reply to stdout, tool calls as [python] / [output] blocks; returns its tokens."""
+    tokens, depths = [], []
+    decoder, terminal = ReplyDecoder(tokenizer), TerminalReply(color=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     for step in engine.generate(conversation, max_tokens=args.max_tokens, temperature=args.temperature,
                                 top_k=args.top_k if args.top_k > 0 else None, seed=args.seed):
         if step.done[0]:
             break
         tokens.append(step.tokens[0])
         depths.append(step.depths[0])
-        text = tokenizer.decode(tokens)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-    print(tokenizer.decode(tokens)[len(shown):])
+        print("".join(terminal.show(kind, text) for kind, text, _ in decoder.feed(step.tokens[0])), end="", flush=True)
+    print("".join(terminal.show(kind, text) for kind, text, _ in decoder.finish()) + terminal.end(), end="")
     if args.adaptive >= 0 and depths:
         print(f"[{len(depths)} tokens, mean depth {sum(depths) / len(depths):.2f} of {engine.r}]")
     return tokens

@@ -13,6 +13,8 @@ Endpoints (request schema and limits: nanochat/chat_api.py):
     GET  /health             {"ready": bool, "workers": [{device, busy, healthy, last_error}], "sandbox": mode};
                              503 while no worker is healthy (its last generation failed)
     GET  /stats              workers busy/free, requests served/failed/rejected   (API key, if set)
+    GET  /v1/models, POST /v1/chat/completions   the OpenAI-compatible API (nanochat/openai_api.py;
+                             API key, if set): the official `openai` client works with base_url=<server>/v1
 It binds 127.0.0.1 by default (this machine only). With an API key (--api-key or the
 NANOCHAT_API_KEY environment variable, which keeps it out of `ps`), those endpoints need the
 header `Authorization: Bearer <key>`; the page asks for the key once and keeps it in the browser.
@@ -28,9 +30,9 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from nanochat import chat_api
+from nanochat import chat_api, openai_api
 from nanochat.chat_api import RequestError, Worker, WorkerPool, parse_body, read_body, render_prompt, validate_request
-from nanochat.checkpoint_manager import load_model
+from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
 from nanochat.common import autodetect_device_type, compute_init
 from nanochat.execution import describe_sandbox, sandbox_mode
 from nanochat.gpt import DEFAULT_RECUR
@@ -83,12 +85,19 @@ def defaults_from(args, meta):
     return defaults
 
 
-def create_app(workers, defaults, api_key=""):
+def model_id(args, meta):
+    """The name /v1/models gives the served checkpoint: nanochat-<source>-<tag>-<step>."""
+    tag = os.path.basename(find_checkpoint_dir(args.source, args.model_tag or None))
+    return f"nanochat-{args.source}-{tag}-{meta['step']}"
+
+
+def create_app(workers, defaults, api_key="", model_name="nanochat"):
     """The FastAPI app over a list of Workers (all holding the same model) and request defaults;
-    with an api_key, the chat and stats endpoints need `Authorization: Bearer <api_key>`."""
+    with an api_key, the chat, stats and /v1 endpoints need `Authorization: Bearer <api_key>`.
+    model_name: the model's id in the OpenAI-compatible API."""
     app = FastAPI(title="looped nanochat")
     pool = WorkerPool(workers)
-    app.state.pool = pool
+    app.state.pool, app.state.model_name = pool, model_name
     model, tokenizer = workers[0].model, workers[0].tokenizer
     with open(UI_HTML, encoding="utf-8") as f:
         page = f.read()
@@ -101,11 +110,12 @@ def create_app(workers, defaults, api_key=""):
     async def index():
         return HTMLResponse(page)
 
-    def unauthorized(request):
-        if not api_key:
-            return None
+    def authorized(request):
         given = request.headers.get("authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        return not api_key or hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+
+    def unauthorized(request):
+        if authorized(request):
             return None
         return reject(401, "authorization: this server needs its API key (header 'Authorization: Bearer <key>')")
 
@@ -121,7 +131,8 @@ def create_app(workers, defaults, api_key=""):
     @app.get("/config")
     async def config():
         cfg = model.config
-        return {"defaults": defaults, "arch": cfg.arch, "n_embd": cfg.n_embd, "positions": model.rotary_len,
+        return {"defaults": defaults, "arch": cfg.arch, "n_embd": cfg.n_embd, "context": cfg.sequence_len,
+                "positions": model.rotary_len,  # the hard limit on prompt + reply; `context` is what it trained on
                 "limits": {"max_messages": chat_api.MAX_MESSAGES, "max_message_chars": chat_api.MAX_MESSAGE_CHARS,
                            "max_total_chars": chat_api.MAX_TOTAL_CHARS, "temperature": chat_api.TEMPERATURE_RANGE,
                            "top_k": chat_api.TOP_K_RANGE, "max_tokens": chat_api.MAX_TOKENS_RANGE,
@@ -138,13 +149,14 @@ def create_app(workers, defaults, api_key=""):
         except RequestError as e:
             return reject(e.status, str(e))
 
-        async def events():
-            async for event in pool.run(ids, req):
+        async def stream():
+            async for event in chat_api.events(pool, ids, req, tokenizer):
                 yield f"data: {json.dumps(event)}\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    app.include_router(openai_api.router(pool, tokenizer, model, model_name, defaults, authorized))
     return app
 
 
@@ -155,9 +167,10 @@ if __name__ == "__main__":
     print(describe_sandbox(), flush=True)
     try:
         workers, meta = load_workers(args)
-        app = create_app(workers, defaults_from(args, meta), args.api_key)
+        app = create_app(workers, defaults_from(args, meta), args.api_key, model_id(args, meta))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     print(f"serving on http://{args.host}:{args.port} with {len(workers)} worker(s)"
-          + (", API key required" if args.api_key else ", no API key"), flush=True)
+          + (", API key required" if args.api_key else ", no API key")
+          + f"; OpenAI-compatible API at http://{args.host}:{args.port}/v1, model {app.state.model_name!r}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port)

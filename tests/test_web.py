@@ -3,6 +3,7 @@ serving), the reply stream, the worker pool under concurrent requests, a failing
 the page in real headless Chromium against a uvicorn server on a tiny saved checkpoint."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,10 +11,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from nanochat import chat_api
@@ -129,7 +132,8 @@ def test_stream_order_depths_and_page(app):
             assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
             evs = events(res.read().decode())
         *tokens, done = evs
-        assert tokens and all(set(e) == {"token", "depth"} and e["depth"] == 3 for e in tokens)  # fixed r = eval_r
+        assert tokens and all(set(e) == {"token", "depth", "type", "part"} and e["depth"] == 3
+                              for e in tokens)  # fixed r = eval_r
         assert done["done"] is True and done["r"] == 3 and done["mean_depth"] == 3.0 and 1 <= done["tokens"] <= 6
         # greedy is deterministic; adaptive exit reports depths within [1, r] and their mean
         again = events(client.post("/chat/completions", json=body).text)
@@ -249,16 +253,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tokenizer, tmp_path_factory):
-    """uvicorn in a subprocess (started once for the module's tests), serving the tiny checkpoint."""
-    base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("served"))
+@contextlib.contextmanager
+def chat_web_server(base_dir, *flags):
+    """`python -m scripts.chat_web` in a subprocess on a free port of 127.0.0.1, serving the
+    checkpoints under base_dir; yields its URL once /health says ready."""
     port = free_port()
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1"}
     log = open(os.path.join(base_dir, "server.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--device-type", "cpu", "--host", "127.0.0.1",
-                             "--port", str(port), "--max-tokens", "24", "--recur", "4"],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port), *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -278,6 +281,31 @@ def server(tokenizer, tmp_path_factory):
         log.close()
 
 
+@contextlib.contextmanager
+def in_process_server(app):
+    """uvicorn on a thread of this process, for apps over hand-made workers; yields its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tokenizer, tmp_path_factory):
+    """The server (started once for the module's tests), serving the tiny checkpoint."""
+    base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("served"))
+    with chat_web_server(base_dir, "--max-tokens", "24", "--recur", "4") as url:
+        yield url
+
+
 def test_real_server_streams_and_survives_a_client_that_leaves(server):
     """Over a real socket: events arrive one by one; a client that hangs up mid-reply stops the
     generation and its worker returns to the pool."""
@@ -286,7 +314,7 @@ def test_real_server_streams_and_survives_a_client_that_leaves(server):
     with httpx.stream("POST", server + "/chat/completions", json=body, timeout=60) as res:
         assert res.status_code == 200
         first = json.loads(next(line for line in res.iter_lines() if line)[len("data: "):])
-        assert set(first) == {"token", "depth"}  # then hang up, mid-reply
+        assert set(first) == {"token", "depth", "type", "part"}  # then hang up, mid-reply
     deadline = time.time() + 30
     while (stats := httpx.get(server + "/stats").json())["free"] != 1:
         assert time.time() < deadline, stats

@@ -1,0 +1,363 @@
+"""
+The OpenAI-compatible chat API, served by scripts/chat_web.py under /v1 next to the page's own
+endpoint, so OpenAI clients (the official `openai` package, curl, chat front-ends) can talk to a
+looped model:
+
+    GET  /v1/models                  the one model this server holds: {"object": "list", "data": [{"id": ...}]}
+    GET  /v1/models/{id}
+    POST /v1/chat/completions        {"model": id, "messages": [...], "stream": false, "temperature": 1.0,
+                                      "top_p": 1, "max_tokens" (or "max_completion_tokens"), "n": 1,
+                                      "stop": str | [str], "seed": int, "stream_options": {"include_usage": bool},
+                                      extensions: "top_k", "recur" (loop iterations per token),
+                                      "adaptive" (exit threshold, KL in nats; recur is then the cap)}
+
+Differences from OpenAI, each one explicit:
+- Sampling is temperature + top_k; top_p is accepted only at 1 (send top_k instead).
+- Messages: an optional leading system (or developer) message, then user/assistant alternating,
+  ending with user. Content is a string or a list of {"type": "text", "text"} parts; an assistant
+  message may also hold the reply's {"type": "python" | "python_output"} parts (nanochat/reply.py).
+- The model's python tool runs on the server: a reply's tool call and its output appear in its
+  content as ```python and ```output blocks.
+- Extensions in the reply: each choice has "depths" (the loop iterations run for each completion
+  token, streamed with the chunk that carries its text); "recurrence" says the r and threshold used.
+- Unknown fields are refused (400) rather than ignored, except a few that cannot change the reply
+  (user, metadata, store, ...); penalties and logprobs are accepted at their neutral values only.
+Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 bad request (a
+prompt too long for the model: code "context_length_exceeded"), 401 missing or wrong API key,
+404 unknown model or endpoint, 405 wrong method, 413 body or message over a size limit, 500
+generation failed.
+Generation goes through WorkerPool.generate (nanochat/chat_api.py) and nothing else.
+"""
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from nanochat.chat_api import (MAX_MESSAGE_CHARS, GenerationError, RequestError, parse_body, read_body, render_prompt,
+                               validate_request)
+from nanochat.reply import PART_TYPES, ReplyDecoder
+
+MAX_N = 8                 # replies per request
+MAX_STOPS, MAX_STOP_CHARS = 4, 100
+IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")  # no effect on the reply
+NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False}  # accepted at this value (or null) only
+KNOWN = ("model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
+         "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive")
+FENCES = {"python": "```python\n", "python_output": "```output\n"}
+STATUS_TYPES = {500: "server_error"}  # every other status is the client's: "invalid_request_error"
+
+
+def error_response(status, message, param=None, code=None):
+    return JSONResponse({"error": {"message": message, "type": STATUS_TYPES.get(status, "invalid_request_error"),
+                                   "param": param, "code": code}}, status_code=status)
+
+
+@dataclass
+class Options:
+    """What the OpenAI layer does with a reply (the rest is a chat_api.ChatRequest)."""
+    stream: bool
+    include_usage: bool
+    stops: list
+    max_tokens_given: bool
+
+
+def _text_of(content, field):
+    """A user/system content: a string, or a list of text parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                         for p in content):
+        return "".join(p["text"] for p in content)
+    raise RequestError(400, field, "expected a string or a list of {\"type\": \"text\", \"text\": ...} parts "
+                                   "(images and other parts are not supported)")
+
+
+def _messages(messages):
+    """OpenAI messages -> chat_api's {role, content}: a leading system/developer message kept as
+    "system" (the tokenizer folds it into the first user message), text parts joined."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "messages", "expected a non-empty list of {role, content}")
+    out = []
+    for i, m in enumerate(messages):
+        field = f"messages[{i}]"
+        if not isinstance(m, dict) or "role" not in m or "content" not in m or set(m) - {"role", "content", "name"}:
+            raise RequestError(400, field, "expected an object with 'role' and 'content' (and optionally 'name')")
+        role = "system" if m["role"] == "developer" else m["role"]
+        if role == "system" and i > 0:
+            raise RequestError(400, f"{field}.role", "a system message may only come first")
+        if role == "assistant" and isinstance(m["content"], list) and any(
+                isinstance(p, dict) and p.get("type") in PART_TYPES[1:] for p in m["content"]):
+            content = m["content"]  # a reply with its tool calls, as the stream gave it
+        else:
+            content = _text_of(m["content"], f"{field}.content") if role in ("user", "system", "assistant") else None
+        out.append({"role": role, "content": content})
+    return out
+
+
+def parse_request(body, defaults, model_id):
+    """Parsed JSON -> (chat_api.ChatRequest, Options); RequestError (400, or 404 for another model)."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "body", "expected a JSON object")
+    for field in body:
+        if field not in KNOWN + IGNORED + tuple(NEUTRAL):
+            raise RequestError(400, field, "unrecognized request argument")
+    for field, neutral in NEUTRAL.items():
+        if body.get(field) not in (None, neutral):
+            raise RequestError(400, field, f"not supported: only {json.dumps(neutral)} (or null)")
+    if "model" not in body:
+        raise RequestError(400, "model", "required: the id that GET /v1/models lists")
+    if body["model"] != model_id:
+        raise RequestError(404, "model", f"the model {body['model']!r} does not exist: this server has {model_id!r}")
+    if body.get("top_p") not in (None, 1, 1.0):
+        raise RequestError(400, "top_p", "only 1 is supported: sample with temperature and top_k (an extension field)")
+    given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as OpenAI reads it
+    req = _chat_request(_messages(body.get("messages")), given, defaults)
+    req.n, opts = _options(given)
+    return req, opts
+
+
+def _chat_request(messages, given, defaults):
+    """chat_api's checks and defaults (the page's endpoint runs the same), with a system message in front."""
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    native = {"messages": messages[len(system):]}
+    for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("recur", "recur"),
+                         ("adaptive", "adaptive"), ("seed", "seed"), ("max_tokens", "max_completion_tokens"),
+                         ("max_tokens", "max_tokens")):
+        if theirs in given:
+            native[ours] = given[theirs]
+    try:
+        req = validate_request(native, defaults)
+    except RequestError as e:  # the client's indices count the system message too
+        if system and e.field.startswith("messages["):
+            i = int(e.field[len("messages["):].split("]")[0])
+            raise RequestError(e.status, f"messages[{i + 1}]" + e.field.split("]", 1)[1],
+                               str(e).split(": ", 1)[1]) from None
+        raise
+    if system:
+        if not system[0]["content"].strip() or len(system[0]["content"]) > MAX_MESSAGE_CHARS:
+            raise RequestError(400 if not system[0]["content"].strip() else 413, "messages[0].content",
+                               f"a system message must hold 1 to {MAX_MESSAGE_CHARS} characters")
+        req.messages = system + req.messages
+    return req
+
+
+def _options(given):
+    """(n, Options) from the fields that shape the reply rather than the sampling."""
+    n = given.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise RequestError(400, "n", f"expected an integer in [1, {MAX_N}], got {n!r}"[:120])
+    stops = given.get("stop", [])
+    stops = [stops] if isinstance(stops, str) else stops
+    if (not isinstance(stops, list) or len(stops) > MAX_STOPS
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops)):
+        raise RequestError(400, "stop", f"expected a string or a list of at most {MAX_STOPS} non-empty strings "
+                                        f"of at most {MAX_STOP_CHARS} characters")
+    stream = given.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, "stream", "expected true or false")
+    stream_options = given.get("stream_options", {})
+    if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"} or not isinstance(
+            stream_options.get("include_usage", False), bool):
+        raise RequestError(400, "stream_options", "expected {\"include_usage\": true | false}")
+    if stream_options and not stream:
+        raise RequestError(400, "stream_options", "only allowed with stream: true")
+    return n, Options(stream, stream_options.get("include_usage", False), stops,
+                      "max_tokens" in given or "max_completion_tokens" in given)
+
+
+class Choice:
+    """One reply (row) as it streams: tokens -> content text with tool blocks fenced, held back
+    while its end could be the start of a stop string, cut at the first stop string."""
+
+    def __init__(self, tokenizer, stops):
+        self.decoder, self.stops = ReplyDecoder(tokenizer), stops
+        self.kind, self.part, self.content, self.sent = "text", -1, "", 0
+        self.unsent_depths, self.finish_reason = [], None
+
+    def _add(self, kind, text, part):
+        if kind != self.kind or (kind != "text" and part != self.part):
+            if self.kind != "text":  # close the block
+                self.content += ("" if self.content.endswith("\n") else "\n") + "```\n"
+            if kind != "text":
+                self.content += ("" if not self.content or self.content.endswith("\n") else "\n") + FENCES[kind]
+            self.kind = kind
+        self.part = part
+        self.content += text
+
+    def _release(self, final):
+        """(text, depths) that may go out now; at a stop string, the reply ends there."""
+        start = max(0, self.sent - max((len(s) for s in self.stops), default=0))
+        hits = [p for p in (self.content.find(s, start) for s in self.stops) if p >= 0]
+        end = len(self.content)
+        if hits:
+            self.content = self.content[:min(hits)]
+            end, self.finish_reason = len(self.content), "stop"
+        elif not final:  # keep back an ending that may grow into a stop string
+            for s in self.stops:
+                for k in range(min(len(s) - 1, len(self.content)), 0, -1):
+                    if self.content.endswith(s[:k]):
+                        end = min(end, len(self.content) - k)
+                        break
+        text, self.sent = self.content[self.sent:end], max(self.sent, end)
+        depths, self.unsent_depths = (self.unsent_depths, []) if text or final or hits else ([], self.unsent_depths)
+        return text, depths
+
+    def feed(self, token, depth):
+        """-> (text, depths, finish_reason or None), or None while nothing can go out."""
+        self.unsent_depths.append(depth)
+        for piece in self.decoder.feed(token):
+            self._add(*piece)
+        text, depths = self._release(final=False)
+        return (text, depths, self.finish_reason) if text or self.finish_reason else None
+
+    def end(self, reason):
+        """The row stopped (reason "stop" or "length"): the rest, an open tool block closed."""
+        for piece in self.decoder.finish():
+            self._add(*piece)
+        self._add("text", "", self.part)
+        text, depths = self._release(final=True)
+        self.finish_reason = self.finish_reason or reason
+        return text, depths, self.finish_reason
+
+
+async def choice_events(pool, ids, req, stops, tokenizer):
+    """(index, text, depths, finish_reason or None) as the replies grow: the one stream both the
+    streamed and the whole response are made of, so the two carry the same text."""
+    choices = [Choice(tokenizer, stops) for _ in range(req.n)]
+    steps = pool.generate(ids, req)
+    try:
+        async for step in steps:
+            for i, choice in enumerate(choices):
+                if choice.finish_reason is None:
+                    out = choice.end("stop") if step.done[i] else choice.feed(step.tokens[i], step.depths[i])
+                    if out is not None:
+                        yield (i, *out)
+            if all(c.finish_reason for c in choices):
+                break
+        for i, choice in enumerate(choices):
+            if choice.finish_reason is None:
+                yield (i, *choice.end("length"))
+    finally:
+        await steps.aclose()
+
+
+def router(pool, tokenizer, model, model_id, defaults, authorized):
+    """The /v1 routes over a WorkerPool. authorized(request) -> bool (the server's API key check)."""
+    api = APIRouter(prefix="/v1")
+    created = int(time.time())
+    model_card = {"id": model_id, "object": "model", "created": created, "owned_by": "nanochat"}
+
+    def reject(status, message, param=None, code=None):
+        pool.rejected += 1
+        return error_response(status, message, param, code)
+
+    def denied(request):
+        if authorized(request):
+            return None
+        return reject(401, "this server needs its API key (header 'Authorization: Bearer <key>')", code="invalid_api_key")
+
+    @api.get("/models")
+    async def models(request: Request):
+        return denied(request) or {"object": "list", "data": [model_card]}
+
+    @api.get("/models/{name:path}")
+    async def one_model(name: str, request: Request):
+        if no := denied(request):
+            return no
+        if name != model_id:
+            return reject(404, f"the model {name!r} does not exist: this server has {model_id!r}", "model",
+                          "model_not_found")
+        return model_card
+
+    @api.post("/chat/completions")
+    async def chat_completions(request: Request):
+        if no := denied(request):
+            return no
+        try:
+            req, opts = parse_request(parse_body(await read_body(request)), defaults, model_id)
+            if not opts.max_tokens_given:
+                req.max_tokens = 1  # checked below against what is left of the model's positions
+            ids = render_prompt(tokenizer, req, model)
+            if not opts.max_tokens_given:
+                req.max_tokens = min(defaults["max_tokens"], model.rotary_len - len(ids))
+        except RequestError as e:
+            if e.status == 413 and "positions" in str(e):
+                return reject(400, str(e), "messages", "context_length_exceeded")
+            code = "model_not_found" if e.status == 404 else None
+            return reject(e.status, str(e), e.field, code)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id,
+                "recurrence": {"recur": req.recur, "adaptive": req.adaptive}}
+        events = choice_events(pool, ids, req, opts.stops, tokenizer)
+        if opts.stream:
+            return StreamingResponse(sse(pool, head, events, req.n, len(ids), opts.include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await whole(pool, head, events, req.n, len(ids))
+
+    @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    async def unknown(path: str, request: Request):
+        allowed = {"models": "GET", "chat/completions": "POST"}.get(path.strip("/"))
+        if allowed:
+            return reject(405, f"{request.method} /v1/{path}: use {allowed}", code="method_not_allowed")
+        return reject(404, f"unknown endpoint {request.method} /v1/{path} (this server has GET /v1/models and "
+                           f"POST /v1/chat/completions)", code="unknown_url")
+
+    return api
+
+
+async def whole(pool, head, events, n, prompt_tokens):
+    """The non-streamed response: the same events as the stream, joined per choice."""
+    texts, depths, reasons = [""] * n, [[] for _ in range(n)], [None] * n
+    try:
+        async for i, text, d, reason in events:
+            texts[i] += text
+            depths[i] += d
+            reasons[i] = reason or reasons[i]
+    except GenerationError as e:
+        pool.count(False)
+        return error_response(500, str(e))
+    pool.count(True)
+    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
+                "logprobs": None, "depths": depths[i]} for i in range(n)]
+    return {**head, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, depths)}
+
+
+async def sse(pool, head, events, n, prompt_tokens, include_usage):
+    """The streamed response as server-sent events, as OpenAI sends them: a role chunk per choice,
+    content chunks (each with the depths of its tokens), a finish chunk per choice, the usage
+    chunk if asked for, then [DONE]. A generation that fails midway ends with an error event."""
+    def chunk(choices, **extra):
+        return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": choices, **extra}) + "\n\n"
+
+    def choice(i, delta, reason=None, depths=()):
+        return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None, "depths": list(depths)}
+
+    ok, depths = False, [[] for _ in range(n)]
+    try:
+        for i in range(n):
+            yield chunk([choice(i, {"role": "assistant", "content": ""})])
+        async for i, text, d, reason in events:
+            depths[i] += d
+            if text:
+                yield chunk([choice(i, {"content": text}, depths=d)])
+            if reason:
+                yield chunk([choice(i, {}, reason, () if text else d)])
+        if include_usage:
+            yield chunk([], usage=usage(prompt_tokens, depths))
+        yield "data: [DONE]\n\n"
+        ok = True
+    except GenerationError as e:
+        yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
+                                               "code": None}}) + "\n\n"
+    finally:
+        await events.aclose()
+        pool.count(ok)
+
+
+def usage(prompt_tokens, depths):
+    completion = sum(len(d) for d in depths)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}

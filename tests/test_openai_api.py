@@ -1,0 +1,152 @@
+"""The OpenAI-compatible API end to end with the official `openai` client: `python -m
+scripts.chat_web` on 127.0.0.1 serving a tiny random checkpoint made here (and, for the API key
+and a failing generation, the app in an in-process uvicorn). Streamed == whole at temperature 0,
+n, stop, seed, the recurrence extension fields, and each bad request as the client's typed error."""
+
+import openai
+import pytest
+
+from nanochat.chat_api import Worker
+from scripts.chat_web import create_app
+from tests.test_reply import tool_model
+from tests.test_web import HELLO, chat_web_server, in_process_server, save_tiny_checkpoint
+
+MODEL = "nanochat-sft-tiny-7"  # source, tag and step of save_tiny_checkpoint's checkpoint
+
+
+@pytest.fixture(scope="module")
+def client(tokenizer, tmp_path_factory):
+    base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("openai"))
+    with chat_web_server(base_dir, "--max-tokens", "16", "--recur", "2") as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def chat(client, **kw):
+    return client.chat.completions.create(**{"model": MODEL, "messages": HELLO, **kw})
+
+
+def streamed(client, **kw):
+    """(texts, depths, finish_reasons, usage) per choice index, joined from the chunks."""
+    texts, depths, reasons, usage = {}, {}, {}, None
+    for chunk in chat(client, stream=True, stream_options={"include_usage": True}, **kw):
+        assert chunk.object == "chat.completion.chunk" and chunk.model == MODEL
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            depths[c.index] = depths.get(c.index, []) + c.depths
+            reasons[c.index] = c.finish_reason or reasons.get(c.index)
+    return texts, depths, reasons, usage
+
+
+def test_models_and_streamed_equals_whole_at_temperature_0(client):
+    assert [m.id for m in client.models.list()] == [MODEL] and client.models.retrieve(MODEL).id == MODEL
+    whole = chat(client, temperature=0, max_tokens=12)
+    choice = whole.choices[0]
+    assert whole.object == "chat.completion" and whole.model == MODEL and whole.id.startswith("chatcmpl-")
+    assert choice.message.role == "assistant" and choice.message.content and choice.finish_reason in ("stop", "length")
+    assert whole.usage.completion_tokens == len(choice.depths) >= 1 and set(choice.depths) == {2}  # fixed r = --recur
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+    assert whole.recurrence == {"recur": 2, "adaptive": None}
+    texts, depths, reasons, usage = streamed(client, temperature=0, max_tokens=12)
+    assert texts == {0: choice.message.content} and depths == {0: choice.depths}
+    assert reasons == {0: choice.finish_reason} and usage == whole.usage
+    # the recurrence settings as extension fields; an adaptive exit reports each token's depth
+    adaptive = chat(client, temperature=0, max_tokens=12, extra_body={"recur": 5, "adaptive": 10.0})
+    depths = adaptive.choices[0].depths
+    assert adaptive.recurrence == {"recur": 5, "adaptive": 10.0} and all(1 <= d <= 5 for d in depths) and min(depths) < 5
+    # a system message, and a top_k (extension) that makes sampling greedy
+    system = [{"role": "system", "content": "Be brief."}] + HELLO
+    assert client.chat.completions.create(model=MODEL, messages=system, max_tokens=3).choices[0].message.content
+    top1 = chat(client, temperature=1.0, max_tokens=12, seed=1, extra_body={"top_k": 1})
+    assert top1.choices[0].message.content == choice.message.content
+
+
+def test_n_seed_and_stop(client):
+    three = chat(client, n=3, temperature=1.0, seed=5, max_tokens=10)
+    texts = [c.message.content for c in three.choices]
+    assert [c.index for c in three.choices] == [0, 1, 2] and len(set(texts)) > 1  # three different samples
+    assert three.usage.completion_tokens == sum(len(c.depths) for c in three.choices)
+    assert [c.message.content for c in chat(client, n=3, temperature=1.0, seed=5, max_tokens=10).choices] == texts
+    assert [c.message.content for c in chat(client, n=3, temperature=1.0, seed=6, max_tokens=10).choices] != texts
+    s_texts, _, s_reasons, _ = streamed(client, n=3, temperature=1.0, seed=5, max_tokens=10)
+    assert [s_texts[i] for i in range(3)] == texts  # n streams interleave, each choice by its index
+    seed = next(seed for seed in range(100) if len(chat(client, seed=seed, max_tokens=16).choices[0].message.content) > 8)
+    sample = chat(client, seed=seed, max_tokens=16).choices[0].message.content  # the random model's reply
+    stop = sample[5:8]
+    expected = sample[:sample.index(stop)]
+    for stops in (stop, [stop, "\x00never"]):
+        cut = chat(client, seed=seed, max_tokens=16, stop=stops).choices[0]
+        assert cut.message.content == expected and cut.finish_reason == "stop"
+    s_texts, _, s_reasons, _ = streamed(client, seed=seed, max_tokens=16, stop=stop)
+    assert s_texts == {0: expected} and s_reasons == {0: "stop"}
+    assert chat(client, temperature=0, max_tokens=3).choices[0].finish_reason == "length"
+
+
+BAD = [  # (create() arguments, the client's error class, the param named)
+    (dict(temperature=5), openai.BadRequestError, "temperature"),
+    (dict(messages=[]), openai.BadRequestError, "messages"),
+    (dict(messages=[{"role": "assistant", "content": "hi"}]), openai.BadRequestError, "messages[0].role"),
+    (dict(messages=[{"role": "system", "content": "x"}, {"role": "assistant", "content": "hi"}]),
+     openai.BadRequestError, "messages[1].role"),
+    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+     openai.BadRequestError, "messages[0].content"),
+    (dict(top_p=0.5), openai.BadRequestError, "top_p"),
+    (dict(n=9), openai.BadRequestError, "n"),
+    (dict(stop=["a", "b", "c", "d", "e"]), openai.BadRequestError, "stop"),
+    (dict(max_tokens=0), openai.BadRequestError, "max_tokens"),
+    (dict(logprobs=True), openai.BadRequestError, "logprobs"),
+    (dict(extra_body={"recur": 0}), openai.BadRequestError, "recur"),
+    (dict(extra_body={"beam_width": 4}), openai.BadRequestError, "beam_width"),
+    (dict(messages=[{"role": "user", "content": "the loop " * 200}]), openai.BadRequestError, "messages"),
+    (dict(model="gpt-4o"), openai.NotFoundError, "model"),
+    (dict(messages=[{"role": "user", "content": "x" * 9000}]), openai.APIStatusError, "messages[0].content"),
+]
+
+
+def test_bad_requests_raise_the_clients_typed_errors(client):
+    for kwargs, error, param in BAD:
+        kwargs = {"model": MODEL, "messages": HELLO, **kwargs}
+        with pytest.raises(error) as e:
+            client.chat.completions.create(**kwargs)
+        assert e.value.body["param"] == param and e.value.body["type"] == "invalid_request_error", (kwargs, e.value.body)
+        assert param.split("[")[0] in e.value.message
+    assert e.value.status_code == 413
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, messages=[{"role": "user", "content": "the loop " * 200}])
+    assert e.value.code == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-4o")
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model=MODEL, input="hi")
+    with pytest.raises(openai.APIStatusError) as e:
+        client.get("/chat/completions", cast_to=object)
+    assert e.value.status_code == 405 and e.value.code == "method_not_allowed"
+    assert chat(client, max_tokens=2).choices[0].message.content is not None  # still serving
+
+
+def test_api_key_failure_and_tool_calls(tokenizer, monkeypatch):
+    worker = Worker(tool_model(tokenizer), tokenizer, "cpu")
+    app = create_app([worker], dict(temperature=0.0, top_k=50, max_tokens=60, recur=2), api_key="s3cret",
+                     model_name="tool")
+    with in_process_server(app) as server:
+        url = server + "/v1"
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0)
+        question = [{"role": "user", "content": "6 times 7?"}]
+        reply = client.chat.completions.create(model="tool", messages=question).choices[0].message.content
+        assert reply == "Let me compute.\n```python\nprint(6 * 7)\n```\n```output\n42\n```\n So it is 42 码🤖"
+        chunks = client.chat.completions.create(model="tool", messages=question, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply
+        cut = client.chat.completions.create(model="tool", messages=question, stop="```output").choices[0]
+        assert cut.message.content == "Let me compute.\n```python\nprint(6 * 7)\n```\n" and cut.finish_reason == "stop"
+
+        def boom(*a, **kw):
+            raise RuntimeError("simulated device failure")
+        monkeypatch.setattr(worker.model, "forward", boom)
+        with pytest.raises(openai.InternalServerError) as e:
+            client.chat.completions.create(model="tool", messages=question)
+        assert "simulated device failure" in e.value.message
+        with pytest.raises(openai.APIError, match="simulated device failure"):
+            list(client.chat.completions.create(model="tool", messages=question, stream=True))
