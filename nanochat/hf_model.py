@@ -18,8 +18,9 @@ repeated stack and optional value embeddings; see nanochat/gpt.py for the source
 
 KV cache: a transformers DynamicCache with one layer per (block, iteration), laid out
 prelude, then iteration 0's recur blocks, ..., iteration r-1's, then coda. One cache serves
-one r; the first forward with a cache fixes it. Padding: right padding only (causal
-attention makes the padded tail harmless); a left-padded batch is refused.
+one r; the first forward with a cache fixes it. Padding, left or right, follows
+attention_mask: a row's positions count its real tokens only, so its logits are those of
+the row alone (positions that are padding give unspecified logits).
 Weights may be loaded in bf16; norms, softcap and logits are computed in fp32.
 """
 
@@ -75,10 +76,10 @@ def rms_norm(x, weight=None):
 
 
 def rotary(pos, head_dim, dtype):
-    """(cos, sin), each (1, T, 1, D/2), at the absolute positions pos (T,)."""
+    """(cos, sin), each (B, T, 1, D/2), at the absolute positions pos (B, T)."""
     half = head_dim // 2
     inv_freq = ROTARY_BASE ** (-torch.arange(half, dtype=torch.float32, device=pos.device) / half)
-    angles = torch.outer(pos.float(), inv_freq)[None, :, None, :]
+    angles = (pos.float()[..., None] * inv_freq)[:, :, None, :]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -96,13 +97,27 @@ def window_sizes(pattern, n_blocks, short_window):
     return windows
 
 
-def attention(q, k, v, window):
-    """Causal attention, bottom-right aligned (the Tq queries are the last of the Tk keys), a
-    query at i seeing keys i - window < j <= i. q (B, Tq, H, D), k and v (B, Tk, Hkv, D)."""
-    Tq, Tk = q.size(1), k.size(1)
-    i = torch.arange(Tk - Tq, Tk, device=q.device)[:, None]
-    j = torch.arange(Tk, device=q.device)[None, :]
-    mask = (j <= i) if window is None else (j <= i) & (j > i - window)  # (Tq, Tk)
+def visibility(key_ok, past, windows):
+    """Which keys each query may attend to, for padded batches and a cache of `past` tokens.
+    key_ok (B, Tk) is the attention mask (1 = a real token), Tk = past + Tq. A key's position
+    counts the real tokens before it, so a left-padded row has the positions it would have
+    alone. Query a (index past + a) sees key j when j is real, j <= past + a, and, for a
+    window w, pos_q - w < pos_j. A padding query sees all earlier keys: its output is never
+    read, but a row with no key at all would be NaN. Returns (positions of the queries
+    (B, Tq), {window: bool mask (B, 1, Tq, Tk)})."""
+    Tk = key_ok.size(1)
+    pos_k = (key_ok.long().cumsum(-1) - 1).clamp_min(0)  # (B, Tk)
+    pos_q = pos_k[:, past:]
+    idx = torch.arange(Tk, device=key_ok.device)
+    causal = idx[None, None, :] <= idx[past:][None, :, None]  # (1, Tq, Tk)
+    base = causal & (key_ok[:, None, :] | ~key_ok[:, past:, None])
+    masks = {w: (base if w is None else base & (pos_k[:, None, :] > pos_q[:, :, None] - w))[:, None]
+             for w in set(windows)}
+    return pos_q, masks
+
+
+def attention(q, k, v, mask):
+    """q (B, Tq, H, D), k and v (B, Tk, Hkv, D), mask (B, 1, Tq, Tk) True = may attend."""
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.size(1) != k.size(1))
     return y.transpose(1, 2)  # (B, Tq, H, D)
@@ -140,7 +155,7 @@ class Attention(nn.Module):
         self.c_proj = Linear(C, C)
         self.ve_gate = Linear(VE_GATE_CHANNELS, config.n_kv_head) if value_embed else None
 
-    def forward(self, x, cos_sin, window, ve, cache, layer):
+    def forward(self, x, cos_sin, mask, ve, cache, layer):
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -153,7 +168,7 @@ class Attention(nn.Module):
         if cache is not None:  # DynamicCache stores (B, Hkv, T, D) and returns all positions so far
             k, v = cache.update(k.transpose(1, 2), v.transpose(1, 2), layer)
             k, v = k.transpose(1, 2), v.transpose(1, 2)
-        return self.c_proj(attention(q, k, v, window).reshape(B, T, C))
+        return self.c_proj(attention(q, k, v, mask).reshape(B, T, C))
 
 
 class MLP(nn.Module):
@@ -173,8 +188,8 @@ class Block(nn.Module):
         self.attn = Attention(config, value_embed)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos_sin, window=None, ve=None, cache=None, layer=None):
-        x = self.n2(x + self.attn(self.n1(x), cos_sin, window, ve, cache, layer))
+    def forward(self, x, cos_sin, mask, ve=None, cache=None, layer=None):
+        x = self.n2(x + self.attn(self.n1(x), cos_sin, mask, ve, cache, layer))
         return self.n4(x + self.mlp(self.n3(x)))
 
 
@@ -258,16 +273,20 @@ class LoopedNanochatForCausalLM(PreTrainedModel, GenerationMixin):
             if getattr(cache, "looped_r", r) != r:
                 raise ValueError(f"r={r}: this cache was filled at r={cache.looped_r}; one cache serves one r")
             cache.looped_r = r
-        if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.size(1) > 1 \
-                and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-            raise ValueError("attention_mask: left padding is not supported (pad on the right)")
         B, T = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
-        pos = torch.arange(past, past + T, device=input_ids.device)
+        if attention_mask is None:
+            key_ok = torch.ones(B, past + T, dtype=torch.bool, device=input_ids.device)
+        elif attention_mask.shape != (B, past + T):
+            raise ValueError(f"attention_mask: expected shape ({B}, {past + T}) (cached + new tokens), "
+                             f"got {tuple(attention_mask.shape)}")
+        else:
+            key_ok = attention_mask.to(input_ids.device).bool()
+        pos, masks = visibility(key_ok, past, [None, *self.windows])
         if position_ids is not None and not torch.equal(position_ids.to(pos.device), pos.expand_as(position_ids)):
-            raise ValueError("position_ids: only the default positions (past length + 0..T-1) are supported")
-        dtype = self.wte.weight.dtype
-        cos_sin = rotary(pos, cfg.n_embd // cfg.n_head, dtype)
+            raise ValueError("position_ids: only the positions implied by attention_mask (real tokens count "
+                             "from 0) are supported")
+        cos_sin = rotary(pos, cfg.n_embd // cfg.n_head, self.wte.weight.dtype)
         x = rms_norm(self.wte(input_ids))
         ves = {int(i): emb(input_ids) for i, emb in self.value_embeds.items()}
         layer = 0  # this block's cache layer: prelude, recur x iterations, coda
@@ -275,8 +294,8 @@ class LoopedNanochatForCausalLM(PreTrainedModel, GenerationMixin):
         def stack(blocks, x, windows=None, ves=None):
             nonlocal layer
             for i, block in enumerate(blocks):
-                x = block(x, cos_sin, None if windows is None else windows[i], None if ves is None else ves.get(i),
-                          cache, layer)
+                mask = masks[None if windows is None else windows[i]]
+                x = block(x, cos_sin, mask, None if ves is None else ves.get(i), cache, layer)
                 layer += 1
             return x
 
@@ -287,7 +306,7 @@ class LoopedNanochatForCausalLM(PreTrainedModel, GenerationMixin):
             if cfg.init_state == "copy":
                 s = e
             else:  # the same noise as nanochat's GPT without a generator, at these absolute positions
-                s = self._fixed_noise(past + T, e.device)[past:].expand(B, T, -1).to(e.dtype)
+                s = self._fixed_noise(int(pos.max()) + 1, e.device)[pos].to(e.dtype)  # (B, T, C)
             for _ in range(r):
                 s = stack(self.recur, self.inject(torch.cat([e, s], dim=-1)), self.windows, ves)
             y = stack(self.coda, self.norm_r(s))

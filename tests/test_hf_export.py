@@ -84,7 +84,7 @@ def test_generate_with_cache_equals_our_engine(exported, tokenizer):
     for r in (1, 3):
         results, _, _ = Engine(model, tokenizer, r=r, tool=None).generate_batch(prompt, max_tokens=16, temperature=0.0)
         ours = results[0][len(prompt):]
-        for use_cache in (True, False):
+        for use_cache in (True, False) if r > 1 else (True,):
             out = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, r=r, use_cache=use_cache)
             theirs = out[0, len(prompt):].tolist()
             if theirs and theirs[-1] in hf.generation_config.eos_token_id:
@@ -105,10 +105,29 @@ def test_gpt_arch_exports(tokenizer, tmp_path):
         hf(x, r=2)
 
 
-def test_left_padding_is_refused(exported):
+@torch.no_grad()
+def test_padded_batch_rows_equal_each_row_alone(exported):
+    """Left and right padding through attention_mask: each row's logits at its real tokens are
+    those of the row alone (positions, windows and the fixed noise count real tokens only);
+    batched generate on a left-padded batch gives each row's own greedy tokens."""
     _, _, hf = exported
-    with pytest.raises(ValueError, match="left padding"):
-        hf(ids(2, 5), attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    lengths, T, r = [30, 19, 11], 30, 2
+    rows = [ids(1, L, seed=10 + i)[0] for i, L in enumerate(lengths)]
+    for side in ("left", "right"):
+        x, mask = torch.zeros(3, T, dtype=torch.long), torch.zeros(3, T, dtype=torch.long)
+        for b, row in enumerate(rows):
+            sl = slice(T - len(row), T) if side == "left" else slice(0, len(row))
+            x[b, sl], mask[b, sl] = row, 1
+        logits = hf(x, attention_mask=mask, r=r).logits
+        for b, row in enumerate(rows):
+            err = (logits[b][mask[b].bool()] - hf(row[None], r=r).logits[0]).abs().max().item()
+            assert err < ATOL, (side, b, err)
+    out = hf.generate(x_left := torch.stack([torch.cat([torch.zeros(T - len(row), dtype=torch.long), row]) for row in rows]),
+                      attention_mask=(torch.arange(T)[None] >= torch.tensor([T - L for L in lengths])[:, None]).long(),
+                      max_new_tokens=8, do_sample=False, r=r)
+    for b, row in enumerate(rows):
+        alone = hf.generate(row[None], max_new_tokens=8, do_sample=False, r=r)[0, len(row):].tolist()
+        assert out[b, x_left.size(1):].tolist()[:len(alone)] == alone, b
 
 
 # -----------------------------------------------------------------------------
