@@ -26,13 +26,13 @@ import time
 import torch.distributed as dist
 
 from nanochat.checkpoint_manager import build_model, last_step
-from nanochat.hf_export import is_exported, load_exported
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0
 from nanochat.core_eval import evaluate_core
 from nanochat.eval_plots import plot_sweep
 from nanochat.dataloader import DataLoader
 from nanochat.dataset import default_data_dir
 from nanochat.eval_bundle import resolve_bundle
+from nanochat.hf_export import is_exported, load_exported
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.recurrence import parse_recur_list
 from nanochat.report import get_report

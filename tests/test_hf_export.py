@@ -302,3 +302,29 @@ def test_lm_eval_harness_runs_offline_on_a_local_task(exported, tokenizer, tmp_p
         lls = [ll for c, cont, ll in result["samples"] if c == d["question"]]
         correct += max(range(len(lls)), key=lls.__getitem__) == d["answer"]
     assert result["acc"] == pytest.approx(correct / len(docs))
+
+
+# -----------------------------------------------------------------------------
+# the scripts
+
+def test_export_script_then_chat_cli_on_the_folder(tokenizer, tmp_path):
+    """scripts/export_hf.py on a saved SFT checkpoint (with its transformers logits check),
+    then scripts/chat_cli with the exported folder as --source."""
+    from nanochat.checkpoint_manager import save_checkpoint
+    tokenizer.save(str(tmp_path / "tokenizer"))
+    model = looped_model(sequence_len=64)
+    meta = {"model_config": dataclasses.asdict(model.config), "eval_r": 2}
+    save_checkpoint(str(tmp_path / "chatsft_checkpoints" / "s1"), 5, model.state_dict(), {}, {}, meta)
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda *argv: subprocess.run([sys.executable, "-m", *argv], cwd=repo, env=env, capture_output=True,
+                                       text=True, timeout=300)
+    out = tmp_path / "hf" / "s1"
+    export = run("scripts.export_hf", "--source", "sft", "--out", str(out))
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert "exported sft s1 step 5 (default r=2)" in export.stdout and "max |diff| = " in export.stdout
+    assert json.loads((out / "config.json").read_text())["recur"] == 2
+    chat = run("scripts.chat_cli", "--device-type", "cpu", "--source", str(out), "-p", "hello", "--max-tokens", "6",
+               "--temperature", "0")
+    assert chat.returncode == 0, chat.stderr[-3000:]
+    assert "step 5" in chat.stdout and "r=2" in chat.stdout and chat.stdout.split("Assistant: ", 1)[1].strip()
