@@ -158,8 +158,16 @@ def find_checkpoint_dir(source, model_tag=None):
 
 
 def load_model(source, model_tag=None, step=None, device="cpu"):
-    """(model, tokenizer, meta) of the given or latest checkpoint of a stage, in eval mode."""
+    """(model, tokenizer, meta) of the given or latest checkpoint of a stage, in eval mode.
+    source: a stage (base, sft, rl), or the path of a folder written by scripts/export_hf.py
+    (its own tokenizer; model_tag and step do not apply)."""
     from nanochat.tokenizer import get_tokenizer
+    if source not in CHECKPOINT_SOURCES:
+        if not os.path.isdir(source):
+            raise ValueError(f"source={source!r}: expected one of {sorted(CHECKPOINT_SOURCES)} "
+                             f"or a folder written by scripts/export_hf.py")
+        from nanochat.hf_export import load_exported
+        return load_exported(source, device)
     checkpoint_dir = find_checkpoint_dir(source, model_tag)
     model, meta = build_model(checkpoint_dir, step, device)
     tokenizer = get_tokenizer()

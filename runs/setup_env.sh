@@ -12,5 +12,5 @@ VENV=${VENV:-.venv}
 . "$VENV/bin/activate"
 pip install -q --upgrade pip >/dev/null 2>&1 || true
 pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-pip install -q -e '.[dev]'
+pip install -q -e '.[dev,hf]'  # hf: transformers & co. for the export tests (tests/test_hf_export.py)
 python -c "import torch, tiktoken, rustbpe, pyarrow; print(f'environment ready: torch {torch.__version__}')"

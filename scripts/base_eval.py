@@ -6,6 +6,7 @@ few greedy samples, at one or several recurrence counts r: the test-time compute
     torchrun --nproc_per_node=8 -m scripts.base_eval --model-tag s20
     python -m scripts.base_eval --eval core --max-per-task 200 --eval-bundle ../shared/data/eval_bundle
     python -m scripts.base_eval --eval core --recur 4,8,16 --adaptive 1e-3     # plus adaptive exit, r the cap
+    python -m scripts.base_eval --model-tag ~/.cache/nanochat/hf/base_s20      # a folder from scripts/export_hf.py
 
 --adaptive T adds, for each r >= 2, a CORE row under adaptive exit with r as the cap: every
 position of an example's forward stops iterating once the KL between successive iterations'
@@ -32,6 +33,7 @@ from nanochat.eval_plots import plot_sweep
 from nanochat.dataloader import DataLoader
 from nanochat.dataset import default_data_dir
 from nanochat.eval_bundle import resolve_bundle
+from nanochat.hf_export import is_exported, load_exported
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.recurrence import parse_recur_list
 from nanochat.report import get_report
@@ -44,7 +46,8 @@ PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yes
            "The opposite of hot is", "The planets of the solar system are:", "If 5*x + 3 = 13, then x is"]
 
 parser = argparse.ArgumentParser(description="Evaluate a base model: CORE, bits per byte, samples; per recurrence count")
-parser.add_argument("--model-tag", type=str, default="", help="folder under base_checkpoints (default: the one saved last)")
+parser.add_argument("--model-tag", type=str, default="",
+                    help="folder under base_checkpoints (default: the one saved last), or a folder written by scripts/export_hf.py")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
 parser.add_argument("--recur", type=str, default="", help="r values, comma-separated, e.g. 1,2,4,8,16 (empty = the checkpoint's eval r)")
 parser.add_argument("--eval", type=str, default="core,bpb,sample", help=f"which evaluations, comma-separated: {', '.join(EVALS)}")
@@ -68,22 +71,26 @@ print0(f"args: {vars(args)}")
 # -----------------------------------------------------------------------------
 # checkpoint and settings
 
-ckpt_root = os.path.join(get_base_dir(), "base_checkpoints")
-tags = sorted(t for t in os.listdir(ckpt_root) if last_step(os.path.join(ckpt_root, t)) is not None) \
-    if os.path.isdir(ckpt_root) else []
-if args.model_tag:
-    model_tag = args.model_tag
-elif tags:
-    model_tag = max(tags, key=lambda t: os.path.getmtime(os.path.join(ckpt_root, t)))
+if args.model_tag and is_exported(args.model_tag):  # an exported folder: its weights and its tokenizer
+    checkpoint_dir, model_tag = args.model_tag, os.path.basename(os.path.normpath(args.model_tag))
+    model, tokenizer, meta = load_exported(checkpoint_dir, device)
 else:
-    raise errors.MissingInput(f"no checkpoints under {ckpt_root}: train one (python -m scripts.base_train)"
-                              + base_dir_hint())
-checkpoint_dir = os.path.join(ckpt_root, model_tag)
-if not os.path.isdir(checkpoint_dir):
-    raise errors.MissingInput(f"--model-tag {model_tag}: no folder {checkpoint_dir} (found: {tags})")
-model, meta = build_model(checkpoint_dir, None if args.step < 0 else args.step, device)
+    ckpt_root = os.path.join(get_base_dir(), "base_checkpoints")
+    tags = sorted(t for t in os.listdir(ckpt_root) if last_step(os.path.join(ckpt_root, t)) is not None) \
+        if os.path.isdir(ckpt_root) else []
+    if args.model_tag:
+        model_tag = args.model_tag
+    elif tags:
+        model_tag = max(tags, key=lambda t: os.path.getmtime(os.path.join(ckpt_root, t)))
+    else:
+        raise errors.MissingInput(f"no checkpoints under {ckpt_root}: train one (python -m scripts.base_train)"
+                                  + base_dir_hint())
+    checkpoint_dir = os.path.join(ckpt_root, model_tag)
+    if not os.path.isdir(checkpoint_dir):
+        raise errors.MissingInput(f"--model-tag {model_tag}: no folder {checkpoint_dir} (found: {tags})")
+    model, meta = build_model(checkpoint_dir, None if args.step < 0 else args.step, device)
+    tokenizer = get_tokenizer()
 step, config = meta["step"], model.config
-tokenizer = get_tokenizer()
 print0(f"model {model_tag} step {step}: {config}")
 
 default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
@@ -105,7 +112,7 @@ tasks = [t for t in args.tasks.split(",") if t] or None
 
 if "bpb" in evals:
     data_dir = args.data_dir or default_data_dir()
-    token_bytes = get_token_bytes(device=device)
+    token_bytes = tokenizer.token_bytes().to(device) if is_exported(checkpoint_dir) else get_token_bytes(device=device)
     T = config.sequence_len
     bpb_steps = max(1, args.eval_tokens // (args.device_batch_size * T * world_size))
 

@@ -4,6 +4,7 @@ Talk to a model in the terminal.
     python -m scripts.chat_cli                                   # interactive, latest SFT model
     python -m scripts.chat_cli -p "Why is the sky blue?"         # one question, one answer
     python -m scripts.chat_cli --source base --model-tag s20 --recur 8 --adaptive 1e-3
+    python -m scripts.chat_cli --source ~/.cache/nanochat/hf/sft_s20   # a folder from scripts/export_hf.py
 
 Interactive commands: 'quit' or 'exit' leaves, 'clear' starts a new conversation. The reply
 streams token by token; python tool calls run in the sandbox and show as a [python] block
@@ -24,7 +25,8 @@ from nanochat.gpt import DEFAULT_RECUR
 from nanochat.reply import ReplyDecoder, TerminalReply
 
 parser = argparse.ArgumentParser(description="Chat with a model")
-parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
+parser.add_argument("--source", type=str, default="sft",
+                    help="which stage's checkpoints: base | sft | rl, or a folder written by scripts/export_hf.py")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the most recent)")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
 parser.add_argument("-p", "--prompt", type=str, default="", help="ask this once, print the reply and exit")

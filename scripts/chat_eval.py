@@ -56,7 +56,8 @@ TASKS = {
 
 parser = argparse.ArgumentParser(description="Evaluate a chat model: accuracy per task and ChatCORE, per recurrence count")
 parser.add_argument("-i", "--task-name", type=str, default="all", help=f"comma-separated tasks, or 'all': {', '.join(TASKS)}")
-parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
+parser.add_argument("--source", type=str, default="sft",
+                    help="which stage's checkpoints: base | sft | rl, or a folder written by scripts/export_hf.py")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the one saved last)")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
 parser.add_argument("--max-problems", type=int, default=-1, help="first N problems of each task, in its seeded shuffled order (-1 = all)")
@@ -84,7 +85,10 @@ is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or 
 master = rank == 0
 print0(f"args: {vars(args)}")
 print0(describe_sandbox())  # GSM8K's tool calls and HumanEval's programs run there
-model_tag = os.path.basename(find_checkpoint_dir(args.source, args.model_tag or None))
+if args.source not in ("base", "sft", "rl"):  # an exported folder: named "hf <folder name>" in files and the report
+    source, model_tag = "hf", os.path.basename(os.path.normpath(args.source))
+else:
+    source, model_tag = args.source, os.path.basename(find_checkpoint_dir(args.source, args.model_tag or None))
 model, tokenizer, meta = load_model(args.source, model_tag, None if args.step < 0 else args.step, device)
 config, step = model.config, meta["step"]
 default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
@@ -92,7 +96,7 @@ recurs = parse_recur_list(args.recur, config.arch, default_r)
 if args.adaptive >= 0 and config.arch == "gpt":
     raise ValueError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
 tasks = {name: TASKS[name]() for name in names}
-print0(f"model: {args.source} step {step} ({config.arch}, width {config.n_embd}); tasks: "
+print0(f"model: {source} step {step} ({config.arch}, width {config.n_embd}); tasks: "
        + ", ".join(f"{n} ({len(t)})" for n, t in tasks.items()))
 
 # -----------------------------------------------------------------------------
@@ -161,14 +165,14 @@ table = "\n".join(markdown_table("fixed"))
 if args.adaptive >= 0:
     table += f"\n\nAdaptive exit, KL < {args.adaptive:g}, r the cap (mean depth: of the generated tokens, or of the " \
              f"scored prompt position):\n\n" + "\n".join(markdown_table("adaptive"))
-print0(f"\n{args.source} {model_tag} step {step}"
+print0(f"\n{source} {model_tag} step {step}"
        + (f", pass@{args.num_samples} at temperature {args.temperature:g}" if args.num_samples > 1 else "")
        + ":\n" + table)
 
 if master:
     out_dir = os.path.join(get_base_dir(), "chat_eval")
     os.makedirs(out_dir, exist_ok=True)
-    prefix = os.path.join(out_dir, f"{args.source}_{model_tag}_step{step:06d}")
+    prefix = os.path.join(out_dir, f"{source}_{model_tag}_step{step:06d}")
     depth_cols = [f"{n} mean depth" for n in tasks] + ["mean depth"]
     with open(prefix + ".csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -180,14 +184,14 @@ if master:
                        + [row[c] for c in columns[len(tasks):]] + [row[c] for c in depth_cols])
     panels = [(n, n, BASELINES[n]) for n in tasks] + [("ChatCORE", "ChatCORE (centered)", 0.0)] * ("ChatCORE" in columns)
     plot_sweep(prefix + ".png", rows, panels,
-               f"{args.source} {model_tag} step {step}: accuracy vs r"
+               f"{source} {model_tag} step {step}: accuracy vs r"
                + (f" (fixed r; adaptive KL<{args.adaptive:g} with r the cap)" if args.adaptive >= 0 else " (fixed r)"),
                depth_key=lambda key: "mean depth" if key == "ChatCORE" else f"{key} mean depth")
 
-    settings = {"model": f"{args.source} {model_tag} step {step}", "problems per task": "all" if args.max_problems < 0 else args.max_problems,
+    settings = {"model": f"{source} {model_tag} step {step}", "problems per task": "all" if args.max_problems < 0 else args.max_problems,
                 "generative sampling": f"{args.num_samples} sample(s), temperature {args.temperature:g}, top-k {args.top_k}",
                 "adaptive exit": "off" if args.adaptive < 0 else f"KL < {args.adaptive:g}",
                 "world size": world_size, "results": f"{prefix}.csv, {prefix}.png"}
-    path = get_report().log(section=f"Chat evaluation {args.source}", data=[settings, table])
+    path = get_report().log(section=f"Chat evaluation {source}", data=[settings, table])
     print0(f"results: {prefix}.csv, plot: {prefix}.png, report section: {path}")
 compute_cleanup()

@@ -38,7 +38,8 @@ from nanochat.execution import describe_sandbox, sandbox_mode
 from nanochat.gpt import DEFAULT_RECUR
 
 parser = argparse.ArgumentParser(description="Chat with a model in the browser")
-parser.add_argument("--source", type=str, default="sft", choices=["base", "sft", "rl"], help="which stage's checkpoints")
+parser.add_argument("--source", type=str, default="sft",
+                    help="which stage's checkpoints: base | sft | rl, or a folder written by scripts/export_hf.py")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the most recent)")
 parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = the latest)")
 parser.add_argument("--host", type=str, default="127.0.0.1",
