@@ -280,4 +280,5 @@ def test_resume_refuses_a_changed_schedule(base_dir, shard_dir):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: --resume: --num-iterations is 4 here but 2 in") and "rerun with --num-iterations 2" in last
+    assert last.startswith("error: --resume: --num-iterations is 4 here but 2, --warmdown-ratio is 0.5 here but 0.65 in")
+    assert "rerun with --num-iterations 2 --warmdown-ratio 0.65" in last  # every differing flag is named
