@@ -30,6 +30,7 @@ the byte-level version solves depth 1 within 500 steps: BENCHMARKS.md.) Every tr
 document has 3N + 3 x queries - 1 tokens and every test prompt 3N + 1, at every depth.
 """
 
+import collections
 import random
 import string
 
@@ -120,9 +121,7 @@ def biggest_tree_guess(problem):
     deep test sets right; but knowing every tree's size means resolving every letter's root,
     which takes as many sequential lookups as the question itself."""
     parent = parse_table(problem["table"])
-    sizes = {}
-    for x in parent:
-        sizes[root_of(parent, x)] = sizes.get(root_of(parent, x), 0) + 1
+    sizes = collections.Counter(root_of(parent, x) for x in parent)
     best = [r for r, n in sizes.items() if n == max(sizes.values())]
     return (problem["answer"] in best) / len(best)
 
