@@ -18,11 +18,12 @@ below engine.GREEDY_BELOW samples greedily.
 
 import asyncio
 import json
+import queue
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from nanochat.engine import Engine
+from nanochat.scheduler import Scheduler
 
 MAX_MESSAGES = 500                # messages per request
 MAX_MESSAGE_CHARS = 8000          # characters per message
@@ -33,6 +34,7 @@ TOP_K_RANGE = (1, 200)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
 ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold (KL in nats); 0 == fixed r
+STOP_POLL = 0.1                   # seconds between checks that the client is still there
 FIELDS = ("messages", "temperature", "top_k", "max_tokens", "recur", "adaptive", "seed")
 
 
@@ -149,73 +151,83 @@ def render_prompt(tokenizer, req, model):
 
 @dataclass
 class Worker:
-    """One model replica on one device; serves one request at a time."""
+    """One model replica on one device. Its requests are decoded together by a scheduler.Scheduler
+    (max_rows at once, more wait for a row; max_rows=1 serves one request at a time)."""
     model: object
     tokenizer: object
     device: str
+    max_rows: int = 16
+    cache_mode: str = "exact"
     healthy: bool = True     # False while its last generation failed (device error, bug): /health says so
     last_error: str = ""
+    scheduler: Scheduler = field(init=False, repr=False)
 
-    def engine(self, req):
-        """The Engine for a request: fixed r, or adaptive exit (KL) with r as the cap."""
-        return Engine(self.model, self.tokenizer, r=req.recur, exit_criterion=None if req.adaptive is None else "kl",
-                      exit_threshold=req.adaptive or 0.0)
+    def __post_init__(self):
+        self.scheduler = Scheduler(self.model, self.tokenizer, max_rows=self.max_rows, cache_mode=self.cache_mode).start()
 
-    def stream(self, engine, ids, req, stop):
+    def stream(self, ids, req, stop):
         """Yield event dicts for one reply (sync: runs on a thread). Text is held back while it
-        ends inside a multi-byte character; a chunk's depth is that of its last token."""
+        ends inside a multi-byte character; a chunk's depth is that of its last token. Setting
+        `stop` (the client left) takes the request out of the batch."""
+        r = 1 if self.model.config.arch == "gpt" else req.recur
+        handle = self.scheduler.submit(ids, r=r, max_tokens=req.max_tokens, temperature=req.temperature,
+                                       top_k=req.top_k, seed=req.seed, exit_threshold=req.adaptive)
         tokens, depths, shown = [], [], ""
-        for step in engine.generate(ids, max_tokens=req.max_tokens, temperature=req.temperature,
-                                    top_k=req.top_k, seed=req.seed):
-            if step.done[0] or stop.is_set():
-                break
-            tokens.append(step.tokens[0])
-            depths.append(step.depths[0])
-            text = self.tokenizer.decode(tokens)
-            if not text.endswith("\ufffd"):
-                yield {"token": text[len(shown):], "depth": depths[-1]}
-                shown = text
+        try:
+            while not stop.is_set():
+                try:
+                    event = handle.events.get(timeout=STOP_POLL)
+                except queue.Empty:
+                    continue
+                if event is None:
+                    break
+                if isinstance(event, Exception):
+                    raise event
+                tokens.append(event[0])
+                depths.append(event[1])
+                text = self.tokenizer.decode(tokens)
+                if not text.endswith("\ufffd"):
+                    yield {"token": text[len(shown):], "depth": depths[-1]}
+                    shown = text
+        finally:
+            handle.cancel()
         rest = self.tokenizer.decode(tokens)[len(shown):]
         if rest:
             yield {"token": rest, "depth": depths[-1]}
-        yield {"done": True, "mean_depth": sum(depths) / len(depths) if depths else 0.0, "tokens": len(tokens),
-               "r": engine.r}
+        yield {"done": True, "mean_depth": sum(depths) / len(depths) if depths else 0.0, "tokens": len(tokens), "r": r}
 
 
 class WorkerPool:
-    """Free workers wait in an asyncio queue: a request takes one (waiting if all are busy) and
-    gives it back when its generation thread has really finished, error or not."""
+    """Each request goes to the worker with the fewest requests in flight; its generation thread
+    streams the reply from that worker's scheduler."""
 
     def __init__(self, workers):
         self.workers = list(workers)
-        self.free = asyncio.Queue()
-        for w in self.workers:
-            self.free.put_nowait(w)
         self.served = self.failed = self.rejected = 0
-        self.busy = set()  # id() of the workers generating now
+        self.in_flight = {id(w): 0 for w in self.workers}
 
     def health(self):
         """Ready while at least one worker's last generation did not fail; each worker's state."""
-        workers = [{"device": w.device, "busy": id(w) in self.busy, "healthy": w.healthy, "last_error": w.last_error}
-                   for w in self.workers]
+        workers = [{"device": w.device, "busy": self.in_flight[id(w)] > 0, "healthy": w.healthy,
+                    "last_error": w.last_error} for w in self.workers]
         return {"ready": any(w.healthy for w in self.workers), "workers": workers}
 
     def stats(self):
-        """served: replies streamed to the end; failed: generation errors and replies abandoned by their
-        client; rejected: 4xx (counted by the server)."""
-        free = self.free.qsize()
-        return {"workers": len(self.workers), "busy": len(self.workers) - free, "free": free,
+        """busy/free: workers with/without requests in flight; served: replies streamed to the end;
+        failed: generation errors and replies abandoned by their client; rejected: 4xx (counted by the server)."""
+        busy = sum(n > 0 for n in self.in_flight.values())
+        return {"workers": len(self.workers), "busy": busy, "free": len(self.workers) - busy,
+                "requests_in_flight": sum(self.in_flight.values()),
                 "requests_served": self.served, "requests_failed": self.failed, "requests_rejected": self.rejected,
                 "devices": [w.device for w in self.workers]}
 
     async def run(self, ids, req):
-        """Async iterator of a reply's events. Takes a free worker (waiting while all are busy) and
-        runs the generation on its own thread, so the event loop keeps serving /health and other
-        requests. The thread gives the worker back when it ends, error or not; a client that goes
-        away sets `stop`, and the worker returns only once the thread has stopped using the model."""
+        """Async iterator of a reply's events. The generation runs on its own thread, so the event
+        loop keeps serving /health and other requests; a client that goes away sets `stop`, and the
+        request counts as in flight until its thread has ended."""
         loop, events, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
-        worker = await self.free.get()  # cancelled while waiting: nothing taken
-        self.busy.add(id(worker))
+        worker = min(self.workers, key=lambda w: self.in_flight[id(w)])
+        self.in_flight[id(worker)] += 1
 
         def call(fn, *args):
             try:
@@ -228,14 +240,13 @@ class WorkerPool:
             self.failed += not ok
             if error is not None or ok:
                 worker.healthy, worker.last_error = error is None, error or ""
-            self.busy.discard(id(worker))
-            self.free.put_nowait(worker)
+            self.in_flight[id(worker)] -= 1
             events.put_nowait(None)
 
         def generate():
             ok, error = False, None
             try:
-                for event in worker.stream(worker.engine(req), ids, req, stop):
+                for event in worker.stream(ids, req, stop):
                     call(events.put_nowait, event)
                 ok = not stop.is_set()
             except Exception as e:  # a failed request must not take the worker or the server down

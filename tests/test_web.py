@@ -352,3 +352,22 @@ def test_page_in_headless_chromium(server, tmp_path):
     if os.environ.get("NANOCHAT_TEST_ARTIFACTS"):
         os.makedirs(os.environ["NANOCHAT_TEST_ARTIFACTS"], exist_ok=True)
         shutil.copy(shot, os.environ["NANOCHAT_TEST_ARTIFACTS"])
+
+
+def test_one_worker_batches_concurrent_chats(base_dir, tokenizer):
+    """Six greedy chats at once on one worker share its decode steps, and each reply is the one
+    the same request gets alone."""
+    worker = Worker(chat_model(), tokenizer, "cpu", max_rows=4)
+    app = create_app([worker], dict(temperature=0.0, top_k=50, max_tokens=10, recur=2))
+    bodies = [{"messages": [{"role": "user", "content": "q" * (1 + 7 * i)}], "recur": 1 + i % 3} for i in range(6)]
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            together = await asyncio.gather(*(client.post("/chat/completions", json=b) for b in bodies))
+            steps, rows = worker.scheduler.steps, worker.scheduler.decode_rows
+            alone = [await client.post("/chat/completions", json=b) for b in bodies]
+            return together, alone, rows / steps
+    together, alone, mean_batch = asyncio.run(main())
+    assert [events(r.text) for r in together] == [events(r.text) for r in alone]
+    assert all(events(r.text)[-1]["tokens"] > 0 for r in together) and mean_batch > 2
