@@ -35,8 +35,8 @@ plain flash_attention.attention call runs, FlashAttention-3 included.
 
 Serving many requests (nanochat/scheduler.py): `select` makes the next forwards compute a
 contiguous range of rows only, each with its own iteration cap and exit threshold (a row past
-its cap stops exactly as an adaptive exit would); `move_rows` compacts rows; `grow` raises an
-exact cache's max_r in place when a request asks for more iterations.
+its cap stops exactly as an adaptive exit would); `move_rows` compacts rows; `grow` makes room
+in place when a request needs more iterations (exact mode) or more positions.
 """
 
 import torch
@@ -138,7 +138,8 @@ class KVCache:
         """The next forwards compute rows lo..hi-1 of this cache only. caps: None or one int per
         selected row, its own iteration count (the forward's r must be their max; a row reaching
         its cap stops as an adaptive exit would, so it computes its fixed-r function).
-        exit_criterion None | "kl" | "state" with thresholds, one float >= 0 per selected row."""
+        exit_criterion None | "kl" | "state" with thresholds, one float >= 0 per selected row
+        (these replace the exit options the cache was built with)."""
         assert 0 <= lo < hi <= self.batch_size, f"select({lo}, {hi}) in a cache of {self.batch_size} rows"
         assert exit_criterion is None or exit_criterion in EXIT_CRITERIA, exit_criterion
         dev = self.kv.device
@@ -229,7 +230,6 @@ class KVCache:
             if self.state is None:
                 self.state = other.state.new_zeros(self.batch_size, other.state.size(-1))
             self.state[index] = other.state
-
 
     def move_rows(self, src, dst):
         """Row src[i] moves to row dst[i] (entries, length, state); the scheduler keeps the rows it

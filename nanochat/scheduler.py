@@ -147,7 +147,7 @@ class Scheduler:
                     with self.cond:
                         self.cond.wait(IDLE_WAIT)  # every row waits on a tool call
             except Exception as e:  # a bug or device error fails the requests in flight, not the server
-                self._fail_all(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
+                self._fail_all(e)
 
     def run(self):
         """Step until every submitted request is finished (tests and benchmarks without the thread)."""
