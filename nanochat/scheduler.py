@@ -12,18 +12,19 @@ stop conditions and tool calls. scripts/chat_web.py runs one Scheduler per devic
 The rows live in one KVCache of max_rows rows. One step:
 1. waiting requests take free rows (the exact cache grows its max_r or length when a request
    needs more); cancelled requests leave theirs;
-2. every row holding fresh logits picks its next token with its own generator, temperature
-   and top_k (a forced tool-output token wins, as in Engine) and advances its Reply; a
-   finished python block runs on a thread pool and the row sits out of the batch until the
-   output is back, so a slow tool call never stalls the others;
-3. the rows are reordered (KVCache.move_rows) so the decoding rows are 0..d-1 and the rows
-   still reading their prompt follow;
-4. one decode forward over the decoding rows, one token each: each row stops at its own r
-   (KVCache.select caps) and exits early at its own threshold ("kl" runs only when some row
-   asked for it, threshold 0 elsewhere, which never stops a token);
-5. one prefill forward over the prompt rows, each feeding up to prefill_chunk more prompt
-   tokens (padded to the longest chunk; the padding is never attended to and is overwritten
-   later), so a long prompt delays the running rows by one chunk per step at most.
+2. one prefill forward over the rows still reading their prompt, each feeding up to
+   prefill_chunk more prompt tokens (padded to the longest chunk; the padding is never
+   attended to and is overwritten later), so a long prompt delays the running rows by one
+   chunk per step at most;
+3. every row holding fresh logits (a prompt just read included) picks its next token with
+   its own generator, temperature and top_k (a forced tool-output token wins, as in Engine)
+   and advances its Reply; a finished python block runs on a thread pool and the row sits
+   out of the batch until the output is back, so a slow tool call never stalls the others;
+4. one decode forward over the rows with a token to feed, one token each: each row stops at
+   its own r (KVCache.select caps) and exits early at its own threshold ("kl" runs only when
+   some row asked for it, threshold 0 elsewhere, which never stops a token).
+Before each forward its rows are moved to a contiguous range of the cache (KVCache.move_rows;
+rows rarely move, since the order is kept from step to step).
 
 Each row's cache entries depend on that row alone (KVCache's rule for rows that stop
 early), so a reply is the one Engine gives the same request alone: exactly in the exact
@@ -160,21 +161,24 @@ class Scheduler:
 
     @torch.inference_mode()
     def step(self):
-        """Admit, pick tokens, run one decode and one prefill forward. False if no forward ran."""
+        """Admit, prefill, pick tokens, decode. False if no forward ran."""
         self._admit()
-        for row in self.rows:
-            if row is not None and row.logits is not None:
-                self._pick(row)
-        decode = [row for row in self.rows if row is not None and row.input is not None]
         prefill = self._prefill_group()
-        chosen = set(map(id, decode + prefill))
-        others = [row for row in self.rows if row is not None and id(row) not in chosen]
-        self._arrange(decode + prefill + others)
-        if decode:
-            self._decode(decode)
         if prefill:
-            self._prefill(prefill, len(decode))
+            others = [row for row in self._live() if not any(row is p for p in prefill)]
+            self._arrange(others + prefill)
+            self._prefill(prefill, len(others))
+        for row in self._live():
+            if row.logits is not None:
+                self._pick(row)  # a prompt read this step gets its first token now, and joins the decode
+        decode = [row for row in self._live() if row.input is not None]
+        if decode:
+            self._arrange(decode + [row for row in self._live() if row.input is None])
+            self._decode(decode)
         return bool(decode or prefill)
+
+    def _live(self):
+        return [row for row in self.rows if row is not None]
 
     def _admit(self):
         for b, row in enumerate(self.rows):
