@@ -22,12 +22,14 @@ below engine.GREEDY_BELOW samples greedily.
 
 import asyncio
 import json
+import queue
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from nanochat.engine import Engine
+from nanochat.engine import Step
 from nanochat.reply import PART_TYPES, ReplyDecoder
+from nanochat.scheduler import Scheduler
 
 MAX_MESSAGES = 500                # messages per request
 MAX_MESSAGE_CHARS = 8000          # characters per message
@@ -38,6 +40,7 @@ TOP_K_RANGE = (1, 200)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
 ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold (KL in nats); 0 == fixed r
+STOP_POLL = 0.1                   # seconds between checks that the client is still there
 FIELDS = ("messages", "temperature", "top_k", "max_tokens", "recur", "adaptive", "seed")
 
 
@@ -175,59 +178,90 @@ class GenerationError(RuntimeError):
 
 @dataclass
 class Worker:
-    """One model replica on one device; serves one request at a time."""
+    """One model replica on one device. Its requests are decoded together by a scheduler.Scheduler
+    (max_rows replies at once, more wait for a row; max_rows=1 serves one reply at a time)."""
     model: object
     tokenizer: object
     device: str
+    max_rows: int = 16
+    cache_mode: str = "exact"
     healthy: bool = True     # False while its last generation failed (device error, bug): /health says so
     last_error: str = ""
+    scheduler: Scheduler = field(init=False, repr=False)
 
-    def engine(self, req):
-        """The Engine for a request: fixed r, or adaptive exit (KL) with r as the cap."""
-        return Engine(self.model, self.tokenizer, r=req.recur, exit_criterion=None if req.adaptive is None else "kl",
-                      exit_threshold=req.adaptive or 0.0)
+    def __post_init__(self):
+        self.scheduler = Scheduler(self.model, self.tokenizer, max_rows=self.max_rows, cache_mode=self.cache_mode).start()
+        self.end_id = self.tokenizer.encode_special("<|assistant_end|>")  # a finished row's filler token
 
     def steps(self, ids, req, stop):
-        """The engine's Steps for one request (req.n rows), until every row is done, max_tokens,
-        or `stop` is set (sync: runs on a thread)."""
-        engine = self.engine(req)
-        for step in engine.generate(ids, num_samples=req.n, max_tokens=req.max_tokens, temperature=req.temperature,
-                                    top_k=req.top_k, seed=req.seed):
-            if stop.is_set():
-                return
-            yield step
-            if all(step.done):
-                return
+        """Engine-style Steps for one request (req.n rows), until every row is done, max_tokens,
+        or `stop` is set (sync: runs on a thread). Each row is its own scheduler request with its
+        own generator: row 0 uses req.seed (so n = 1 gives the Engine's reply for that seed), the
+        others seeds drawn from it, so a seed reproduces all n."""
+        r = 1 if self.model.config.arch == "gpt" else req.recur
+        draw = random.Random(req.seed)
+        seeds = [req.seed] + [draw.getrandbits(63) for _ in range(req.n - 1)]
+        rows = [self.scheduler.submit(ids, r=r, max_tokens=req.max_tokens, temperature=req.temperature,
+                                      top_k=req.top_k, seed=seed, exit_threshold=req.adaptive) for seed in seeds]
+        ended, depths = [False] * req.n, [r] * req.n
+        try:
+            for _ in range(req.max_tokens):
+                tokens, sampled, done = [], [], []
+                for b, row in enumerate(rows):
+                    event = None if ended[b] else self._next(row, stop)
+                    if stop.is_set():
+                        return
+                    ended[b] = event is None  # the reply ended: its stop token is never sent
+                    token, depths[b], was_sampled = (self.end_id, depths[b], False) if ended[b] else event
+                    tokens.append(token)
+                    sampled.append(was_sampled)
+                    done.append(ended[b])
+                yield Step(tokens, sampled, list(depths), done)
+                if all(done):
+                    return
+        finally:
+            for row in rows:
+                row.cancel()
+
+    @staticmethod
+    def _next(row, stop):
+        """The row's next (token, depth, sampled), or None when its reply has ended (or `stop` is set)."""
+        while not stop.is_set():
+            try:
+                event = row.events.get(timeout=STOP_POLL)
+            except queue.Empty:
+                continue
+            if isinstance(event, Exception):
+                raise event
+            return event
+        return None
 
 
 class WorkerPool:
-    """Free workers wait in an asyncio queue: a request takes one (waiting if all are busy) and
-    gives it back when its generation thread has really finished, error or not.
+    """Each request goes to the worker with the fewest requests in flight, whose scheduler
+    decodes it together with the others.
 
     `generate(ids, req)` is the one way the HTTP layer (this file's `events` for the page, and
     nanochat/openai_api.py) reaches the model: an async iterator of engine Steps, one token per
-    row (req.n rows) per step. A backend that batches requests together replaces it and keeps
-    that contract."""
+    row (req.n rows) per step."""
 
     def __init__(self, workers):
         self.workers = list(workers)
-        self.free = asyncio.Queue()
-        for w in self.workers:
-            self.free.put_nowait(w)
+        self.in_flight = {id(w): 0 for w in self.workers}
         self.served = self.failed = self.rejected = 0
-        self.busy = set()  # id() of the workers generating now
 
     def health(self):
         """Ready while at least one worker's last generation did not fail; each worker's state."""
-        workers = [{"device": w.device, "busy": id(w) in self.busy, "healthy": w.healthy, "last_error": w.last_error}
-                   for w in self.workers]
+        workers = [{"device": w.device, "busy": self.in_flight[id(w)] > 0, "healthy": w.healthy,
+                    "last_error": w.last_error} for w in self.workers]
         return {"ready": any(w.healthy for w in self.workers), "workers": workers}
 
     def stats(self):
-        """served: replies sent to the end; failed: generation errors and replies abandoned by their
-        client; rejected: 4xx (counted by the server)."""
-        free = self.free.qsize()
-        return {"workers": len(self.workers), "busy": len(self.workers) - free, "free": free,
+        """busy/free: workers with/without requests in flight; served: replies sent to the end;
+        failed: generation errors and replies abandoned by their client; rejected: 4xx (counted by the server)."""
+        busy = sum(n > 0 for n in self.in_flight.values())
+        return {"workers": len(self.workers), "busy": busy, "free": len(self.workers) - busy,
+                "requests_in_flight": sum(self.in_flight.values()),
                 "requests_served": self.served, "requests_failed": self.failed, "requests_rejected": self.rejected,
                 "devices": [w.device for w in self.workers]}
 
@@ -237,15 +271,14 @@ class WorkerPool:
         self.failed += not ok
 
     async def generate(self, ids, req):
-        """Async iterator of engine Steps for one request. Takes a free worker (waiting while all are
-        busy) and runs the generation on its own thread, so the event loop keeps serving /health and
-        other requests. Raises GenerationError if the generation fails. The thread gives the worker
-        back when it ends, error or not; a consumer that stops early (closing the iterator: a client
-        gone, a stop string met) sets `stop`, and the worker returns only once the thread has
-        stopped using the model."""
-        loop, queue, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
-        worker = await self.free.get()  # cancelled while waiting: nothing taken
-        self.busy.add(id(worker))
+        """Async iterator of engine Steps for one request. The least-loaded worker takes it; a thread
+        reads its scheduler's tokens, so the event loop keeps serving /health and other requests.
+        Raises GenerationError if the generation fails. A consumer that stops early (closing the
+        iterator: a client gone, a stop string met) sets `stop`, which takes the request out of
+        the batch; it counts as in flight until its thread has ended."""
+        loop, steps, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
+        worker = min(self.workers, key=lambda w: self.in_flight[id(w)])
+        self.in_flight[id(worker)] += 1
 
         def call(fn, *args):
             try:
@@ -256,15 +289,14 @@ class WorkerPool:
         def finish(error):
             if error is not None or not stop.is_set():
                 worker.healthy, worker.last_error = error is None, error or ""
-            self.busy.discard(id(worker))
-            self.free.put_nowait(worker)
-            queue.put_nowait(GenerationError(error) if error else None)
+            self.in_flight[id(worker)] -= 1
+            steps.put_nowait(GenerationError(error) if error else None)
 
         def run():
             error = None
             try:
                 for step in worker.steps(ids, req, stop):
-                    call(queue.put_nowait, step)
+                    call(steps.put_nowait, step)
             except Exception as e:  # a failed request must not take the worker or the server down
                 error = f"generation failed: {type(e).__name__}: {e}"
             finally:
@@ -272,7 +304,7 @@ class WorkerPool:
 
         threading.Thread(target=run, daemon=True, name=f"generate-{worker.device}").start()
         try:
-            while (item := await queue.get()) is not None:
+            while (item := await steps.get()) is not None:
                 if isinstance(item, GenerationError):
                     raise item
                 yield item

@@ -84,28 +84,41 @@ class Step:
     done: list
 
 
-class _Row:
-    """One row's tool state machine."""
-    def __init__(self, engine):
-        self.engine, self.forced, self.code, self.in_python, self.done = engine, deque(), [], False, False
+class ChatTokens:
+    """The special token ids the reply loop reads."""
+    def __init__(self, tokenizer):
+        special = tokenizer.encode_special
+        self.stop = {special("<|assistant_end|>"), tokenizer.get_bos_token_id()}
+        self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
+        self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
+
+
+class Reply:
+    """One reply's tool state machine (Engine and scheduler.Scheduler): feed it each token; a
+    finished python block comes back as its code ids, and `force` queues the tool's output."""
+    def __init__(self, chat_tokens):
+        self.ids, self.forced, self.code, self.in_python, self.done = chat_tokens, deque(), [], False, False
 
     def next_token(self, sampled):
         """(token, was_sampled): a pending forced token wins over the sampled one."""
         return (self.forced.popleft(), False) if self.forced else (sampled, True)
 
     def feed(self, token, was_sampled):
-        e = self.engine
-        if was_sampled and token in e.stop_tokens:
+        """Advance on the chosen token. Returns the code ids when it closes a python block, else None."""
+        ids = self.ids
+        if was_sampled and token in ids.stop:
             self.done = True
-        elif token == e.python_start:
+        elif token == ids.python_start:
             self.in_python, self.code = True, []
-        elif token == e.python_end and self.in_python:
+        elif token == ids.python_end and self.in_python:
             self.in_python = False
-            if e.tool is not None:
-                output = e.tool(e.tokenizer.decode(self.code))
-                self.forced.extend([e.output_start, *e.tokenizer.encode(output), e.output_end])
+            return self.code
         elif self.in_python:
             self.code.append(token)
+        return None
+
+    def force(self, output_ids):
+        self.forced.extend([self.ids.output_start, *output_ids, self.ids.output_end])
 
 
 class Engine:
@@ -118,10 +131,7 @@ class Engine:
         self.cache_options = dict(mode=cache_mode, warm_start=warm_start, exit_criterion=exit_criterion,
                                   exit_threshold=exit_threshold)
         KVCache(model, 1, 1, max_r=self.r, **self.cache_options)  # validates the options now
-        special = tokenizer.encode_special
-        self.stop_tokens = {special("<|assistant_end|>"), tokenizer.get_bos_token_id()}
-        self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
-        self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
+        self.chat_tokens = ChatTokens(tokenizer)
 
     def _cache(self, batch_size, max_len, **overrides):
         return KVCache(self.model, batch_size, max_len, max_r=self.r, **{**self.cache_options, **overrides})
@@ -148,14 +158,14 @@ class Engine:
             cache.insert(range(p * num_samples, (p + 1) * num_samples), prefill)
         logits = torch.cat(logits).repeat_interleave(num_samples, dim=0)  # (B, V)
         depths = [self.r] * B
-        rows = [_Row(self) for _ in range(B)]
+        rows = [Reply(self.chat_tokens) for _ in range(B)]
         for step in range(max_tokens):
             sampled = sample_next_token(logits, rng, temperature, top_k).tolist()
             column, was_sampled, done = [], [], []
             for row, s in zip(rows, sampled):
                 token, is_sampled = (s, True) if row.done else row.next_token(s)  # a done row's token is filler
-                if not row.done:
-                    row.feed(token, is_sampled)
+                if not row.done and (code := row.feed(token, is_sampled)) is not None and self.tool is not None:
+                    row.force(self.tokenizer.encode(self.tool(self.tokenizer.decode(code))))
                 column.append(token)
                 was_sampled.append(is_sampled)
                 done.append(row.done)

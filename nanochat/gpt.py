@@ -556,15 +556,12 @@ class GPT(nn.Module):
         for block, kv in zip(self.prelude, cache.prelude_layers):
             e = block(e, cos_sin, kv=kv)
         warm = cache.warm_start and T == 1 and cache.state is not None
-        s = cache.state.unsqueeze(1) if warm else self._init_state(e, generator, pos)
+        s = cache.selected_state().unsqueeze(1) if warm else self._init_state(e, generator, pos)
         criterion, active, logits, logp = cache.exit_criterion, None, None, None
         for it in range(r):
             cache.active = active  # rows that stopped: KVCache.attend keeps their last iteration's entries
             s_new = self._iterate(e, s, cos_sin, ves, cache.recur_layers(it))
             depth += 1 if active is None else active
-            if criterion is None:
-                s = s_new
-                continue
             change = None
             if criterion == "state" and it > 0:
                 change = (s_new - s).float().norm(dim=-1) / s_new.float().norm(dim=-1).clamp_min(1e-12)
@@ -574,8 +571,11 @@ class GPT(nn.Module):
                 logp = F.log_softmax(logits, dim=-1)
                 if it > 0:
                     change = (prev.exp() * (prev - logp)).sum(-1).clamp_min(0)  # (B, T)
-            if change is not None:
-                going = change >= cache.exit_threshold  # threshold 0 never stops a token
+            going = None if change is None else change >= cache.exit_threshold  # threshold 0 never stops a token
+            if cache.caps is not None and it + 1 < r:  # rows of a served batch: each stops at its own r
+                capped = (it + 1 < cache.caps).expand(B, T)
+                going = capped if going is None else going & capped
+            if going is not None:
                 active = going if active is None else active & going
                 if not active.any():
                     break

@@ -32,6 +32,11 @@ Rows may sit at different positions (prompts of different lengths): each row has
 length, rotary and windows are taken at absolute positions, and attention masks per row.
 When every row has the same length (the usual case: one prompt, several samples) the
 plain flash_attention.attention call runs, FlashAttention-3 included.
+
+Serving many requests (nanochat/scheduler.py): `select` makes the next forwards compute a
+contiguous range of rows only, each with its own iteration cap and exit threshold (a row past
+its cap stops exactly as an adaptive exit would); `move_rows` compacts rows; `grow` makes room
+in place when a request needs more iterations (exact mode) or more positions.
 """
 
 import torch
@@ -62,6 +67,8 @@ class KVCache:
     state    (B, C) final recurrent state of each row's last token (for warm_start), or None
     depth    (B, T) iterations each token of the last forward ran, or None
     active   set by the model during its loop: (B, T) bool, False for tokens that stopped
+    rows     slice: the rows the next forward computes (all, unless `select` narrowed it)
+    caps     None, or (b, 1) long: each selected row's own iteration count (see `select`)
 
     Options: mode "exact" | "shared" (module docstring); max_r the most iterations a forward
     may run (exact mode keeps a slot for each); warm_start: a lone new token starts from the
@@ -87,20 +94,24 @@ class KVCache:
             raise ValueError(f"KVCache max_len={max_len}: expected 1..{model.rotary_len} (the rotary table)")
         self.mode, self.max_r, self.warm_start = mode, max_r, warm_start
         self.exit_criterion, self.exit_threshold = exit_criterion, exit_threshold
-        self.batch_size, self.max_len = batch_size, max_len
+        self.batch_size, self.max_len, self.rotary_len = batch_size, max_len, model.rotary_len
         self.n_prelude, self.n_recur, self.n_coda = len(model.prelude), len(model.recur), len(model.coda)
         self.n_iter = max_r if mode == "exact" else 1
         n_slots = self.n_prelude + self.n_recur * self.n_iter + self.n_coda
         device = model.lm_head.weight.device if device is None else device
         self.kv = torch.zeros(n_slots, 2, batch_size, max_len, cfg.n_kv_head, cfg.head_dim, dtype=dtype, device=device)
         self.lengths = [0] * batch_size
-        self.state = self.depth = self.active = None
+        self.state = self.depth = self.active = self.caps = None
+        self.rows = slice(0, batch_size)
+        self._build_slots()
+        self._idx = self._pos = None
+
+    def _build_slots(self):
         self.prelude_layers = [_Slot(self, i, i, False) for i in range(self.n_prelude)]
         self._recur = [[_Slot(self, self._recur_slot(j, i), self._recur_slot(j, max(i - 1, 0)), True)
                         for j in range(self.n_recur)] for i in range(self.n_iter)]
         first_coda = self.n_prelude + self.n_recur * self.n_iter
         self.coda_layers = [_Slot(self, first_coda + i, first_coda + i, False) for i in range(self.n_coda)]
-        self._idx = self._pos = None
 
     def _recur_slot(self, block, iteration):
         return self.n_prelude + block * self.n_iter + iteration  # (block, iteration) order
@@ -123,20 +134,37 @@ class KVCache:
     # -------------------------------------------------------------------------
     # one forward: begin -> the layers attend -> end
 
+    def select(self, lo, hi, caps=None, exit_criterion=None, thresholds=None):
+        """The next forwards compute rows lo..hi-1 of this cache only. caps: None or one int per
+        selected row, its own iteration count (the forward's r must be their max; a row reaching
+        its cap stops as an adaptive exit would, so it computes its fixed-r function).
+        exit_criterion None | "kl" | "state" with thresholds, one float >= 0 per selected row
+        (these replace the exit options the cache was built with)."""
+        assert 0 <= lo < hi <= self.batch_size, f"select({lo}, {hi}) in a cache of {self.batch_size} rows"
+        assert exit_criterion is None or exit_criterion in EXIT_CRITERIA, exit_criterion
+        dev = self.kv.device
+        self.rows = slice(lo, hi)
+        self.caps = None if caps is None else torch.tensor(caps, device=dev)[:, None]  # (b, 1)
+        self.exit_criterion = exit_criterion
+        self.exit_threshold = 0.0 if thresholds is None else torch.tensor(thresholds, device=dev)[:, None]
+
     def begin(self, B, T, r):
         """Called by the model's cached forward. Returns the new tokens' absolute positions:
-        slice(L, L + T) when every row holds L tokens, else a (B, T) tensor."""
-        assert B == self.batch_size, f"a batch of {B} rows for a cache of {self.batch_size}"
+        slice(L, L + T) when every selected row holds L tokens, else a (B, T) tensor."""
+        lo, hi = self.rows.start, self.rows.stop
+        assert B == hi - lo, f"a batch of {B} rows for the {hi - lo} selected rows of this cache"
         assert r <= self.max_r or self.mode == "shared", f"r={r} but this exact cache holds max_r={self.max_r}"
-        self._end = max(self.lengths) + T
-        assert self._end <= self.max_len, f"cache full: {max(self.lengths)} + {T} tokens > max_len={self.max_len}"
-        if len(set(self.lengths)) == 1:
-            L = self.lengths[0]
-            self._pos, self._rows = slice(L, L + T), slice(None)
+        assert self.caps is None or int(self.caps.max()) == r, f"r={r} but the rows' caps are {self.caps.view(-1).tolist()}"
+        lengths = self.lengths[lo:hi]
+        self._end = max(lengths) + T
+        assert self._end <= self.max_len, f"cache full: {max(lengths)} + {T} tokens > max_len={self.max_len}"
+        if len(set(lengths)) == 1:
+            L = lengths[0]
+            self._pos, self._rows = slice(L, L + T), self.rows
         else:
             dev = self.kv.device
-            self._pos = torch.tensor(self.lengths, device=dev)[:, None] + torch.arange(T, device=dev)  # (B, T)
-            self._rows = torch.arange(B, device=dev)[:, None]
+            self._pos = torch.tensor(lengths, device=dev)[:, None] + torch.arange(T, device=dev)  # (B, T)
+            self._rows = torch.arange(lo, hi, device=dev)[:, None]
         self._idx = (Ellipsis, self._rows, self._pos, slice(None), slice(None))  # (..., B, T, Hkv, D) -> the new entries
         self._masks = {}
         return self._pos
@@ -149,7 +177,7 @@ class KVCache:
             v = torch.where(keep, v, self.kv[slot.prev, 1][self._idx])
         kbuf[self._idx] = k
         vbuf[self._idx] = v
-        k, v = kbuf[:, :self._end], vbuf[:, :self._end]
+        k, v = kbuf[self.rows, :self._end], vbuf[self.rows, :self._end]
         if isinstance(self._pos, slice):
             return flash_attention.attention(q, k, v, window)
         return _masked_attention(q, k, v, self._mask(window))
@@ -172,9 +200,17 @@ class KVCache:
             view = self.recur_view()
             for i in range(iterations_run, self.n_iter):
                 view[:, i][self._idx] = view[:, i - 1][self._idx]
-        T = depth.size(1)
-        self.lengths = [L + T for L in self.lengths]
-        self.state, self.depth, self.active = state, depth, None
+        T, sel = depth.size(1), self.rows
+        self.lengths[sel] = [L + T for L in self.lengths[sel]]
+        if state is not None:
+            if self.state is None:
+                self.state = state.new_zeros(self.batch_size, state.size(-1))
+            self.state[sel] = state
+        self.depth, self.active = depth, None
+
+    def selected_state(self):
+        """(b, C) the selected rows' final states (warm start reads it)."""
+        return self.state[self.rows]
 
     # -------------------------------------------------------------------------
 
@@ -194,6 +230,43 @@ class KVCache:
             if self.state is None:
                 self.state = other.state.new_zeros(self.batch_size, other.state.size(-1))
             self.state[index] = other.state
+
+    def move_rows(self, src, dst):
+        """Row src[i] moves to row dst[i] (entries, length, state); the scheduler keeps the rows it
+        runs together contiguous. Sources are read before anything is written."""
+        if not src:
+            return
+        n = max(self.lengths[b] for b in src)
+        si, di = torch.tensor(src, device=self.kv.device), torch.tensor(dst, device=self.kv.device)
+        self.kv[:, :, di, :n] = self.kv[:, :, si, :n]
+        lengths = [self.lengths[b] for b in src]
+        for b, L in zip(dst, lengths):
+            self.lengths[b] = L
+        if self.state is not None:
+            self.state[di] = self.state[si]
+
+    def grow(self, max_r=None, max_len=None):
+        """Make room in place for more iterations (exact mode) or more positions per row: a
+        request asked for more. New iteration slots start as copies of the last one, Huginn's
+        rule for iterations not run."""
+        max_r = self.max_r if max_r is None or self.mode == "shared" else max(max_r, self.max_r)
+        max_len = self.max_len if max_len is None else max(max_len, self.max_len)
+        if (max_r, max_len) == (self.max_r, self.max_len):
+            return
+        assert max_len <= self.rotary_len, f"grow: max_len={max_len} > the rotary table ({self.rotary_len})"
+        p, c, n_old, L = self.n_prelude, self.n_coda, self.n_iter, self.max_len
+        n_iter = max_r if self.mode == "exact" else 1
+        shape = list(self.kv.shape)
+        shape[0], shape[3] = p + self.n_recur * n_iter + c, max_len
+        kv = self.kv.new_zeros(shape)
+        kv[:p, :, :, :L] = self.kv[:p]
+        kv[shape[0] - c:, :, :, :L] = self.kv[self.kv.shape[0] - c:]
+        view = kv[p:p + self.n_recur * n_iter].view(self.n_recur, n_iter, *shape[1:])
+        old = self.recur_view()
+        view[:, :n_old, :, :, :L] = old
+        view[:, n_old:, :, :, :L] = old[:, -1:]
+        self.kv, self.max_r, self.n_iter, self.max_len = kv, max_r, n_iter, max_len
+        self._build_slots()
 
 
 def _masked_attention(q, k, v, mask):

@@ -195,7 +195,7 @@ lrs = dict(matrix_lr=args.matrix_lr * lr_scale, embedding_lr=args.embedding_lr *
 print0(f"learning rates: x {lr_scale:.4f} " + ("= sqrt(B / 2^19) (nanochat)" if args.batch_scaling else "(--batch-scaling 0)")
        + ": " + ", ".join(f"{k} {v:.4g}" for k, v in lrs.items() if k != "weight_decay"))
 print0(f"weight decay (Muon, cautious, cosine to 0): {weight_decay:.4g} = {args.weight_decay:g}"
-       + (f" x sqrt(B / 2^19) x D_ref / D (T_epoch rule)" if args.batch_scaling else " (--batch-scaling 0)"))
+       + (" x sqrt(B / 2^19) x D_ref / D (T_epoch rule)" if args.batch_scaling else " (--batch-scaling 0)"))
 # nanochat master warms up for 40 steps; in 100-step toy runs that cost 0.04 bpb (BENCHMARKS.md), so the
 # default keeps master's 40 only in runs of 4000+ steps
 warmup_steps = min(args.warmup_steps, num_iterations) if args.warmup_steps >= 0 else min(40, num_iterations // 100)

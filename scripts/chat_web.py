@@ -2,7 +2,9 @@
 Serve a model to the browser: a chat page with per-token recurrence depth, and a streaming API.
 
     python -m scripts.chat_web                                   # latest SFT model, http://127.0.0.1:8000
-    python -m scripts.chat_web --num-gpus 8 --recur 8            # one worker (model replica) per GPU
+    python -m scripts.chat_web --num-gpus 8 --recur 8            # one worker (model replica) per GPU, each
+                                                                 # decoding its chats together (nanochat/scheduler.py)
+    python -m scripts.chat_web --max-batch 1                     # each worker serves one request at a time
     python -m scripts.chat_web --source base --model-tag s20 --device-type cpu
     NANOCHAT_API_KEY=$(openssl rand -hex 16) python -m scripts.chat_web --host 0.0.0.0   # reachable from others
 
@@ -51,6 +53,10 @@ parser.add_argument("--recur", type=int, default=-1, help="default loop iteratio
 parser.add_argument("--max-tokens", type=int, default=512, help="default most tokens per reply")
 parser.add_argument("--temperature", type=float, default=0.8, help="default sampling temperature (0 = greedy)")
 parser.add_argument("--top-k", type=int, default=50, help="default top-k")
+parser.add_argument("--max-batch", type=int, default=16,
+                    help="replies each worker decodes together (continuous batching; 1 = one request at a time)")
+parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
+                    help="KV cache across recurrences: exact (the trained function) or shared (memory independent of r)")
 parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY", ""),
                     help="shared secret for /chat/completions and /stats (default $NANOCHAT_API_KEY; empty = none)")
 
@@ -62,6 +68,8 @@ def load_workers(args):
     Returns (workers, meta)."""
     device_type = args.device_type or autodetect_device_type()
     compute_init(device_type)
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch={args.max_batch}: expected >= 1")
     if device_type == "cuda":
         n = torch.cuda.device_count() if args.num_gpus < 1 else args.num_gpus
         if n > torch.cuda.device_count():
@@ -73,7 +81,7 @@ def load_workers(args):
     for device in devices:
         model, tokenizer, meta = load_model(args.source, args.model_tag or None, None if args.step < 0 else args.step,
                                             torch.device(device))
-        workers.append(Worker(model, tokenizer, device))
+        workers.append(Worker(model, tokenizer, device, max_rows=args.max_batch, cache_mode=args.cache_mode))
         print(f"worker {len(workers) - 1}: {args.source} step {meta['step']} on {device}", flush=True)
     return workers, meta
 

@@ -125,7 +125,7 @@ for tag in args.model_tags.split(","):
 recurs = sorted({r for row in results for d in row["acc"].values() for r in d})
 exit_label = (f"exit {args.exit_criterion} < {args.exit_threshold:g} (cap {args.exit_cap})" if args.exit_criterion != "none"
               else "adaptive exit off")
-lines = [f"| model | test depth | " + " | ".join(f"r={r}" for r in recurs) + f" | {exit_label}: acc | mean depth |",
+lines = ["| model | test depth | " + " | ".join(f"r={r}" for r in recurs) + f" | {exit_label}: acc | mean depth |",
          "|---|---|" + "---|" * (len(recurs) + 2)]
 for row in results:
     for depth in tests:

@@ -9,7 +9,6 @@ Where bubblewrap cannot create namespaces, these tests skip (and tool calls are 
 import os
 import resource
 import secrets
-import signal
 import socket
 import subprocess
 import sys
