@@ -5,7 +5,7 @@ forward, picking tokens (sampling, tool state) and moving cache rows. It explain
 of dev/serve_bench.py: how a decode step's cost grows with its rows, and what a prompt arriving
 with 7 others waits for before its first token.
 
-    NANOCHAT_BASE_DIR=/work/exp/iso OMP_NUM_THREADS=1 python dev/serve_profile.py --source base --model-tag loop_s42
+    NANOCHAT_BASE_DIR=/work/exp/iso OMP_NUM_THREADS=1 python -m dev.serve_profile --source base --model-tag loop_s42
 
 Prompts are those of dev/serve_bench.py (chat c's first request), temperature 1, seed per chat.
 """
