@@ -5,7 +5,7 @@ py-spy (`pip install py-spy`; needs ptrace, e.g. root) samples every thread of t
 while dev/serve_bench.py's chat loops run against it, and the samples are sorted into the
 scheduler's phases, the request threads, the HTTP event loop and the rest.
 
-    NANOCHAT_BASE_DIR=/work/exp/iso python dev/serve_pyspy.py --source base --model-tag loop_s42 --chats 8
+    NANOCHAT_BASE_DIR=/work/exp/iso python -m dev.serve_pyspy --source base --model-tag loop_s42 --chats 8
 
 Shares are of the samples where a thread was working: py-spy leaves idle threads out, and the
 samples of threads blocked in a wait it still reports (a lock wait with a timeout) are dropped
@@ -18,12 +18,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dev.serve_bench import round_, start_server  # noqa: E402
+from dev.serve_bench import round_, start_server
 
 parser = argparse.ArgumentParser(description="py-spy profile of chat_web under concurrent chats")
 parser.add_argument("--source", type=str, default="base", help="checkpoint stage served")
@@ -63,7 +63,7 @@ def main():
         raise SystemExit("error: py-spy is not installed: pip install py-spy")
     args.adaptive = None
     proc, url = start_server(args, args.max_batch)
-    out = os.path.abspath("serve_pyspy.txt")
+    out = os.path.join(tempfile.gettempdir(), "serve_pyspy.txt")
     stop = threading.Event()
 
     def load():

@@ -198,7 +198,7 @@ class Worker:
         or `stop` is set (sync: runs on a thread). Each row is its own scheduler request with its
         own generator: row 0 uses req.seed (so n = 1 gives the Engine's reply for that seed), the
         others seeds drawn from it, so a seed reproduces all n."""
-        r = 1 if self.model.config.arch == "gpt" else req.recur
+        r = req.recur  # render_prompt set 1 for a model without a loop
         draw = random.Random(req.seed)
         seeds = [req.seed] + [draw.getrandbits(63) for _ in range(req.n - 1)]
         rows = [self.scheduler.submit(ids, r=r, max_tokens=req.max_tokens, temperature=req.temperature,

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -412,8 +413,8 @@ class ScriptedRows:
         self.scripts, self.cancelled = list(scripts), []
 
     def submit(self, ids, **kw):
-        row = type("Row", (), {})()
-        row.events, row.cancel = queue.Queue(), lambda: self.cancelled.append(row)
+        row = SimpleNamespace(events=queue.Queue())
+        row.cancel = lambda: self.cancelled.append(row)
         for event in self.scripts.pop(0):
             row.events.put(event)
         return row
