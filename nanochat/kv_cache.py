@@ -39,6 +39,8 @@ its cap stops exactly as an adaptive exit would); `move_rows` compacts rows; `gr
 in place when a request needs more iterations (exact mode) or more positions.
 """
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -50,14 +52,17 @@ EXIT_CRITERIA = ("kl", "state")
 
 
 class _Slot:
-    """One layer's view of the cache, handed to CausalSelfAttention as `kv`."""
+    """One layer's view of the cache, handed to CausalSelfAttention as `kv`. It holds the cache
+    by a weak reference: a strong one would make a cycle (cache -> slots -> cache) that only the
+    cyclic garbage collector frees, and it runs by object counts, not bytes, so caches of
+    hundreds of MB piled up (an eval making one cache per batch grew to 23 GB)."""
     __slots__ = ("cache", "index", "prev", "recurrent")
 
     def __init__(self, cache, index, prev, recurrent):
-        self.cache, self.index, self.prev, self.recurrent = cache, index, prev, recurrent
+        self.cache, self.index, self.prev, self.recurrent = weakref.ref(cache), index, prev, recurrent
 
     def attend(self, q, k, v, window):
-        return self.cache._attend(self, q, k, v, window)
+        return self.cache()._attend(self, q, k, v, window)
 
 
 class KVCache:

@@ -3,9 +3,11 @@ adaptive exit, samples sharing a prefill, tool use, and chat_cli end to end. Tin
 built through meta -> to_empty -> init_weights with zero-initialised projections perturbed."""
 
 import dataclasses
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import pytest
 import torch
@@ -106,6 +108,23 @@ def test_shared_cache_memory_and_measured_error():
         print(f"shared vs exact cache, r={r}: max |logit error| {errors[r]:.3e}, argmax agreement {agree:.2%}")
     assert errors[1] < ATOL  # one iteration: the last one is the only one
     assert all(torch.isfinite(torch.tensor(e)) for e in errors.values()) and errors[4] > ATOL
+
+
+@torch.no_grad()
+def test_cache_is_freed_without_the_cycle_collector():
+    """A used cache must go when its last reference does: an eval that builds one cache per
+    batch otherwise keeps them all until the cyclic collector happens to run (it counts
+    objects, not bytes), which took a depth eval to 23 GB."""
+    model = looped()
+    gc.disable()
+    try:
+        cache = KVCache(model, 2, 8, max_r=2, exit_criterion="kl", exit_threshold=1e-3)
+        model(tokens(2, 8), r=2, kv_cache=cache)
+        ref = weakref.ref(cache)
+        del cache
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 @torch.no_grad()

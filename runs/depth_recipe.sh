@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Does the default recipe learn to iterate? The pointer-chasing data of runs/depth_cpu.sh (trained on
+# depth <= MAX_DEPTH, tested at 1..MAX_DEPTH, 2x and 4x), one looped model per arm and seed at the same
+# training FLOPs, through the normal path (base_train, then depth_eval). The arm "default" is
+# base_train's own recipe: only the size, the heads, the sequence length and the budget are set.
+# Every other arm changes one thing from it, so each row of the table is a one-change A/B:
+#
+#   default   base_train's defaults
+#   sum       --inject-init sum          u = e + s at init instead of u = e ([I | I] vs [I | 0])
+#   mean6     --recur-mean 6             E[r] 6 instead of 4
+#   b111      --n-prelude 1 --n-recur 1 --n-coda 1   one block per stage instead of 2 / 4 / 2
+#   copy      --init-state copy          s_0 = e instead of random noise
+#   nove      --value-embeds 0           no value embeddings in the repeated block
+#
+#   bash runs/depth_recipe.sh                           # every arm, seeds 42 and 7
+#   ARMS="default sum" SEEDS=42 bash runs/depth_recipe.sh
+#   DRY_RUN=1 bash runs/depth_recipe.sh                 # print every command
+#
+# Settings (environment): ARMS, SEEDS (42 7), MAX_DEPTH (4), BUDGET (7e13 FLOPs),
+# NANOCHAT_BASE_DIR (out/depth; shares data and tokenizer with runs/depth_cpu.sh). A run whose
+# checkpoint exists is skipped; each arm's depth_eval goes to <base>/depth_eval_<tag>.{md,json,png}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. runs/common.sh
+
+ARMS=${ARMS:-default sum mean6 b111 copy nove}
+SEEDS=${SEEDS:-42 7}
+MAX_DEPTH=${MAX_DEPTH:-4}
+BUDGET=${BUDGET:-7e13}
+export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/depth}
+for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
+[[ $MAX_DEPTH =~ ^[1-4]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..4 (the tests go to 4x it in a table of 24 letters)"
+[[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 3e13"
+arm_flags() {
+    case $1 in
+        default) ;;
+        sum) echo --inject-init sum ;;
+        mean6) echo --recur-mean 6 ;;
+        b111) echo --n-prelude 1 --n-recur 1 --n-coda 1 ;;
+        copy) echo --init-state copy ;;
+        nove) echo --value-embeds 0 ;;
+        *) die "ARMS: unknown arm '$1' (expected default, sum, mean6, b111, copy, nove)" ;;
+    esac
+}
+for arm in $ARMS; do arm_flags "$arm" >/dev/null; done
+activate_venv
+DATA_DIR=$NANOCHAT_BASE_DIR/data
+mkdir -p "$NANOCHAT_BASE_DIR"
+if [ ! -e "$DATA_DIR/test_d$MAX_DEPTH.jsonl" ]; then
+    run python -m dev.make_pointer_chase --out "$DATA_DIR" --max-depth "$MAX_DEPTH" \
+        --test-depths "$(seq -s, 1 "$MAX_DEPTH"),$((2 * MAX_DEPTH)),$((4 * MAX_DEPTH))"
+    will_make "$DATA_DIR"
+fi
+need_shards "$DATA_DIR"
+if [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
+    run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # byte level: every letter one token
+fi
+COMMON=(--size 2 --n-head 4 --max-seq-len 95 --device-batch-size 64 --total-batch-size 6080 --target-flops "$BUDGET"
+        --eval-every -1 --eval-tokens 60800 --sample-every -1 --core-metric-every -1 --data-dir "$DATA_DIR")
+for seed in $SEEDS; do
+    for arm in $ARMS; do
+        tag=${arm}_s$seed
+        if compgen -G "$NANOCHAT_BASE_DIR/base_checkpoints/$tag/step_*/meta.json" >/dev/null; then
+            echo "skip training $tag: it already has a checkpoint"
+        else
+            # shellcheck disable=SC2046  # arm_flags prints separate words on purpose
+            run python -m scripts.base_train "${COMMON[@]}" $(arm_flags "$arm") --seed "$seed" --model-tag "$tag"
+        fi
+        [ -e "$NANOCHAT_BASE_DIR/depth_eval_$tag.md" ] && continue
+        run python -m scripts.depth_eval --model-tags "$tag" --data-dir "$DATA_DIR" --recur 1,2,4,8,16,32 \
+            --out "$NANOCHAT_BASE_DIR/depth_eval_$tag"
+    done
+done
