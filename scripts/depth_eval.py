@@ -1,18 +1,23 @@
 """
-Easy-to-hard (depth) extrapolation on the pointer-chasing task (tasks/pointer_chase.py):
-exact-match accuracy per test depth x recurrence r, greedy, through the engine and its KV
-cache, and with adaptive exit (r is then a cap) the accuracy and the mean number of
-iterations the answer token ran. A standard GPT (arch "gpt") runs at r = 1 only.
+Easy-to-hard (depth) extrapolation on a task whose difficulty is the number of sequential
+lookups at a fixed length: pointer chasing (tasks/pointer_chase.py, the default) or variable
+assignments mod 10 (tasks/var_chase.py). Exact-match accuracy per test depth x recurrence r,
+greedy, through the engine and its KV cache, and with adaptive exit (r is then a cap) the
+accuracy and the mean number of iterations the answer token ran. A standard GPT (arch "gpt")
+runs at r = 1 only.
 
     python -m scripts.depth_eval --model-tags loop_s42,gpt_s42 --data-dir out/depth/data --out out/depth/eval
+    python -m scripts.depth_eval --task var_chase --model-tags loop_s42 --data-dir out/var/data --out out/var/eval
 
-Reads <data-dir>/test_d<depth>.jsonl (dev/make_pointer_chase.py). Writes <out>.md (markdown
-table), <out>.json (every number) and <out>.png (one heatmap per model).
+Reads <data-dir>/test_d<depth>.jsonl (dev/make_<task>.py). Writes <out>.md (markdown table),
+<out>.json (every number) and <out>.png (one heatmap per model). The task decides the grader,
+chance and the shortcut baselines printed beside the table.
 
-The prompt ends with the queried letter and the answer "=<root>" is one token. Fixed r: the
-engine's generate (prefill at r, greedy). Adaptive exit: the engine's prefill always runs its
-full r, so the prompt minus its last token is prefilled into a KVCache at the cap and the last
-token is decoded with the exit criterion; the depth reported is that of the answer token.
+In both tasks the prompt ends with the queried letter and the answer (a root letter, a digit)
+is one token. Fixed r: the engine's generate (prefill at r, greedy). Adaptive exit: the
+engine's prefill always runs its full r, so the prompt minus its last token is prefilled into a
+KVCache at the cap and the last token is decoded with the exit criterion; the depth reported is
+that of the answer token.
 """
 
 import argparse
@@ -31,11 +36,13 @@ from nanochat.engine import Engine
 from nanochat.kv_cache import KVCache
 from nanochat.recurrence import parse_recur_list
 from nanochat.tokenizer import get_tokenizer
-from tasks.pointer_chase import biggest_tree_guess, grade
+from tasks import pointer_chase, var_chase
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
+TASKS = {"pointer_chase": pointer_chase, "var_chase": var_chase}  # name -> module (grade, chance, SHORTCUTS)
 
-parser = argparse.ArgumentParser(description="Accuracy per test depth x r on the pointer-chasing task, and adaptive exit")
+parser = argparse.ArgumentParser(description="Accuracy per test depth x r on a depth-extrapolation task, and adaptive exit")
+parser.add_argument("--task", type=str, default="pointer_chase", help=f"the task that wrote the test files: {' | '.join(TASKS)}")
 parser.add_argument("--model-tags", type=str, required=True, help="folders under base_checkpoints, comma-separated")
 parser.add_argument("--data-dir", type=str, required=True, help="folder holding test_d<depth>.jsonl")
 parser.add_argument("--recur", type=str, default="1,2,4,8,16,32", help="r values for looped models, comma-separated")
@@ -47,6 +54,9 @@ parser.add_argument("--batch-size", type=int, default=100, help="prompts decoded
 parser.add_argument("--out", type=str, required=True, help="output path without extension (.md, .json, .png)")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
 args = parser.parse_args()
+if args.task not in TASKS:
+    raise errors.UserError(f"--task {args.task!r}: expected one of {', '.join(TASKS)}")
+task = TASKS[args.task]
 print0(f"args: {vars(args)}")
 _, _, _, _, device = compute_init(args.device_type or None)
 
@@ -55,25 +65,27 @@ def load_tests(data_dir, limit):
     """{depth: [problem, ...]} from every test_d<depth>.jsonl, sorted by depth."""
     paths = glob.glob(os.path.join(data_dir, "test_d*.jsonl"))
     if not paths:
-        raise SystemExit(f"no test_d<depth>.jsonl in {data_dir}: write them with python -m dev.make_pointer_chase")
+        raise errors.MissingInput(f"no test_d<depth>.jsonl in {data_dir}: write them with python -m dev.make_{args.task}")
     tests = {}
     for path in paths:
         with open(path) as f:
             problems = [json.loads(line) for line in f]
+        if any(set(task.PROBLEM_KEYS) - set(p) for p in problems):
+            raise errors.UserError(f"{path} is not a {args.task} test file (its problems lack {task.PROBLEM_KEYS}): "
+                                   f"pass the --task that wrote it")
         tests[int(re.search(r"test_d(\d+)\.jsonl$", path).group(1))] = problems if limit < 0 else problems[:limit]
     return dict(sorted(tests.items()))
 
 
 def evaluate(engine, tokenizer, problems):
-    """Accuracy at the engine's fixed r, greedy. The answer, the root letter, is one token
-    (tasks/pointer_chase.py), written from the prefill."""
+    """Accuracy at the engine's fixed r, greedy. The answer is one token, written from the prefill."""
     bos = tokenizer.get_bos_token_id()
     correct = 0
     for i in range(0, len(problems), args.batch_size):
         batch = problems[i:i + args.batch_size]
         prompts = [tokenizer.encode(p["prompt"], prepend=bos) for p in batch]
         results, _, _ = engine.generate_batch(prompts, max_tokens=1, temperature=0.0)
-        correct += sum(grade(p, tokenizer.decode(ids[len(prompt):])) for p, prompt, ids in zip(batch, prompts, results))
+        correct += sum(task.grade(p, tokenizer.decode(ids[len(prompt):])) for p, prompt, ids in zip(batch, prompts, results))
     return correct / len(problems)
 
 
@@ -94,13 +106,17 @@ def evaluate_exit(model, tokenizer, problems):
         model(ids[:, :-1], r=args.exit_cap, kv_cache=cache)
         cache.exit_criterion = args.exit_criterion
         answer = model(ids[:, -1:], r=args.exit_cap, kv_cache=cache)[:, -1].argmax(-1).tolist()
-        correct += sum(grade(p, tokenizer.decode([t])) for p, t in zip(batch, answer))
+        correct += sum(task.grade(p, tokenizer.decode([t])) for p, t in zip(batch, answer))
         depth_sum += cache.depth[:, -1].sum().item()
     return correct / len(problems), depth_sum / len(problems)
 
 
 tokenizer = get_tokenizer()
 tests = load_tests(args.data_dir, args.max_problems)
+# what a model gets without chasing: chance and the task's shortcuts (each a mean of expected accuracies)
+baselines = {d: dict(chance=sum(map(task.chance, ps)) / len(ps),
+                     **{key: sum(map(guess, ps)) / len(ps) for key, (_, guess) in task.SHORTCUTS.items()})
+             for d, ps in tests.items()}
 results = []
 for tag in args.model_tags.split(","):
     model, meta = build_model(find_checkpoint_dir("base", tag), device=device)
@@ -133,15 +149,9 @@ for row in results:
         ex = row["exit"].get(depth)
         cells += [f"{ex['acc']:.2f}", f"{ex['mean_depth']:.1f}"] if ex else ["", ""]
         lines.append(f"| {row['tag']} ({row['arch']}) | {depth} | " + " | ".join(cells) + " |")
-# what a model gets without chasing: chance (one of the roots) and the biggest-tree shortcut
-def n_roots(problem):
-    return sum(e[0] == e[1] for e in problem["table"].split(" "))  # the entries "xx"
-
-
-baselines = {d: dict(chance=sum(1 / n_roots(p) for p in ps) / len(ps),
-                     biggest_tree=sum(map(biggest_tree_guess, ps)) / len(ps)) for d, ps in tests.items()}
-lines += ["", "| test depth | chance | biggest-tree guess |", "|---|---|---|"]
-lines += [f"| {d} | {b['chance']:.2f} | {b['biggest_tree']:.2f} |" for d, b in baselines.items()]
+lines += ["", "| test depth | chance | " + " | ".join(label for label, _ in task.SHORTCUTS.values()) + " |",
+          "|---|---|" + "---|" * len(task.SHORTCUTS)]
+lines += [f"| {d} | " + " | ".join(f"{v:.2f}" for v in b.values()) + " |" for d, b in baselines.items()]
 table = "\n".join(lines)
 print0("\n" + table)
 os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -171,7 +181,7 @@ for ax, row in zip(axes[0], results):
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_yticks(range(len(depths)), [str(d) for d in depths])
     ax.set(xlabel="test-time iterations", ylabel="test depth (lookups)", title=f"{row['tag']} ({row['arch']})")
-fig.suptitle("pointer chasing: exact-match accuracy", fontsize=10)
+fig.suptitle(f"{args.task.replace('_', ' ')}: exact-match accuracy", fontsize=10)
 fig.tight_layout()
 fig.savefig(args.out + ".png", dpi=110)
 print0(f"wrote {args.out}.md, .json, .png")

@@ -3,13 +3,13 @@ Pointer chasing to a fixed point: a reasoning task whose difficulty is the numbe
 sequential lookups while every problem has the same length, for easy-to-hard (depth)
 extrapolation (Schwarzschild et al. 2021, "Can you learn an algorithm?").
 
-A problem is a table over the first N letters, one entry per letter in alphabetical order,
-"xy" meaning x points to y. The pointers form a forest: R roots point to themselves, every
-other letter points to its parent. A query names a letter; its answer is the letter's root,
-reached after exactly `depth` lookups (the letter's depth in its tree). Past the root the
-chase stays put, so a model that runs more iterations than a problem needs loses nothing:
-no step counter has to be carried or extrapolated (a "k hops" prompt would show the model
-numbers it never saw in training).
+A problem is a table over the first N letters of a..z then A..Z (N <= 52), one entry per
+letter in that order, "xy" meaning x points to y. The pointers form a forest: R roots point
+to themselves, every other letter points to its parent. A query names a letter; its answer is
+the letter's root, reached after exactly `depth` lookups (the letter's depth in its tree).
+Past the root the chase stays put, so a model that runs more iterations than a problem needs
+loses nothing: no step counter has to be carried or extrapolated (a "k hops" prompt would
+show the model numbers it never saw in training).
 
     ab bb cb da ... xb|qb kb md      the table, "|", queries "<letter><root>"
 
@@ -28,13 +28,23 @@ token of a saturated BPE vocabulary; a looped model trained 1500 steps on it sta
 even at depth 1, because each of the N^2 entry tokens has to learn its key on its own, while
 the byte-level version solves depth 1 within 500 steps: BENCHMARKS.md.) Every training
 document has 3N + 3 x queries - 1 tokens and every test prompt 3N + 1, at every depth.
+
+Up to 26 letters the tables are lowercase; past 26 the alphabet goes on with A..Z, so a table
+of 52 letters holds a chain of 32 lookups beside 4 roots: 8x a training depth of 4 (Schwarzschild
+et al. tested mazes and prefix sums far past the training size too). The lowercase tables, and
+so every file written with N <= 26, are exactly those of the first, lowercase-only version.
 """
 
 import collections
 import random
 import string
 
+from nanochat.errors import UserError
+
 SEP = "|"  # between the table and the queries
+# The letters in table order. Lowercase first, so a table of at most 26 letters is what it was
+# before uppercase existed (same seed, same files); a byte-level token each, like the lowercase.
+ALPHABET = string.ascii_lowercase + string.ascii_uppercase
 
 
 def make_table(rng, n_symbols, n_roots, depth, max_depth):
@@ -45,10 +55,13 @@ def make_table(rng, n_symbols, n_roots, depth, max_depth):
     every other letter hangs from a random letter of depth < max_depth in a uniformly chosen
     tree, so apart from the chain no letter is deeper than max_depth and no root is the answer
     by being the most popular."""
-    if n_roots < 1 or depth < 1 or 2 * n_roots - 1 + depth > n_symbols or n_symbols > 26:
-        raise ValueError(f"n_symbols={n_symbols} cannot hold {n_roots} roots, one child for each but the "
-                         f"chain's and a chain of depth {depth}")
-    letters = list(string.ascii_lowercase[:n_symbols])
+    # UserError (a ValueError): the sizes come from the generators' flags
+    if n_symbols > len(ALPHABET):
+        raise UserError(f"n_symbols={n_symbols}: a table has at most {len(ALPHABET)} letters (a..z, A..Z)")
+    if n_roots < 1 or depth < 1 or 2 * n_roots - 1 + depth > n_symbols:
+        raise UserError(f"n_symbols={n_symbols} cannot hold {n_roots} roots, one child for each but the "
+                        f"chain's and a chain of depth {depth}")
+    letters = list(ALPHABET[:n_symbols])
     rng.shuffle(letters)
     roots, chain, rest = letters[:n_roots], letters[n_roots:n_roots + depth], letters[n_roots + depth:]
     parent = {x: x for x in roots}
@@ -85,8 +98,13 @@ def depth_of(parent, x):
     return d
 
 
+def in_order(letters):
+    """The letters in table order (a..z then A..Z; sorted() would put A..Z first)."""
+    return sorted(letters, key=ALPHABET.index)
+
+
 def table_text(parent):
-    return " ".join(x + parent[x] for x in sorted(parent))
+    return " ".join(x + parent[x] for x in in_order(parent))
 
 
 def query_text(parent, x):
@@ -97,14 +115,20 @@ def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
     """Table and `queries` questions, the first at a uniform depth in 1..max_depth, the others
     at random non-root letters (all of depth <= max_depth)."""
     parent, first = make_table(rng, n_symbols, n_roots, rng.randint(1, max_depth), max_depth)
-    others = [x for x in sorted(parent) if parent[x] != x and x != first]
-    asked = [first] + rng.sample(others, queries - 1)
-    return table_text(parent) + SEP + " ".join(query_text(parent, x) for x in asked)
+    return table_text(parent) + SEP + " ".join(query_text(parent, x) for x in ask(rng, parent, first, queries))
+
+
+def ask(rng, parent, first, queries):
+    """The letters a training document asks about: `first`, then queries - 1 other non-roots."""
+    others = [x for x in in_order(parent) if parent[x] != x and x != first]
+    if not 1 <= queries <= len(others) + 1:
+        raise UserError(f"queries={queries}: a table of {len(parent)} letters has {len(others) + 1} non-roots to ask about")
+    return [first] + rng.sample(others, queries - 1)
 
 
 def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
     """{"prompt", "answer", "depth", "table"}: one question at exactly `depth`. The prompt is
-    the table, the separator and the queried letter; the completion is "=" + answer."""
+    the table, the separator and the queried letter; the completion is the root letter."""
     parent, x = make_table(rng, n_symbols, n_roots, depth, max_depth)
     table = table_text(parent)
     return {"prompt": table + SEP + x, "answer": root_of(parent, x), "depth": depth, "table": table}
@@ -113,6 +137,12 @@ def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
 def grade(problem, completion):
     """Exact match: the completion must start with the root letter."""
     return completion[:1] == problem["answer"]
+
+
+def chance(problem):
+    """Accuracy of a uniform guess among the roots (the entries "xx"): a model that knows what
+    a root looks like but chases nothing."""
+    return 1 / sum(e[0] == e[1] for e in problem["table"].split(" "))
 
 
 def biggest_tree_guess(problem):
@@ -126,6 +156,12 @@ def biggest_tree_guess(problem):
     return (problem["answer"] in best) / len(best)
 
 
+# What scripts/depth_eval.py prints beside its table: JSON key -> (column, expected accuracy of
+# a problem), and the fields a test problem of this task holds (to refuse another task's files).
+SHORTCUTS = {"biggest_tree": ("biggest-tree guess", biggest_tree_guess)}
+PROBLEM_KEYS = ("prompt", "answer", "depth", "table")
+
+
 def parse_table(text):
     """Inverse of table_text (for tests and the checks of the generator)."""
     return {entry[0]: entry[1] for entry in text.split(" ")}
@@ -135,18 +171,28 @@ def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth
     """(train, val, tests): training and validation documents (depth <= max_depth) and, for
     each test depth (default max_depth, 2 max_depth, 4 max_depth), n_test problems. No test
     table occurs in a training or validation document, nor twice in the tests."""
-    rng = random.Random(seed)
     kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth)
-    train = [train_document(rng, queries=queries, **kw) for _ in range(n_train)]
-    val = [train_document(rng, queries=queries, **kw) for _ in range(n_val)]
+    return draw_splits(seed, n_train, n_val, n_test, lambda rng: train_document(rng, queries=queries, **kw),
+                       lambda rng, depth: eval_problem(rng, depth, **kw), "table",
+                       test_depths or (max_depth, 2 * max_depth, 4 * max_depth))
+
+
+def draw_splits(seed, n_train, n_val, n_test, document, problem, text_key, test_depths):
+    """make_splits for any task of this shape (tasks/var_chase.py too): document(rng) is a
+    training text "<problem text>|<queries>", problem(rng, depth) a test problem whose
+    problem[text_key] is its problem text. One generator, seeded, draws train, val, then the
+    tests depth by depth, skipping any problem text already drawn."""
+    rng = random.Random(seed)
+    train = [document(rng) for _ in range(n_train)]
+    val = [document(rng) for _ in range(n_val)]
     seen = {doc.split(SEP)[0] for doc in train + val}
     tests = {}
-    for depth in test_depths or (max_depth, 2 * max_depth, 4 * max_depth):
+    for depth in test_depths:
         problems = []
         while len(problems) < n_test:
-            p = eval_problem(rng, depth, **kw)
-            if p["table"] not in seen:
-                seen.add(p["table"])
+            p = problem(rng, depth)
+            if p[text_key] not in seen:
+                seen.add(p[text_key])
                 problems.append(p)
         tests[depth] = problems
     return train, val, tests

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from nanochat.tokenizer import Tokenizer
-from tasks.pointer_chase import (SEP, depth_of, eval_problem, grade, make_splits, parse_table, root_of,
-                                 train_document, vocab_size)
+from tasks.pointer_chase import (ALPHABET, SEP, biggest_tree_guess, chance, depth_of, eval_problem, grade,
+                                 make_splits, parse_table, root_of, train_document, vocab_size)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -90,6 +90,81 @@ def test_grader():
 def test_bad_sizes_are_rejected():
     with pytest.raises(ValueError, match="cannot hold"):
         eval_problem(random.Random(0), 18)  # 4 roots, 3 children of the other roots + 18 > 24 letters
+
+
+def test_lowercase_tables_are_those_of_the_first_version():
+    """Uppercase letters come after z: a table of <= 26 letters, hence every data set written
+    before them, is unchanged (these strings are the lowercase-only generator's output)."""
+    train, _, tests = make_splits(0, 1, 1, 1)
+    assert train[0] == "aa bw cu dw es fg go hf iw jl kh lo me ns oo pd qx re ss th ux vc wa xx|ko da ms ux to cx fo jo"
+    assert tests[16][0]["prompt"] == "ar bv ch dd ew ff ga hp ij jl kk lg mk nb of pe qi rr sd tx uk vt wq xc|n"
+
+
+def chase_from_text(table, x):
+    """(root, lookups) read off the table text alone, without the task's helpers."""
+    entries = table.split(" ")
+    assert all(len(e) == 2 for e in entries)
+    points = dict(entries)
+    lookups = 0
+    while points[x] != x:
+        x, lookups = points[x], lookups + 1
+        assert lookups <= len(points), "a cycle"
+    return x, lookups
+
+
+def test_52_letter_tables_reach_8x_the_training_depth():
+    """a..z then A..Z: 52 letters hold 4 roots and a chain of 32 (8x a training depth of 4). At
+    every depth 1..32 the prompt has 3 x 52 + 1 tokens, the table lists every letter once in
+    that order, and the answer and depth read off the text are the asked ones."""
+    assert ALPHABET == "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    rng = random.Random(5)
+    problems = [eval_problem(rng, depth, n_symbols=52) for depth in range(1, 33) for _ in range(3)]
+    tok = Tokenizer.train_from_iterator(iter(p["prompt"] for p in problems), vocab_size(52))
+    assert {len(tok.encode(p["prompt"])) for p in problems} == {3 * 52 + 1}
+    for p in problems:
+        table, x = p["prompt"].split(SEP)
+        assert table == p["table"] and "".join(e[0] for e in table.split(" ")) == ALPHABET
+        assert chase_from_text(table, x) == (p["answer"], p["depth"])
+        assert sum(e[0] == e[1] for e in table.split(" ")) == 4 and chance(p) == 0.25
+        assert 0 <= biggest_tree_guess(p) <= 1  # depth_eval's baselines work on these tables
+    assert len(tok.encode(problems[-1]["answer"])) == 1 and problems[-1]["depth"] == 32
+
+
+def test_52_letter_splits():
+    """Training documents of 52 letters have one length and stay within depth 4; no test table
+    at depths 1..32 occurs in training or validation."""
+    depths = [1, 2, 3, 4, 8, 16, 32]
+    train, val, tests = make_splits(1, 300, 30, 20, n_symbols=52, test_depths=depths)
+    assert {len(d) for d in train + val} == {3 * 52 + 3 * 8 - 1}
+    assert any(c.isupper() for c in train[0].split(SEP)[1])  # uppercase letters are asked too, somewhere
+    for doc in train + val:
+        table, queries = doc.split(SEP)
+        for q in queries.split(" "):
+            root, lookups = chase_from_text(table, q[0])
+            assert root == q[1] and 1 <= lookups <= 4
+    seen = {d.split(SEP)[0] for d in train + val}
+    test_tables = [p["table"] for ps in tests.values() for p in ps]
+    assert not seen & set(test_tables) and len(set(test_tables)) == len(test_tables)
+    assert list(tests) == depths and all(p["depth"] == d for d, ps in tests.items() for p in ps)
+    assert {len(p["prompt"]) for ps in tests.values() for p in ps} == {3 * 52 + 1}
+
+
+def test_bad_sizes_name_the_limit():
+    with pytest.raises(ValueError, match="at most 52 letters"):
+        eval_problem(random.Random(0), 4, n_symbols=53)
+    with pytest.raises(ValueError, match="cannot hold"):
+        eval_problem(random.Random(0), 46, n_symbols=52)  # 4 roots, 3 children of the other roots + 46 > 52
+    with pytest.raises(ValueError, match="non-roots to ask about"):
+        train_document(random.Random(0), queries=21)  # 24 letters, 4 roots: 20 to ask about
+
+
+def test_generator_rejects_bad_flags(tmp_path):
+    """dev/make_pointer_chase.py: one line and exit code 2, as every script."""
+    for flags, needle in [(["--test-depths", "1,x"], "--test-depths '1,x'"), (["--n-symbols", "60"], "at most 52")]:
+        out = subprocess.run([sys.executable, "-m", "dev.make_pointer_chase", "--out", str(tmp_path), "--n-train", "5",
+                              *flags], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [out.stderr.strip()], out.stderr
+        assert needle in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.slow
