@@ -1,5 +1,5 @@
 """
-What issue 13 measured, without a model: how the graders score hand-made replies and how many
+What the grader audit measured, without a model: how the graders score hand-made replies and how many
 MMLU subjects a prefix of the test set covers. Run it from a checkout (any commit) to compare:
 
     PYTHONPATH=. python dev/grader_and_subset_check.py --chat-data ../shared/data/chat

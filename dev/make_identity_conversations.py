@@ -1,6 +1,6 @@
 """
 Write dev/identity_conversations.jsonl: the SFT conversations that tell the model who it is
-(SEED.md's mixture: ~1K identity conversations, 2 epochs).
+(nanochat's mixture: ~1K identity conversations, 2 epochs).
 
     python dev/make_identity_conversations.py                 # 1000 conversations, seed 0
     python dev/make_identity_conversations.py --n 200 --out /tmp/ids.jsonl
@@ -13,7 +13,7 @@ optional greeting or lead-in, sometimes lower-cased or without its question mark
 answer (an opener, the topic's main fact, up to two further facts in random order, a closer).
 Duplicates are drawn again.
 
-Every statement is a fact about this model and this harness (README.md, SPEC.md,
+Every statement is a fact about this model and this harness (README.md,
 nanochat/gpt.py): the Huginn layout (2 prelude blocks, 4 recurrent blocks iterated r times,
 2 coda blocks), r drawn at random in training (Poisson log-normal, mean 4), backprop through the
 last 4 iterations, adaptive exit at inference, the SFT mixture, the python tool, the limits.

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nanochat.gpt import DEFAULT_RECUR
 from nanochat.kv_cache import KVCache
+from nanochat.recurrence import resolve_r
 
 TOOL_TIMEOUT = 5.0        # seconds of wall clock per python call
 TOOL_MAX_OUTPUT = 2048    # characters of its stdout (or error) that are fed back
@@ -127,7 +127,7 @@ class Engine:
         """r: loop iterations per token (the cap under adaptive exit; None = the model's default;
         1 for arch="gpt"). tool: code (str) -> output (str), or None to disable tool use."""
         self.model, self.tokenizer, self.tool = model, tokenizer, tool
-        self.r = 1 if model.config.arch == "gpt" else (DEFAULT_RECUR if r is None else r)
+        self.r = resolve_r(model.config.arch, requested=r)
         self.cache_options = dict(mode=cache_mode, warm_start=warm_start, exit_criterion=exit_criterion,
                                   exit_threshold=exit_threshold)
         KVCache(model, 1, 1, max_r=self.r, **self.cache_options)  # validates the options now

@@ -10,6 +10,7 @@ Scripts that run at module level call `install()` first; a script with a main fu
 wrap it instead: `errors.run(main)`.
 """
 
+import contextlib
 import os
 import sys
 
@@ -20,6 +21,18 @@ class UserError(ValueError):
 
 class MissingInput(UserError, FileNotFoundError):
     """A file or folder the user must provide (or make with an earlier stage) is not there."""
+
+
+@contextlib.contextmanager
+def user_input():
+    """Inside it, a ValueError or FileNotFoundError is about what the user gave (a flag that
+    built a config, a path), so it becomes a UserError with the same message."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
 
 
 def debug():

@@ -22,13 +22,13 @@ Deviations from a vanilla GPT-2, with the source of each choice and constant:
 - logit softcap c * tanh(z / c), c = 15 by default (Gemma 2; nanochat's value)
 - sliding-window attention, pattern tiled over the physical blocks of the repeated stack,
   its last block always long, short window = ceil(T/4/128)*128 = 768 at T = 2048 (nanochat,
-  March 2026); prelude and coda attend to the full context (SPEC.md)
+  March 2026); prelude and coda attend to the full context (ours)
 - value embeddings, behind a flag: ResFormer (Zhou et al. 2024) with nanochat's gate
   3 * sigmoid(W x[..., :12]) per kv head, W ~ U(0, 0.02), on alternating physical blocks
   of the repeated stack, the last one always included
 - init (see init_weights): wte std 1, zero output projections, lm_head std 0.001 (nanochat)
 - looped: prelude / recur / coda and the norm after the recurrence (Huginn); inject is a
-  Linear(2h -> h) on concat(e, s), identity on e at init, weight [I | 0] (Trelis; SEED.md);
+  Linear(2h -> h) on concat(e, s), identity on e at init, weight [I | 0] (Trelis Research's looped nanochat);
   random initial state truncated at 3 std (Huginn), std 1 to match e's unit RMS
 - truncated BPTT: the first r - bptt_k iterations run under no_grad (Huginn)
 
@@ -38,6 +38,7 @@ Inference passes a kv_cache.KVCache to forward (prefill, decode, adaptive exit, 
 without one, forward is the training path.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -47,15 +48,15 @@ import torch.nn.functional as F
 
 from nanochat import flash_attention
 from nanochat.common import COMPUTE_DTYPE
+from nanochat.optim import MuonAdamW, OptimizerSpec
+from nanochat.recurrence import resolve_r
 
-DEFAULT_RECUR = 4        # r when forward is called with r=None on a looped model: SPEC's training mean
 ROTARY_BASE = 100_000    # nanochat
 NORM_EPS = 1e-6          # Huginn's RMSNorm eps
 VE_GATE_CHANNELS = 12    # value-embedding gate reads the first 12 channels (nanochat)
 INIT_STATE_SEED = 1337   # fixed noise for init_state="randn" when no generator is given
 NOISE_CHUNK = 128        # positions per independently seeded chunk of that fixed noise
 VOCAB_MULTIPLE = 64
-NORM_LR = 0.02           # AdamW lr of the RMSNorm weights (BENCHMARKS.md, "norm-weight learning rate")
 
 
 @dataclass
@@ -71,8 +72,8 @@ class GPTConfig:
     n_coda: int = 2
     window_pattern: str = "SSSL"  # over the physical blocks of the repeated stack, last one L
     short_window: int = 768       # keys an "S" block sees, itself included
-    value_embeds: bool = False
-    init_state: str = "copy"      # "copy": s_0 = e | "randn": truncated normal noise
+    value_embeds: bool = True     # the defaults are base_train's recipe (tests/test_recipe.py holds them equal)
+    init_state: str = "randn"     # "copy": s_0 = e | "randn": truncated normal noise
     init_state_std: float = 1.0   # e leaves a sandwich-normed block with RMS ~1: same scale
     inject_init: str = "identity"  # "identity": [I | 0], u = e | "sum": [I | I], u = e + s | "random": like c_q
     softcap: float = 15.0
@@ -323,7 +324,7 @@ class GPT(nn.Module):
             if r not in (None, 1):
                 raise ValueError(f"arch='gpt' runs its {self.config.n_recur} blocks once: r must be 1 (or None), got r={r}")
             return 1
-        r = DEFAULT_RECUR if r is None else r
+        r = resolve_r(self.config.arch) if r is None else r  # the recipe's eval r: a checkpoint's is the caller's to pass
         if not (isinstance(r, int) and r >= 1):
             raise ValueError(f"r={r!r}: expected an int >= 1")
         return r
@@ -386,9 +387,8 @@ class GPT(nn.Module):
     # -------------------------------------------------------------------------
     # optimizer
 
-    def optimizer_groups(self, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.5,
-                         weight_decay=0.0, norm_lr=NORM_LR, muon_beta2=0.0, cautious_weight_decay=False):
-        """Parameter groups by role, for MuonAdamW:
+    def optimizer_groups(self, spec):
+        """Parameter groups by role, for MuonAdamW, with the rates of `spec` (optim.OptimizerSpec):
         - Muon: the 2-D matrices of every block and inject, one group per shape (so same-shape
           matrices can be stacked), with weight decay (cautious or plain) and NorMuon's
           variance normalisation when muon_beta2 > 0 (see optim.MuonAdamW);
@@ -401,6 +401,7 @@ class GPT(nn.Module):
         - AdamW "gates": value-embedding gates, mixing weights read through a sigmoid, at
           scalar_lr (nanochat's lr for its mixing scalars)."""
         dmodel_scale = (self.config.n_embd / 768) ** -0.5
+        embedding_lr, unembedding_lr, norm_lr, scalar_lr = spec.embedding_lr, spec.unembedding_lr, spec.norm_lr, spec.scalar_lr
         gates = [b.attn.ve_gate.weight for b in self.recur if b.attn.ve_gate is not None]
         gate_ids = {id(p) for p in gates}
         blocks = [*self.prelude, *self.recur, *self.coda]
@@ -417,8 +418,8 @@ class GPT(nn.Module):
             dict(name="gates", params=gates, lr=scalar_lr, **adamw),
         ]
         for shape in sorted({tuple(p.shape) for p in matrices}):
-            groups.append(dict(name=f"matrices {shape[0]}x{shape[1]}", kind="muon", lr=matrix_lr, momentum=0.95,
-                               weight_decay=weight_decay, beta2=muon_beta2, cautious=cautious_weight_decay,
+            groups.append(dict(name=f"matrices {shape[0]}x{shape[1]}", kind="muon", lr=spec.matrix_lr, momentum=0.95,
+                               weight_decay=spec.weight_decay, beta2=spec.muon_beta2, cautious=spec.cautious_weight_decay,
                                params=[p for p in matrices if tuple(p.shape) == shape]))
         groups = [g for g in groups if g["params"]]
         grouped = [id(p) for g in groups for p in g["params"]]
@@ -427,11 +428,11 @@ class GPT(nn.Module):
             f"optimizer groups cover {len(set(grouped))} of {len(every)} parameters, {len(grouped) - len(set(grouped))} twice"
         return groups
 
-    def setup_optimizer(self, matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.5,
-                        weight_decay=0.0, norm_lr=NORM_LR, muon_beta2=0.0, cautious_weight_decay=False):
-        from nanochat.optim import MuonAdamW  # sets each group's initial_lr
-        return MuonAdamW(self.optimizer_groups(matrix_lr, embedding_lr, unembedding_lr, scalar_lr, weight_decay,
-                                               norm_lr, muon_beta2, cautious_weight_decay))
+    def setup_optimizer(self, spec=None, **overrides):
+        """MuonAdamW over optimizer_groups. spec: an optim.OptimizerSpec (default: the recipe's,
+        what base_train trains with); overrides: fields of it to change, by name."""
+        spec = dataclasses.replace(spec or OptimizerSpec(), **overrides)
+        return MuonAdamW(self.optimizer_groups(spec))  # MuonAdamW sets each group's initial_lr
 
     # -------------------------------------------------------------------------
     # forward
@@ -498,7 +499,7 @@ class GPT(nn.Module):
     def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None):
         """Logits (B, T, vocab_size) in fp32, always.
 
-        idx (B, T) token ids. r: loop iterations (default DEFAULT_RECUR = 4 for "looped";
+        idx (B, T) token ids. r: loop iterations (default: the recipe's eval r, 4, for "looped";
         "gpt" accepts only None or 1). bptt_k: None = backprop through every iteration, else
         only the last bptt_k iterations build a graph; the first r - bptt_k run under no_grad
         (the prelude and inject still get gradients through e). generator: a torch.Generator

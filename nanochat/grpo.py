@@ -1,5 +1,5 @@
 """
-The policy-gradient pieces of chat_rl: SEED.md's simplified GRPO.
+The policy-gradient pieces of chat_rl: nanochat's simplified GRPO (on-policy, no KL, DAPO token-level normalisation).
 
 - On-policy: the replies are sampled from the current weights and used for one update, so
   there is no importance ratio, no clipping (trust region) and no KL penalty to a reference.

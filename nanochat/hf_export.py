@@ -31,7 +31,8 @@ import shutil
 
 import torch
 
-from nanochat.gpt import DEFAULT_RECUR, GPT, GPTConfig
+from nanochat.gpt import GPT, GPTConfig
+from nanochat.recurrence import resolve_r
 from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
 
 MODEL_TYPE = "looped_nanochat"
@@ -161,11 +162,12 @@ def _write_json(path, obj):
 
 def export(model, tokenizer, out_dir, recur=None, step=None):
     """Write the folder described in the module docstring; returns its path. recur: the
-    default r of the exported model (None: DEFAULT_RECUR, 1 for arch="gpt")."""
+    default r of the exported model (None: the recipe's, 1 for arch="gpt"; scripts/export_hf passes the
+    checkpoint's)."""
     from safetensors.torch import save_file
     cfg = model.config
-    recur = 1 if cfg.arch == "gpt" else (DEFAULT_RECUR if recur is None else recur)
-    if not (isinstance(recur, int) and recur >= 1) or (cfg.arch == "gpt" and recur != 1):
+    recur = resolve_r(cfg.arch, requested=recur)
+    if not (isinstance(recur, int) and recur >= 1):
         raise ValueError(f"recur={recur!r}: expected an int >= 1 (1 for arch='gpt')")
     if tokenizer.get_vocab_size() != cfg.vocab_size:
         raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {cfg.vocab_size}")

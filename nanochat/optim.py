@@ -31,12 +31,56 @@ At world size 1 no collective is called at all.
 
 Every rank must see the same set of parameters with grad None (true when all ranks run the
 same recurrence count), else the ranks would issue different collectives and hang.
+
+`OptimizerSpec` is the recipe's optimizer, defined once: its defaults are what base_train
+trains with, the checkpoint stores it, and SFT and RL start from the stored one.
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.distributed as dist
+
+NORM_LR = 0.02  # AdamW lr of the RMSNorm weights (BENCHMARKS.md, "norm-weight learning rate")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """Learning rates (as tuned at nanochat's reference batch of 2^19 tokens), Muon's weight
+    decay (cautious: only where the update and the weight agree in sign) and NorMuon's
+    variance EMA (muon_beta2 > 0). GPT.setup_optimizer builds MuonAdamW from one."""
+    matrix_lr: float = 0.02       # Muon: block matrices and inject
+    embedding_lr: float = 0.2     # AdamW: wte and value embeddings, x 1/sqrt(dim/768)
+    unembedding_lr: float = 0.004  # AdamW: lm_head, x 1/sqrt(dim/768)
+    norm_lr: float = NORM_LR      # AdamW: the RMSNorm weights
+    scalar_lr: float = 0.5        # AdamW: the value-embedding gates
+    weight_decay: float = 0.28    # Muon, at the reference batch and horizon
+    muon_beta2: float = 0.9       # NorMuon (0 = plain Muon)
+    cautious_weight_decay: bool = True
+
+    LRS = ("matrix_lr", "embedding_lr", "unembedding_lr", "norm_lr", "scalar_lr")
+
+    def scaled(self, factor):
+        """Every learning rate times factor (weight decay and the Muon kind unchanged)."""
+        return dataclasses.replace(self, **{k: getattr(self, k) * factor for k in self.LRS})
+
+    def replace(self, **overrides):
+        """This spec with the given fields changed; a value < 0 (a script's "-1 = the checkpoint's")
+        keeps the field as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None and v >= 0})
+
+
+def optimizer_from_meta(meta):
+    """The OptimizerSpec a checkpoint was trained with. Runs saved before the spec was stored carry
+    it in their arguments; a field missing there takes the default, except the Muon kind, which
+    such a run only had if it recorded muon_beta2 (older runs trained plain Muon)."""
+    if "optimizer" in meta:
+        return OptimizerSpec(**meta["optimizer"])
+    args = meta.get("user_config", {})
+    fields = {f.name for f in dataclasses.fields(OptimizerSpec)}
+    spec = OptimizerSpec(**{k: v for k, v in args.items() if k in fields})
+    return spec if not args or "muon_beta2" in args else dataclasses.replace(spec, muon_beta2=0.0)
 
 from nanochat.common import COMPUTE_DTYPE
 

@@ -6,14 +6,19 @@ The recurrence count r used in training: Poisson log-normal, as Huginn samples i
     r   = 1 + Poisson(exp(tau)),                 clamped to [1, max_r]
 
 E[exp(tau)] = m, so E[r] = mean before clamping (Huginn's own sampler puts the mean on the
-rate, giving E[r] = mean + 1; SPEC.md shifts it). At mean 4, max 16, sigma 0.5:
+rate, giving E[r] = mean + 1; we shift it so that the configured mean is E[r]). At mean 4, max 16, sigma 0.5:
 E[r] ~ 4.00, E[min(r, 4)] ~ 3.1, P(r = 16) ~ 0.15 % (the clamp).
 
 r is drawn from a generator seeded by (seed, step) alone, so every rank and every micro-step
 of one optimizer step agree without communicating, and a resumed run draws the same r.
 Training FLOPs use the expectations, computed exactly from the pmf (`expected_recurrence`).
+
+`RecurrenceSpec` is the recipe's recurrence, defined once: its defaults are what base_train
+trains, the checkpoint stores it, and every later stage reads it from there. `resolve_r` is
+the one place that decides the r a model runs at when the caller does not say.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -91,3 +96,77 @@ def step_recurrence(step, arch, fixed=-1, mean=4, max_r=16, sigma=0.5, seed=0):
     if arch == "gpt":
         return 1
     return fixed if fixed > 0 else sample_recurrence(step, mean, max_r, sigma, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrenceSpec:
+    """How a run draws r: Poisson log-normal with E[r] = mean, at most max_r, log-normal sigma;
+    fixed > 0 trains every step at that r instead. Backprop runs through the last bptt_k
+    iterations (-1 = all). eval_r, the r a model of this run runs at by default, is the fixed
+    r or the mean rounded: the iteration count the training centred on."""
+    mean: float = 4.0
+    max_r: int = 16
+    sigma: float = 0.5
+    fixed: int = -1
+    bptt_k: int = 4
+
+    def __post_init__(self):
+        if self.fixed <= 0:
+            _check(self.mean, self.max_r, self.sigma)
+        if self.bptt_k == 0 or self.bptt_k < -1:
+            raise ValueError(f"bptt_k={self.bptt_k}: expected an int >= 1, or -1 for all iterations")
+
+    @property
+    def truncation(self):
+        """bptt_k as the model's forward takes it: None = backprop through every iteration."""
+        return None if self.bptt_k < 0 else self.bptt_k
+
+    def eval_r(self, arch):
+        if arch == "gpt":
+            return 1
+        return self.fixed if self.fixed > 0 else max(1, round(self.mean))
+
+    def draw(self, step, arch, seed):
+        """The r optimizer step `step` runs (the same on every rank and after a resume)."""
+        return step_recurrence(step, arch, self.fixed, self.mean, self.max_r, self.sigma, seed)
+
+    def expectations(self, arch):
+        """(E[r], E[min(r, bptt_k)]): the forward and backward iteration counts per token."""
+        if arch == "gpt":
+            return 1.0, 1.0
+        if self.fixed > 0:
+            return float(self.fixed), float(min(self.fixed, self.truncation or self.fixed))
+        return expected_recurrence(self.mean, self.max_r, self.sigma, self.truncation)
+
+    def with_overrides(self, mean=-1, fixed=-1):
+        """A later stage's flags over the checkpoint's spec: mean > 0 sets E[r]; fixed > 0 trains
+        at that r, fixed = 0 samples; -1 keeps the checkpoint's value."""
+        spec = self if mean <= 0 else dataclasses.replace(self, mean=mean)
+        return spec if fixed < 0 else dataclasses.replace(spec, fixed=fixed or -1)
+
+
+def recurrence_from_meta(meta):
+    """The RecurrenceSpec a checkpoint was trained with. Runs saved before the spec was stored
+    carry it in their arguments (recur_mean, recur_max, recur_sigma, recur_fixed, bptt_k); a
+    field missing there takes the default."""
+    if "recurrence" in meta:
+        return RecurrenceSpec(**meta["recurrence"])
+    args = meta.get("user_config", {})
+    names = dict(mean="recur_mean", max_r="recur_max", sigma="recur_sigma", fixed="recur_fixed", bptt_k="bptt_k")
+    return RecurrenceSpec(**{field: args[flag] for field, flag in names.items() if flag in args})
+
+
+def resolve_r(arch, meta=None, requested=-1):
+    """The r a model runs at: `requested` when > 0, else 1 for a standard GPT, else the
+    checkpoint's eval r (its stored recurrence spec, or the "eval_r" older runs and exported
+    folders record), else the recipe's default."""
+    if requested is not None and requested > 0:
+        if arch == "gpt" and requested != 1:
+            raise ValueError(f"r={requested}: a standard GPT (arch 'gpt') runs its blocks once; only r=1 exists")
+        return requested
+    if arch == "gpt":
+        return 1
+    meta = meta or {}
+    if "recurrence" not in meta and "eval_r" in meta:
+        return int(meta["eval_r"])
+    return recurrence_from_meta(meta).eval_r(arch)

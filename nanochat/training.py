@@ -1,6 +1,7 @@
 """
 Training-loop helpers shared by the training scripts: the lr and momentum schedules, the
-device's bf16 peak for MFU, and a loss log that survives resume and draws the loss curve.
+device's bf16 peak for MFU, a loss log that survives resume and draws the loss curve, and the
+one check every stage makes before it resumes.
 """
 
 import csv
@@ -9,6 +10,32 @@ import os
 
 # dense bf16 peak FLOP/s by device name (H100 SXM; H200 has the same compute)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
+
+
+# flags that never change what a run computes: a resumed run may give them other values
+RESUME_FREE = ("resume", "run", "device_type", "compile", "data_dir", "eval_every", "eval_tokens", "sample_every",
+               "core_metric_every", "core_metric_max_per_task", "eval_bundle", "save_every", "model_tag",
+               "chat_eval_every", "chat_eval_problems", "chat_eval_max_tokens", "eval_examples", "eval_samples")
+
+
+def check_resume(args, meta, model_config, checkpoint_dir):
+    """Refuse to resume when a flag that decides the model, the schedule, the data order or
+    the r draws differs from the checkpoint's (every flag but RESUME_FREE), or when the same
+    flags built another model (another tokenizer, or the code changed): one line naming each
+    difference and the flags that continue the saved run. model_config: this run's, as a dict."""
+    from nanochat.errors import UserError
+    saved = meta.get("user_config", {})
+    changed = [k for k in vars(args) if k not in RESUME_FREE and saved.get(k) != getattr(args, k)]
+    if changed:
+        flags = [("--" + k.replace("_", "-"), getattr(args, k), saved.get(k)) for k in changed]
+        raise UserError(f"--resume: {', '.join(f'{f} is {here!r} here but {was!r}' for f, here, was in flags)} "
+                        f"in {checkpoint_dir}; rerun with {' '.join(f'{f} {was}' for f, _, was in flags)} "
+                        f"(or start a new --model-tag)")
+    differ = {k: (v, meta["model_config"].get(k)) for k, v in model_config.items() if meta["model_config"].get(k) != v}
+    if differ:
+        raise UserError(f"--resume: the model differs from the one in {checkpoint_dir} in "
+                        + ", ".join(f"{k} ({here!r} here, {was!r} there)" for k, (here, was) in differ.items())
+                        + ": use the tokenizer it was trained with, or start a new --model-tag")
 
 
 def gpu_peak_flops(device):

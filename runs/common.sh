@@ -162,7 +162,8 @@ shards_for_tokens() {  # shards_for_tokens DATASET TOKENS: train shards a run of
 
 looped_params() {  # looped_params SIZE: non-embedding parameters of the looped model at --size SIZE, the closed
     # form of GPT.num_params() for the default config at width d = ceil(SIZE x 64 / 128) x 128 (98 d^2: the blocks'
-    # matrices; 32802 d: a 32768 x d value-embedding table, norms, scalars); tests/test_dataset.py checks it
+    # matrices; 32802 d: lm_head and the norm weights; 3 d / 16: the gates of the 2 value-embedding blocks, 12 inputs
+    # per kv head of 128); tests/test_dataset.py checks it
     local d=$(( ($1 * 64 + 127) / 128 * 128 ))
-    echo $(( 98 * d * d + 32802 * d ))
+    echo $(( 98 * d * d + 32802 * d + 3 * d / 16 ))
 }

@@ -16,7 +16,8 @@
 #   ARMS="default sum" SEEDS=42 bash runs/depth_recipe.sh
 #   DRY_RUN=1 bash runs/depth_recipe.sh                 # print every command
 #
-# Settings (environment): ARMS, SEEDS (42 7), MAX_DEPTH (4), BUDGET (7e13 FLOPs),
+# Settings (environment): ARMS, SEEDS (42 7), MAX_DEPTH (4), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems
+# per test depth, -1 = all 300; fewer makes the eval of a 2/4/2 model at r up to 32 quicker),
 # NANOCHAT_BASE_DIR (out/depth; shares data and tokenizer with runs/depth_cpu.sh). A run whose
 # checkpoint exists is skipped; each arm's depth_eval goes to <base>/depth_eval_<tag>.{md,json,png}.
 set -euo pipefail
@@ -27,9 +28,11 @@ ARMS=${ARMS:-default sum mean6 b111 copy nove}
 SEEDS=${SEEDS:-42 7}
 MAX_DEPTH=${MAX_DEPTH:-4}
 BUDGET=${BUDGET:-7e13}
+EVAL_PROBLEMS=${EVAL_PROBLEMS:--1}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/depth}
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
 [[ $MAX_DEPTH =~ ^[1-4]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..4 (the tests go to 4x it in a table of 24 letters)"
+[[ $EVAL_PROBLEMS =~ ^(-1|[1-9][0-9]*)$ ]] || die "EVAL_PROBLEMS: '$EVAL_PROBLEMS' is not -1 or a positive integer"
 [[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 3e13"
 arm_flags() {
     case $1 in
@@ -68,6 +71,6 @@ for seed in $SEEDS; do
         fi
         [ -e "$NANOCHAT_BASE_DIR/depth_eval_$tag.md" ] && continue
         run python -m scripts.depth_eval --model-tags "$tag" --data-dir "$DATA_DIR" --recur 1,2,4,8,16,32 \
-            --out "$NANOCHAT_BASE_DIR/depth_eval_$tag"
+            --max-problems "$EVAL_PROBLEMS" --out "$NANOCHAT_BASE_DIR/depth_eval_$tag"
     done
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on one 8xH100 node: environment (CUDA torch) -> new report -> pretraining
-# shards -> tokenizer (train, eval) -> looped base model s20 at the SEED defaults (r ~ Poisson
+# shards -> tokenizer (train, eval) -> looped base model s20 at the recipe defaults (r ~ Poisson
 # log-normal with E[r] = 4, backprop through the last 4 iterations, 4 tokens per non-embedding
 # parameter) -> base eval (CORE, bpb) at r = 1, 2, 4, 8, 16 -> SFT -> chat eval -> report.md.
 #

@@ -35,7 +35,7 @@ from nanochat.dataset import default_data_dir
 from nanochat.eval_bundle import resolve_bundle
 from nanochat.hf_export import is_exported, load_exported
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.recurrence import parse_recur_list
+from nanochat.recurrence import parse_recur_list, resolve_r
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
@@ -93,8 +93,7 @@ else:
 step, config = meta["step"], model.config
 print0(f"model {model_tag} step {step}: {config}")
 
-default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
-recurs = parse_recur_list(args.recur, config.arch, default_r)
+recurs = parse_recur_list(args.recur, config.arch, resolve_r(config.arch, meta))
 if args.adaptive >= 0 and config.arch == "gpt":
     raise errors.UserError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
 if args.adaptive >= 0 and "core" not in evals:

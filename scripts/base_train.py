@@ -27,13 +27,14 @@ from nanochat.core_eval import evaluate_core
 from nanochat.dataloader import DataLoader
 from nanochat.dataset import data_plan, default_data_dir
 from nanochat.eval_bundle import load_tasks, resolve_bundle
-from nanochat.gpt import GPT, NORM_LR, GPTConfig
+from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
-from nanochat.recurrence import expected_recurrence, step_recurrence
+from nanochat.optim import OptimizerSpec
+from nanochat.recurrence import RecurrenceSpec
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import (LossLog, apply_schedule, compile_blocks, gpu_peak_flops, init_wandb, lr_multiplier,
-                               sample_greedy)
+from nanochat.training import (LossLog, apply_schedule, check_resume, compile_blocks, gpu_peak_flops, init_wandb,
+                               lr_multiplier, sample_greedy)
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
@@ -47,20 +48,21 @@ parser.add_argument("--n-coda", type=int, default=-1, help="coda blocks (-1 = 2 
 parser.add_argument("--max-seq-len", type=int, default=2048, help="context length T")
 parser.add_argument("--n-head", type=int, default=-1, help="attention heads (-1 = width/128: heads of 128)")
 parser.add_argument("--n-kv-head", type=int, default=-1, help="GQA key/value heads (-1 = as many as query heads)")
-parser.add_argument("--value-embeds", type=int, default=1, choices=[0, 1], help="value embeddings in the recurrent block")
-parser.add_argument("--init-state", type=str, default="randn", choices=["copy", "randn"], help="initial recurrent state")
-parser.add_argument("--init-state-std", type=float, default=1.0, help="std of the randn initial state (Huginn: sqrt(2/5))")
-parser.add_argument("--inject-init", type=str, default="identity", choices=["identity", "sum", "random"],
+parser.add_argument("--value-embeds", type=int, default=int(GPTConfig.value_embeds), choices=[0, 1], help="value embeddings in the recurrent block")
+parser.add_argument("--init-state", type=str, default=GPTConfig.init_state, choices=["copy", "randn"], help="initial recurrent state")
+parser.add_argument("--init-state-std", type=float, default=GPTConfig.init_state_std, help="std of the randn initial state (Huginn: sqrt(2/5))")
+parser.add_argument("--inject-init", type=str, default=GPTConfig.inject_init, choices=["identity", "sum", "random"],
                     help="inject weight over concat(e, s): [I | 0], [I | I], or random like any matrix")
-parser.add_argument("--window-pattern", type=str, default="SSSL", help="sliding-window pattern of the repeated blocks")
+parser.add_argument("--window-pattern", type=str, default=GPTConfig.window_pattern, help="sliding-window pattern of the repeated blocks")
 parser.add_argument("--short-window", type=int, default=-1, help="keys an S block sees (-1 = a quarter of T, rounded up to 128)")
-parser.add_argument("--softcap", type=float, default=15.0, help="logit softcap c in c*tanh(z/c)")
+parser.add_argument("--softcap", type=float, default=GPTConfig.softcap, help="logit softcap c in c*tanh(z/c)")
 # recurrence
-parser.add_argument("--recur-mean", type=float, default=4, help="E[r] of the Poisson log-normal sampler")
-parser.add_argument("--recur-max", type=int, default=16, help="largest r drawn")
-parser.add_argument("--recur-sigma", type=float, default=0.5, help="log-normal sigma of the sampler")
-parser.add_argument("--recur-fixed", type=int, default=-1, help="train at this fixed r instead of sampling (-1 = sample)")
-parser.add_argument("--bptt-k", type=int, default=4, help="backprop through the last k iterations only (-1 = all)")
+REC = RecurrenceSpec()  # the recipe's defaults, defined once
+parser.add_argument("--recur-mean", type=float, default=REC.mean, help="E[r] of the Poisson log-normal sampler")
+parser.add_argument("--recur-max", type=int, default=REC.max_r, help="largest r drawn")
+parser.add_argument("--recur-sigma", type=float, default=REC.sigma, help="log-normal sigma of the sampler")
+parser.add_argument("--recur-fixed", type=int, default=REC.fixed, help="train at this fixed r instead of sampling (-1 = sample)")
+parser.add_argument("--bptt-k", type=int, default=REC.bptt_k, help="backprop through the last k iterations only (-1 = all)")
 # horizon and batch
 parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from --target-flops or the ratio)")
 parser.add_argument("--target-flops", type=float, default=-1, help="training FLOPs budget (-1 = use the ratio)")
@@ -68,13 +70,14 @@ parser.add_argument("--target-param-data-ratio", type=float, default=4, help="to
 parser.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per rank")
 parser.add_argument("--total-batch-size", type=int, default=-1, help="tokens per optimizer step (-1 = from the horizon, Power Lines)")
 # optimizer (lrs as tuned at nanochat's reference batch of 2^19 tokens; --batch-scaling 1 rescales them to this batch)
-parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr for block matrices and inject")
-parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr for wte and value embeds (x 1/sqrt(dim/768))")
-parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr for lm_head (x 1/sqrt(dim/768))")
-parser.add_argument("--norm-lr", type=float, default=NORM_LR, help="AdamW lr for the RMSNorm weights")
-parser.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW lr for the value-embedding gates")
-parser.add_argument("--weight-decay", type=float, default=0.28, help="Muon cautious weight decay at the reference batch and horizon")
-parser.add_argument("--muon-beta2", type=float, default=0.9, help="NorMuon variance-normalisation EMA (0 = off)")
+OPT = OptimizerSpec()  # the recipe's defaults, defined once
+parser.add_argument("--matrix-lr", type=float, default=OPT.matrix_lr, help="Muon lr for block matrices and inject")
+parser.add_argument("--embedding-lr", type=float, default=OPT.embedding_lr, help="AdamW lr for wte and value embeds (x 1/sqrt(dim/768))")
+parser.add_argument("--unembedding-lr", type=float, default=OPT.unembedding_lr, help="AdamW lr for lm_head (x 1/sqrt(dim/768))")
+parser.add_argument("--norm-lr", type=float, default=OPT.norm_lr, help="AdamW lr for the RMSNorm weights")
+parser.add_argument("--scalar-lr", type=float, default=OPT.scalar_lr, help="AdamW lr for the value-embedding gates")
+parser.add_argument("--weight-decay", type=float, default=OPT.weight_decay, help="Muon cautious weight decay at the reference batch and horizon")
+parser.add_argument("--muon-beta2", type=float, default=OPT.muon_beta2, help="NorMuon variance-normalisation EMA (0 = off)")
 parser.add_argument("--batch-scaling", type=int, default=0, choices=[0, 1],
                     help="1: lrs x sqrt(B/2^19), weight decay x sqrt(B/2^19) x D_ref/D (nanochat); 0: as given "
                          "(default: at toy batches the rules undershoot, BENCHMARKS.md)")
@@ -116,8 +119,11 @@ for name in ("n_head", "n_kv_head", "n_prelude", "n_recur", "n_coda", "short_win
         overrides[name] = getattr(args, name)
 if args.n_head >= 0 and args.n_kv_head < 0:
     overrides["n_kv_head"] = args.n_head  # "-1 = as many as query heads" holds for a changed head count too
-config = GPTConfig.from_size(args.size, arch=args.arch, vocab_size=tokenizer.get_vocab_size(),
-                             sequence_len=args.max_seq_len, **overrides)
+with errors.user_input():  # GPTConfig and RecurrenceSpec name the field a flag set wrong
+    config = GPTConfig.from_size(args.size, arch=args.arch, vocab_size=tokenizer.get_vocab_size(),
+                                 sequence_len=args.max_seq_len, **overrides)
+    recurrence = RecurrenceSpec(mean=args.recur_mean, max_r=args.recur_max, sigma=args.recur_sigma,
+                                fixed=args.recur_fixed, bptt_k=args.bptt_k)
 print0(f"model config: {config}")
 with torch.device("meta"):
     model = GPT(config)
@@ -128,22 +134,17 @@ model.to_empty(device=device)
 torch.manual_seed(args.seed)
 model.init_weights()
 
-bptt_k = None if args.bptt_k <= 0 else args.bptt_k
-if config.arch == "gpt":
-    mean_r, mean_r_grad = 1.0, 1.0
-elif args.recur_fixed > 0:
-    mean_r, mean_r_grad = float(args.recur_fixed), float(min(args.recur_fixed, bptt_k or args.recur_fixed))
-else:
-    mean_r, mean_r_grad = expected_recurrence(args.recur_mean, args.recur_max, args.recur_sigma, bptt_k)
-eval_r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else round(args.recur_mean))
+bptt_k = recurrence.truncation
+mean_r, mean_r_grad = recurrence.expectations(config.arch)
+eval_r = recurrence.eval_r(config.arch)
 flops_per_token = model.estimate_flops(mean_r, r_grad=mean_r_grad)
 counts = model.num_params(r=eval_r)
 print0("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f" (effective at r={eval_r})")
 print0(f"recurrence: E[r] = {mean_r:.3f}, E[min(r, k)] = {mean_r_grad:.3f}; "
        f"training FLOPs/token {flops_per_token:.4e} (forward {model.forward_flops(mean_r):.4e})")
 if config.arch == "looped":
-    # the seed's ISOFLOP claim, printed for this size: the standard GPT of the same width whose
-    # depth is the looped model's layer count at r = 4 (d20 for s20)
+    # the design's ISOFLOP claim, printed for this size: the standard GPT of the same width whose
+    # depth is the looped model's layer count at r = 4 (nanochat's d20 for s20)
     depth = config.n_prelude + 4 * config.n_recur + config.n_coda
     with torch.device("meta"):
         iso = GPT(dataclasses.replace(config, arch="gpt", n_prelude=0, n_coda=0, n_recur=depth, value_embeds=False))
@@ -177,7 +178,7 @@ else:
         batch_src = f"2^19 x (D / D_ref)^0.383 = {predicted:,.0f}, to a power of 2 (Power Lines)"
     num_iterations = max(1, round(target_tokens / total_batch))
 if total_batch % tokens_per_micro:
-    raise ValueError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
+    raise errors.UserError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
                      f"= {args.device_batch_size} x {T} x {world_size} = {tokens_per_micro}")
 grad_accum = total_batch // tokens_per_micro
 total_tokens = num_iterations * total_batch
@@ -189,9 +190,11 @@ print0(f"batch ({batch_src}): {total_batch:,} tokens/step = {args.device_batch_s
 lr_scale = math.sqrt(total_batch / B_REF) if args.batch_scaling else 1.0
 # T_epoch rule (Bergsma et al. 2024, arXiv 2405.13698): keep B / (lr * wd * D) constant, with lr ~ sqrt(B)
 weight_decay = args.weight_decay * (math.sqrt(total_batch / B_REF) * ref_tokens / target_tokens if args.batch_scaling else 1.0)
-lrs = dict(matrix_lr=args.matrix_lr * lr_scale, embedding_lr=args.embedding_lr * lr_scale,
-           unembedding_lr=args.unembedding_lr * lr_scale, scalar_lr=args.scalar_lr * lr_scale,
-           norm_lr=args.norm_lr * lr_scale, weight_decay=weight_decay)
+optim_spec = OptimizerSpec(matrix_lr=args.matrix_lr, embedding_lr=args.embedding_lr, unembedding_lr=args.unembedding_lr,
+                           norm_lr=args.norm_lr, scalar_lr=args.scalar_lr, weight_decay=args.weight_decay,
+                           muon_beta2=args.muon_beta2)  # as given: what later stages start from
+run_spec = dataclasses.replace(optim_spec.scaled(lr_scale), weight_decay=weight_decay)  # this batch and horizon's
+lrs = {k: getattr(run_spec, k) for k in (*OptimizerSpec.LRS, "weight_decay")}
 print0(f"learning rates: x {lr_scale:.4f} " + ("= sqrt(B / 2^19) (nanochat)" if args.batch_scaling else "(--batch-scaling 0)")
        + ": " + ", ".join(f"{k} {v:.4g}" for k, v in lrs.items() if k != "weight_decay"))
 print0(f"weight decay (Muon, cautious, cosine to 0): {weight_decay:.4g} = {args.weight_decay:g}"
@@ -204,14 +207,10 @@ print0(f"schedule: warmup {warmup_steps} steps" + (" (40, at most 1% of the step
        f"{args.final_lr_frac:g} x lr (nanochat master); Muon momentum 0.85 -> 0.97 (400 steps) -> 0.90 in the "
        f"warmdown; NorMuon beta2 {args.muon_beta2:g}")
 
-optimizer = model.setup_optimizer(**lrs, muon_beta2=args.muon_beta2, cautious_weight_decay=True)
+optimizer = model.setup_optimizer(run_spec)
 
 # -----------------------------------------------------------------------------
 # data, resume
-
-RESUME_MUST_MATCH = [a for a in vars(args) if a not in (  # the flags a resumed run may change
-    "resume", "run", "device_type", "compile", "data_dir", "eval_every", "eval_tokens", "sample_every",
-    "core_metric_every", "core_metric_max_per_task", "eval_bundle", "save_every", "model_tag")]
 
 data_dir = args.data_dir or default_data_dir()
 data_source = data_plan(data_dir, total_tokens)  # which corpus, the shards this horizon needs and those present
@@ -226,20 +225,7 @@ if args.resume:
         raise errors.MissingInput(f"--resume: no checkpoint in {checkpoint_dir}: drop --resume to start a run, or pass "
                                   f"the --model-tag of one to continue (found: {', '.join(others) or 'none'})")
     step, meta = load_meta(checkpoint_dir)
-    saved = meta["user_config"]
-    # what decides the model, the schedule, the data order or the r draws must match the checkpoint's
-    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != getattr(args, k)]
-    if changed:
-        flags = [("--" + k.replace("_", "-"), getattr(args, k), saved.get(k)) for k in changed]
-        raise errors.UserError(f"--resume: {', '.join(f'{f} is {here!r} here but {was!r}' for f, here, was in flags)} "
-                               f"in {checkpoint_dir}; rerun with {' '.join(f'{f} {was}' for f, _, was in flags)} "
-                               f"(or start a new --model-tag)")
-    differ = {k: (v, meta["model_config"].get(k)) for k, v in dataclasses.asdict(config).items()
-              if meta["model_config"].get(k) != v}
-    if differ:  # the same flags built another model: the tokenizer (vocab_size) or the code changed since
-        raise errors.UserError(f"--resume: the model differs from the one in {checkpoint_dir} in "
-                               + ", ".join(f"{k} ({here!r} here, {was!r} there)" for k, (here, was) in differ.items())
-                               + ": use the tokenizer it was trained with, or start a new --model-tag")
+    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir)
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     optimizer.load_state_dict(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     loader_state = load_file(checkpoint_dir, step, f"loader_rank{rank}.pt")
@@ -266,7 +252,7 @@ if args.core_metric_every > 0:
         print0(f"note: no CORE metric during training: {e}")
         core_bundle = None
     if core_bundle and 0 < args.core_metric_max_per_task <= shots:
-        raise ValueError(f"--core-metric-max-per-task {args.core_metric_max_per_task}: the bundle has {shots}-shot "
+        raise errors.UserError(f"--core-metric-max-per-task {args.core_metric_max_per_task}: the bundle has {shots}-shot "
                          f"tasks, which need at least {shots + 1} examples")
 
 use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
@@ -291,7 +277,8 @@ def sample_text(prompts=("The President said that", "Fellow citizens,", "The mea
 
 def save(step, val_bpb):
     meta = {"model_config": dataclasses.asdict(config), "user_config": vars(args), "val_bpb": val_bpb,
-            "loop_state": loss_log.state_dict(), "eval_r": eval_r, "flops_per_token": flops_per_token,
+            "loop_state": loss_log.state_dict(), "recurrence": dataclasses.asdict(recurrence),
+            "optimizer": dataclasses.asdict(optim_spec), "eval_r": eval_r, "flops_per_token": flops_per_token,
             "total_batch_size": total_batch, "lrs": lrs, "data_source": data_source}
     save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer.state_dict(), train_loader.state_dict(), meta, rank)
 
@@ -323,7 +310,7 @@ while True:
     if last:
         break
 
-    r = step_recurrence(step, config.arch, args.recur_fixed, args.recur_mean, args.recur_max, args.recur_sigma, args.seed)
+    r = recurrence.draw(step, config.arch, args.seed)
     synchronize(device)
     t0 = time.time()
     train_loss = 0.0

@@ -17,11 +17,12 @@ import sys
 
 import torch
 
+from nanochat import errors
 from nanochat.checkpoint_manager import load_model
 from nanochat.common import compute_init
 from nanochat.engine import Engine
 from nanochat.execution import describe_sandbox
-from nanochat.gpt import DEFAULT_RECUR
+from nanochat.recurrence import resolve_r
 from nanochat.reply import ReplyDecoder, TerminalReply
 
 parser = argparse.ArgumentParser(description="Chat with a model")
@@ -44,17 +45,15 @@ parser.add_argument("--max-tokens", type=int, default=512, help="most tokens per
 parser.add_argument("--seed", type=int, default=42, help="sampling seed")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
 args = parser.parse_args()
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 _, _, _, _, device = compute_init(args.device_type or None, seed=args.seed)
-try:
+with errors.user_input():  # a missing checkpoint or a bad flag: one line and exit code 2
     model, tokenizer, meta = load_model(args.source, args.model_tag or None, None if args.step < 0 else args.step, device)
-    r = args.recur if args.recur > 0 else meta.get("eval_r", DEFAULT_RECUR)
+    r = resolve_r(model.config.arch, meta, args.recur)
     engine = Engine(model, tokenizer, r=r, cache_mode=args.cache, warm_start=bool(args.warm_start),
                     exit_criterion=args.criterion if args.adaptive >= 0 else None,
                     exit_threshold=max(args.adaptive, 0.0))
-except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
 print(describe_sandbox())
 print(f"model: {args.source} step {meta['step']} ({model.config.arch}, width {model.config.n_embd}), r={engine.r}"
       + (f", adaptive {args.criterion} < {args.adaptive:g}" if args.adaptive >= 0 else "") + f", {args.cache} cache")

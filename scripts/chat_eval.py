@@ -34,7 +34,7 @@ from nanochat.engine import Engine
 from nanochat.eval_forward import EXIT_CRITERION
 from nanochat.eval_plots import plot_sweep
 from nanochat.execution import describe_sandbox
-from nanochat.recurrence import parse_recur_list
+from nanochat.recurrence import parse_recur_list, resolve_r
 from nanochat.report import get_report
 from nanochat.task_eval import BASELINES, centered_accuracy, chatcore, evaluate_categorical, evaluate_generative
 from tasks.arc import ARC
@@ -75,9 +75,9 @@ args = parser.parse_args()
 names = list(TASKS) if args.task_name == "all" else [t.strip() for t in args.task_name.split(",") if t.strip()]
 unknown = [t for t in names if t not in TASKS]
 if unknown or not names:
-    raise ValueError(f"--task-name {args.task_name!r}: unknown {unknown}; expected 'all' or some of {', '.join(TASKS)}")
+    raise errors.UserError(f"--task-name {args.task_name!r}: unknown {unknown}; expected 'all' or some of {', '.join(TASKS)}")
 if args.num_samples < 1:
-    raise ValueError(f"--num-samples {args.num_samples}: expected >= 1")
+    raise errors.UserError(f"--num-samples {args.num_samples}: expected >= 1")
 if args.num_samples > 1 and args.temperature == 0:
     print0("note: --num-samples > 1 with --temperature 0 gives identical samples")
 
@@ -91,10 +91,9 @@ else:
     source, model_tag = args.source, os.path.basename(find_checkpoint_dir(args.source, args.model_tag or None))
 model, tokenizer, meta = load_model(args.source, model_tag, None if args.step < 0 else args.step, device)
 config, step = model.config, meta["step"]
-default_r = 1 if config.arch == "gpt" else int(meta.get("eval_r", 4))
-recurs = parse_recur_list(args.recur, config.arch, default_r)
+recurs = parse_recur_list(args.recur, config.arch, resolve_r(config.arch, meta))
 if args.adaptive >= 0 and config.arch == "gpt":
-    raise ValueError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
+    raise errors.UserError(f"--adaptive {args.adaptive}: the checkpoint is arch='gpt', which has no loop to exit from")
 tasks = {name: TASKS[name]() for name in names}
 print0(f"model: {source} step {step} ({config.arch}, width {config.n_embd}); tasks: "
        + ", ".join(f"{n} ({len(t)})" for n, t in tasks.items()))

@@ -1,5 +1,5 @@
 """
-Reinforcement learning on GSM8K: SEED.md's simplified GRPO (nanochat/grpo.py has the math).
+Reinforcement learning on GSM8K: nanochat's simplified GRPO (nanochat/grpo.py has the math).
 
     python -m scripts.chat_rl --model-tag s20
     torchrun --nproc_per_node=8 -m scripts.chat_rl --model-tag s20
@@ -14,7 +14,7 @@ outputs the engine forced into a reply carry no loss; the stop token the model c
 
 r: the step's r (sampler seeded by the step, or --recur-fixed) is used both to sample and to
 score the replies, so the gradient is that of the policy that sampled; truncated BPTT through
-the last --bptt-k iterations. Periodic pass@k on the first --eval-examples GSM8K test problems
+the last bptt_k iterations (the source run's). Periodic pass@k on the first --eval-examples GSM8K test problems
 (--eval-samples samples each, temperature 1). LR: linear decay to 0 over the run.
 Checkpoints: $NANOCHAT_BASE_DIR/chatrl_checkpoints/<tag>.
 """
@@ -34,13 +34,13 @@ from nanochat import errors
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir, load_file, load_meta, save_checkpoint
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, synchronize
 from nanochat.engine import Engine
-from nanochat.gpt import NORM_LR
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
-from nanochat.recurrence import step_recurrence
+from nanochat.optim import OptimizerSpec, optimizer_from_meta
+from nanochat.recurrence import recurrence_from_meta
 from nanochat.report import get_report
 from nanochat.task_eval import evaluate_generative, sample_replies
 from nanochat.tokenizer import get_tokenizer
-from nanochat.training import apply_schedule, init_wandb
+from nanochat.training import apply_schedule, check_resume, init_wandb
 from tasks.gsm8k import GSM8K
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
@@ -61,17 +61,14 @@ parser.add_argument("--top-k", type=int, default=50, help="sample among the k mo
 parser.add_argument("--num-epochs", type=int, default=1, help="passes over GSM8K train")
 parser.add_argument("--num-iterations", type=int, default=-1, help="steps (-1 = from --num-epochs)")
 # recurrence
-parser.add_argument("--recur-mean", type=float, default=4, help="E[r] of the Poisson log-normal sampler")
-parser.add_argument("--recur-max", type=int, default=16, help="largest r drawn")
-parser.add_argument("--recur-sigma", type=float, default=0.5, help="log-normal sigma of the sampler")
-parser.add_argument("--recur-fixed", type=int, default=-1, help="sample and train at this fixed r (-1 = draw r each step)")
-parser.add_argument("--bptt-k", type=int, default=4, help="backprop through the last k iterations only (-1 = all)")
+parser.add_argument("--recur-mean", type=float, default=-1, help="E[r] of the sampler (-1 = the source run's; its max, sigma and bptt_k are kept)")
+parser.add_argument("--recur-fixed", type=int, default=-1, help="sample and train at this fixed r (0 = draw r each step; -1 = as the source run did)")
 # optimizer
-parser.add_argument("--matrix-lr", type=float, default=0.02, help="Muon lr (times --init-lr-frac)")
-parser.add_argument("--embedding-lr", type=float, default=0.2, help="AdamW lr of the embeddings (times --init-lr-frac)")
-parser.add_argument("--unembedding-lr", type=float, default=0.004, help="AdamW lr of lm_head (times --init-lr-frac)")
-parser.add_argument("--norm-lr", type=float, default=NORM_LR, help="AdamW lr of the RMSNorm weights (times --init-lr-frac)")
-parser.add_argument("--scalar-lr", type=float, default=0.5, help="AdamW lr of the value-embedding gates (times --init-lr-frac)")
+parser.add_argument("--matrix-lr", type=float, default=-1, help="Muon lr, times --init-lr-frac (-1 = the source run's; its NorMuon and cautious decay are kept)")
+parser.add_argument("--embedding-lr", type=float, default=-1, help="AdamW lr of the embeddings, times --init-lr-frac (-1 = the source run's)")
+parser.add_argument("--unembedding-lr", type=float, default=-1, help="AdamW lr of lm_head, times --init-lr-frac (-1 = the source run's)")
+parser.add_argument("--norm-lr", type=float, default=-1, help="AdamW lr of the RMSNorm weights, times --init-lr-frac (-1 = the source run's)")
+parser.add_argument("--scalar-lr", type=float, default=-1, help="AdamW lr of the value-embedding gates, times --init-lr-frac (-1 = the source run's)")
 parser.add_argument("--weight-decay", type=float, default=0.0, help="Muon weight decay")
 parser.add_argument("--init-lr-frac", type=float, default=0.05, help="every lr times this (nanochat's RL value)")
 # evaluation, checkpoints
@@ -89,10 +86,10 @@ is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or 
 master = rank == 0
 print0(f"args: {vars(args)}")
 if args.examples_per_step % world_size:
-    raise ValueError(f"--examples-per-step {args.examples_per_step} must be a multiple of the world size {world_size}")
+    raise errors.UserError(f"--examples-per-step {args.examples_per_step} must be a multiple of the world size {world_size}")
 k, B = args.num_samples, args.device_batch_size
 if k < 1 or B < 1 or (k > B and k % B):
-    raise ValueError(f"--num-samples {k}, --device-batch-size {B}: expected both >= 1 and, when samples exceed "
+    raise errors.UserError(f"--num-samples {k}, --device-batch-size {B}: expected both >= 1 and, when samples exceed "
                      "the batch, a multiple of it")
 
 # -----------------------------------------------------------------------------
@@ -104,31 +101,35 @@ model, source_meta = build_model(source_dir, None if args.step < 0 else args.ste
 config = model.config
 tokenizer = get_tokenizer()
 if tokenizer.get_vocab_size() != config.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {config.vocab_size}")
+    raise errors.UserError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {config.vocab_size}")
 print0(f"start: {source_dir} step {source_meta['step']}: {config}")
-bptt_k = None if args.bptt_k <= 0 else args.bptt_k
-eval_r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else int(source_meta.get("eval_r", 4)))
+with errors.user_input():  # a --recur-mean the sampler cannot take: one line naming it
+    recurrence = recurrence_from_meta(source_meta).with_overrides(args.recur_mean, args.recur_fixed)
+bptt_k = recurrence.truncation
+eval_r = recurrence.eval_r(config.arch)
+print0(f"recurrence: {recurrence}, eval r {eval_r}")
 top_k = args.top_k if args.top_k > 0 else None
 
 train_task, val_task = GSM8K("train"), GSM8K("test")
 num_steps = args.num_iterations if args.num_iterations > 0 else args.num_epochs * len(train_task) // args.examples_per_step
 if num_steps < 1:
-    raise ValueError(f"{args.num_epochs} epoch(s) of {len(train_task)} questions at {args.examples_per_step} per step is no step")
+    raise errors.UserError(f"{args.num_epochs} epoch(s) of {len(train_task)} questions at {args.examples_per_step} per step is no step")
 print0(f"{num_steps} steps x {args.examples_per_step} questions x {k} samples = "
        f"{args.examples_per_step * k} replies per step ({args.examples_per_step // world_size} questions per rank)")
 
-lrs = dict(matrix_lr=args.matrix_lr * args.init_lr_frac, embedding_lr=args.embedding_lr * args.init_lr_frac,
-           unembedding_lr=args.unembedding_lr * args.init_lr_frac, scalar_lr=args.scalar_lr * args.init_lr_frac,
-           norm_lr=args.norm_lr * args.init_lr_frac, weight_decay=args.weight_decay)
-optimizer = model.setup_optimizer(**lrs)
-print0("optimizer (fresh): " + ", ".join(f"{k_} {v:g}" for k_, v in lrs.items()))
+# the source run's optimizer (NorMuon, cautious decay, its lrs unless given), every lr x --init-lr-frac
+optim_spec = optimizer_from_meta(source_meta).replace(**{k_: getattr(args, k_) for k_ in OptimizerSpec.LRS},
+                                                      weight_decay=args.weight_decay)
+run_spec = optim_spec.scaled(args.init_lr_frac)
+lrs = {k_: getattr(run_spec, k_) for k_ in (*OptimizerSpec.LRS, "weight_decay")}
+optimizer = model.setup_optimizer(run_spec)
+print0(f"optimizer (fresh): {run_spec}")
 
 checkpoint_dir = os.path.join(get_base_dir(), "chatrl_checkpoints", model_tag)
 start_step, history = 0, []  # history: one dict per step (and evals), kept in the checkpoint
 if args.resume:
     step, meta = load_meta(checkpoint_dir)
-    if meta["model_config"] != dataclasses.asdict(config):
-        raise ValueError(f"--resume: checkpoint config {meta['model_config']} differs from the source model's")
+    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir)
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     optimizer.load_state_dict(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     start_step, history = step, meta["history"]
@@ -200,7 +201,8 @@ def pass_at_k(step):
 
 
 def save(step):
-    meta = {"model_config": dataclasses.asdict(config), "user_config": vars(args), "eval_r": eval_r, "lrs": lrs,
+    meta = {"model_config": dataclasses.asdict(config), "user_config": vars(args), "recurrence": dataclasses.asdict(recurrence),
+            "optimizer": dataclasses.asdict(optim_spec), "eval_r": eval_r, "lrs": lrs,
             "history": history, "source_checkpoint": {"dir": source_dir, "step": source_meta["step"]}}
     save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer.state_dict(), {"step": step}, meta, rank)
 
@@ -218,7 +220,7 @@ while True:
     if last:
         break
 
-    r = step_recurrence(step, config.arch, args.recur_fixed, args.recur_mean, args.recur_max, args.recur_sigma, args.seed)
+    r = recurrence.draw(step, config.arch, args.seed)
     synchronize(device)
     t0 = time.time()
     rolls, rewards, lengths = rollouts(step, r)

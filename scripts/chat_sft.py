@@ -6,7 +6,7 @@ loss on the assistant's tokens only.
     torchrun --nproc_per_node=8 -m scripts.chat_sft --model-tag s20
     python -m scripts.chat_sft --model-tag s2 --smoltalk-size 2000 --num-iterations 20   # a toy run
 
-The mixture (SEED.md; every size is a flag, clipped to what the data holds, and the table of
+The mixture (nanochat's; every size is a flag, clipped to what the data holds, and the table of
 what was used is printed): SmolTalk 460K, MMLU auxiliary_train 100K, GSM8K train x2, the
 identity conversations x2 (dev/identity_conversations.jsonl: 1000, written by
 dev/make_identity_conversations.py; plus --identity-path),
@@ -44,14 +44,14 @@ from nanochat.checkpoint_manager import (build_model, find_checkpoint_dir, last_
 from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, format_duration, get_base_dir, print0,
                              synchronize)
 from nanochat.engine import Engine
-from nanochat.gpt import NORM_LR
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.recurrence import step_recurrence
+from nanochat.optim import OptimizerSpec, optimizer_from_meta
+from nanochat.recurrence import recurrence_from_meta
 from nanochat.report import get_report
 from nanochat.sft_data import SFTPacker
 from nanochat.task_eval import BASELINES, chatcore, evaluate_categorical, evaluate_generative
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, apply_schedule, compile_blocks, init_wandb, lr_multiplier
+from nanochat.training import LossLog, apply_schedule, check_resume, compile_blocks, init_wandb, lr_multiplier
 from tasks.arc import ARC
 from tasks.common import TaskMixture, TaskSequence, chat_data_dir
 from tasks.customjson import CustomJSON
@@ -84,11 +84,8 @@ parser.add_argument("--identity-path", type=str, default="", help="more identity
 parser.add_argument("--simple-spelling-size", type=int, default=200_000, help="SimpleSpelling examples")
 parser.add_argument("--spelling-bee-size", type=int, default=80_000, help="SpellingBee examples")
 # recurrence
-parser.add_argument("--recur-mean", type=float, default=4, help="E[r] of the Poisson log-normal sampler")
-parser.add_argument("--recur-max", type=int, default=16, help="largest r drawn")
-parser.add_argument("--recur-sigma", type=float, default=0.5, help="log-normal sigma of the sampler")
-parser.add_argument("--recur-fixed", type=int, default=-1, help="train at this fixed r instead of sampling (-1 = sample)")
-parser.add_argument("--bptt-k", type=int, default=4, help="backprop through the last k iterations only (-1 = all)")
+parser.add_argument("--recur-mean", type=float, default=-1, help="E[r] of the sampler (-1 = the base run's; its max, sigma and bptt_k are kept)")
+parser.add_argument("--recur-fixed", type=int, default=-1, help="train at this fixed r (0 = sample; -1 = as the base run did)")
 # batch and horizon
 parser.add_argument("--max-seq-len", type=int, default=-1, help="row length T (-1 = the base model's context)")
 parser.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per rank")
@@ -96,7 +93,7 @@ parser.add_argument("--total-batch-size", type=int, default=-1, help="tokens per
 parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = one epoch of the mixture)")
 parser.add_argument("--buffer-size", type=int, default=100, help="conversations the best-fit packer chooses from")
 # optimizer
-parser.add_argument("--matrix-lr", type=float, default=-1, help="Muon lr (-1 = the base run's)")
+parser.add_argument("--matrix-lr", type=float, default=-1, help="Muon lr (-1 = the base run's; its NorMuon and cautious decay are kept)")
 parser.add_argument("--embedding-lr", type=float, default=-1, help="AdamW lr of the embeddings (-1 = the base run's)")
 parser.add_argument("--unembedding-lr", type=float, default=-1, help="AdamW lr of lm_head (-1 = the base run's)")
 parser.add_argument("--norm-lr", type=float, default=-1, help="AdamW lr of the RMSNorm weights (-1 = the base run's)")
@@ -136,18 +133,21 @@ model.train()
 config = model.config
 tokenizer = get_tokenizer()
 if tokenizer.get_vocab_size() != config.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {config.vocab_size}: "
+    raise errors.UserError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {config.vocab_size}: "
                      f"{base_dir} was trained with another tokenizer")
 token_bytes = get_token_bytes(device=device)
 print0(f"base model: {base_dir} step {base_step}: {config}")
 
-bptt_k = None if args.bptt_k <= 0 else args.bptt_k
-eval_r = 1 if config.arch == "gpt" else (args.recur_fixed if args.recur_fixed > 0 else int(base_meta.get("eval_r", round(args.recur_mean))))
+with errors.user_input():  # a --recur-mean the sampler cannot take: one line naming it
+    recurrence = recurrence_from_meta(base_meta).with_overrides(args.recur_mean, args.recur_fixed)
+bptt_k = recurrence.truncation
+eval_r = recurrence.eval_r(config.arch)
+print0(f"recurrence: {recurrence} (the base run's{', with overrides' if args.recur_mean > 0 or args.recur_fixed >= 0 else ''}), eval r {eval_r}")
 T = args.max_seq_len if args.max_seq_len > 0 else config.sequence_len
 rows_per_micro = args.device_batch_size * T * world_size
 total_batch = args.total_batch_size if args.total_batch_size > 0 else max(524288 // rows_per_micro, 1) * rows_per_micro
 if total_batch % rows_per_micro:
-    raise ValueError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
+    raise errors.UserError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
                      f"= {args.device_batch_size} x {T} x {world_size} = {rows_per_micro}")
 grad_accum = total_batch // rows_per_micro
 print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} x {world_size} ranks x {grad_accum} accum")
@@ -195,7 +195,7 @@ def first(name, task, asked):
 
 
 def build_mixture():
-    """[(name, task, epochs, source, available)] of the SEED.md mixture: task is the part used,
+    """[(name, task, epochs, source, available)] of nanochat's mixture: task is the part used,
     `available` how many examples the source holds. A size or epochs of 0 leaves a part out."""
     parts = []
     if args.smoltalk_size != 0:
@@ -216,7 +216,7 @@ def build_mixture():
         if size > 0:
             parts.append((name, cls(size=size, split="train"), 1, "generated from the train words", size))
     if not parts:
-        raise ValueError("the SFT mixture is empty: every size and epoch flag is 0")
+        raise errors.UserError("the SFT mixture is empty: every size and epoch flag is 0")
     return parts
 
 
@@ -247,17 +247,12 @@ val_dataset = build_val()
 # -----------------------------------------------------------------------------
 # optimizer: the base run's learning rates unless given, its state when it fits
 
-base_args = base_meta.get("user_config", {})
-lrs = {}
-for name, default in (("matrix_lr", 0.02), ("embedding_lr", 0.2), ("unembedding_lr", 0.004), ("scalar_lr", 0.5),
-                      ("norm_lr", NORM_LR), ("weight_decay", 0.0)):
-    value = getattr(args, name)
-    lrs[name] = value if value >= 0 else base_args.get(name, default)
-for name in ("matrix_lr", "embedding_lr", "unembedding_lr", "scalar_lr", "norm_lr"):
-    lrs[name] *= args.init_lr_frac
-muon_beta2 = base_args.get("muon_beta2", 0.0)  # the base run's Muon: NorMuon when it had it, cautious decay
-print0("optimizer: " + ", ".join(f"{k} {v:g}" for k, v in lrs.items()) + f", muon_beta2 {muon_beta2:g}")
-optimizer = model.setup_optimizer(**lrs, muon_beta2=muon_beta2, cautious_weight_decay=True)
+optim_spec = optimizer_from_meta(base_meta).replace(**{k: getattr(args, k) for k in OptimizerSpec.LRS},
+                                                    weight_decay=args.weight_decay)
+run_spec = optim_spec.scaled(args.init_lr_frac)
+lrs = {k: getattr(run_spec, k) for k in (*OptimizerSpec.LRS, "weight_decay")}
+print0(f"optimizer: {run_spec}")
+optimizer = model.setup_optimizer(run_spec)
 
 
 def load_optimizer_state(state):
@@ -289,12 +284,11 @@ checkpoint_dir = os.path.join(get_base_dir(), "chatsft_checkpoints", model_tag)
 start_step, packer_state, loss_log = 0, None, LossLog()
 if args.resume:
     step, meta = load_meta(checkpoint_dir)
-    if meta["model_config"] != dataclasses.asdict(config):
-        raise ValueError(f"--resume: checkpoint config {meta['model_config']} differs from the base model's")
+    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir)
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     ok, why = load_optimizer_state(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     if not ok:
-        raise ValueError(f"--resume: optimizer state of {checkpoint_dir} step {step} does not fit: {why}")
+        raise errors.UserError(f"--resume: optimizer state of {checkpoint_dir} step {step} does not fit: {why}")
     packer_state = load_file(checkpoint_dir, step, f"loader_rank{rank}.pt")
     loss_log.load_state_dict(meta["loop_state"])
     start_step = step
@@ -323,7 +317,7 @@ if is_ddp:
     dist.all_reduce(epoch_steps, op=dist.ReduceOp.MIN)
 epoch_steps = int(epoch_steps.item())
 if epoch_steps == 0:
-    raise ValueError(f"the SFT mixture fills {n_batches} batches of {args.device_batch_size} rows on rank {rank}: "
+    raise errors.UserError(f"the SFT mixture fills {n_batches} batches of {args.device_batch_size} rows on rank {rank}: "
                      f"not one step of {grad_accum} (lower --total-batch-size or --device-batch-size)")
 num_steps = epoch_steps if args.num_iterations <= 0 else min(args.num_iterations, epoch_steps)
 print0(f"epoch: {epoch_steps} steps ({n_batches} batches on rank 0, counted in {time.time() - t0:.1f}s); "
@@ -343,7 +337,7 @@ if is_ddp:
     dist.all_reduce(n_val, op=dist.ReduceOp.MIN)
 eval_steps = int(n_val.item())
 if eval_steps == 0:
-    raise ValueError(f"validation data fills no batch of {args.device_batch_size} rows on every rank")
+    raise errors.UserError(f"validation data fills no batch of {args.device_batch_size} rows on every rank")
 print0(f"validation: {eval_steps} batches per rank ({eval_steps * rows_per_micro:,} tokens)")
 
 # quick chat evals: a handful of problems of each task whose data is here
@@ -401,7 +395,8 @@ def quick_chat_eval(step):
 
 def save(step, loader_state, bpb):
     meta = {"model_config": dataclasses.asdict(config), "user_config": vars(args), "val_bpb": bpb,
-            "loop_state": loss_log.state_dict(), "eval_r": eval_r, "lrs": lrs,
+            "loop_state": loss_log.state_dict(), "recurrence": dataclasses.asdict(recurrence),
+            "optimizer": dataclasses.asdict(optim_spec), "eval_r": eval_r, "lrs": lrs,
             "base_checkpoint": {"dir": base_dir, "step": base_step}, "mixture": table}
     save_checkpoint(checkpoint_dir, step, model.state_dict(), optimizer.state_dict(), loader_state, meta, rank)
 
@@ -434,7 +429,7 @@ while True:
     if last:
         break
 
-    r = step_recurrence(step, config.arch, args.recur_fixed, args.recur_mean, args.recur_max, args.recur_sigma, args.seed)
+    r = recurrence.draw(step, config.arch, args.seed)
     synchronize(device)
     t0 = time.time()
     # each micro-step's summed loss over (all supervised tokens of the step, every rank) / world:

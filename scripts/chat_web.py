@@ -27,17 +27,18 @@ import argparse
 import hmac
 import json
 import os
+import sys
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from nanochat import chat_api, openai_api
+from nanochat import chat_api, errors, openai_api
 from nanochat.chat_api import RequestError, Worker, WorkerPool, parse_body, read_body, render_prompt, validate_request
 from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
 from nanochat.common import autodetect_device_type, compute_init
 from nanochat.execution import describe_sandbox, sandbox_mode
-from nanochat.gpt import DEFAULT_RECUR
+from nanochat.recurrence import resolve_r
 
 parser = argparse.ArgumentParser(description="Chat with a model in the browser")
 parser.add_argument("--source", type=str, default="sft",
@@ -69,11 +70,11 @@ def load_workers(args):
     device_type = args.device_type or autodetect_device_type()
     compute_init(device_type)
     if args.max_batch < 1:
-        raise ValueError(f"--max-batch={args.max_batch}: expected >= 1")
+        raise errors.UserError(f"--max-batch={args.max_batch}: expected >= 1")
     if device_type == "cuda":
         n = torch.cuda.device_count() if args.num_gpus < 1 else args.num_gpus
         if n > torch.cuda.device_count():
-            raise ValueError(f"--num-gpus={n}: only {torch.cuda.device_count()} CUDA devices visible")
+            raise errors.UserError(f"--num-gpus={n}: only {torch.cuda.device_count()} CUDA devices visible")
         devices = [f"cuda:{i}" for i in range(n)]
     else:
         devices = [device_type]
@@ -88,7 +89,7 @@ def load_workers(args):
 
 def defaults_from(args, meta):
     """The request defaults, each checked against the request limits so a bad flag fails at start."""
-    recur = args.recur if args.recur > 0 else meta.get("eval_r", DEFAULT_RECUR)
+    recur = resolve_r(meta["model_config"]["arch"], meta, args.recur)
     defaults = dict(temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens, recur=recur)
     validate_request({"messages": [{"role": "user", "content": "x"}]}, defaults)
     return defaults
@@ -177,8 +178,9 @@ if __name__ == "__main__":
     try:
         workers, meta = load_workers(args)
         app = create_app(workers, defaults_from(args, meta), args.api_key, model_id(args, meta))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+    except (FileNotFoundError, ValueError) as e:  # a missing checkpoint or a bad flag: one line, exit code 2
+        print(errors.report(e), file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     print(f"serving on http://{args.host}:{args.port} with {len(workers)} worker(s)"
           + (", API key required" if args.api_key else ", no API key")
           + f"; OpenAI-compatible API at http://{args.host}:{args.port}/v1, model {app.state.model_name!r}", flush=True)

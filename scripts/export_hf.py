@@ -17,10 +17,11 @@ import sys
 
 import torch
 
+from nanochat import errors
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir
 from nanochat.common import COMPUTE_DTYPE, get_base_dir
-from nanochat.gpt import DEFAULT_RECUR
 from nanochat.hf_export import export, load_exported
+from nanochat.recurrence import resolve_r
 from nanochat.tokenizer import get_tokenizer
 
 parser = argparse.ArgumentParser(description="Export a checkpoint as a Hugging Face transformers folder")
@@ -32,6 +33,7 @@ parser.add_argument("--out", type=str, default="", help="output folder (empty = 
 parser.add_argument("--check", type=int, default=1, choices=[0, 1],
                     help="load the folder with transformers and compare its logits with ours (1 = yes)")
 args = parser.parse_args()
+errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 print(f"args: {vars(args)}")
 
 try:
@@ -40,15 +42,12 @@ except ImportError as e:
     print(f"error: {e}: install the [hf] extra: pip install -e '.[hf]'", file=sys.stderr)
     sys.exit(2)
 
-try:
+with errors.user_input():  # a missing checkpoint or a bad --recur: one line and exit code 2
     checkpoint_dir = find_checkpoint_dir(args.source, args.model_tag or None)
     model, meta = build_model(checkpoint_dir, None if args.step < 0 else args.step)
     tokenizer = get_tokenizer()
-except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    recur = resolve_r(model.config.arch, meta, args.recur)
 tag = os.path.basename(checkpoint_dir)
-recur = args.recur if args.recur > 0 else (1 if model.config.arch == "gpt" else meta.get("eval_r", DEFAULT_RECUR))
 out = args.out or os.path.join(get_base_dir(), "hf", f"{args.source}_{tag}")
 export(model, tokenizer, out, recur=recur, step=meta["step"])
 print(f"exported {args.source} {tag} step {meta['step']} (default r={recur}) to {out}:")

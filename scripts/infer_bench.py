@@ -25,10 +25,11 @@ from nanochat.common import COMPUTE_DTYPE, autodetect_device_type, synchronize
 from nanochat import flash_attention
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.kv_cache import KVCache
+from nanochat.recurrence import resolve_r
 
 parser = argparse.ArgumentParser(description="Prefill/decode throughput of the KV-cache inference paths")
 parser.add_argument("--size", type=int, default=4, help="the looped model's size dial (width = ceil(size*64/128)*128)")
-parser.add_argument("--recur", type=int, default=4, help="fixed r, and the cap of adaptive exit")
+parser.add_argument("--recur", type=int, default=-1, help="fixed r, and the cap of adaptive exit (-1 = the recipe's eval r)")
 parser.add_argument("--batch", type=str, default="1,8", help="comma-separated batch sizes")
 parser.add_argument("--prompt-len", type=int, default=256, help="tokens prefilled per row")
 parser.add_argument("--decode-tokens", type=int, default=32, help="tokens decoded per row")
@@ -54,7 +55,7 @@ def build(config):
     return model.eval()
 
 
-r = args.recur
+r = resolve_r("looped", requested=args.recur)
 looped_cfg = GPTConfig.from_size(args.size, vocab_size=args.vocab_size)
 looped = build(looped_cfg)
 depth = looped_cfg.n_prelude + r * looped_cfg.n_recur + looped_cfg.n_coda

@@ -50,7 +50,7 @@ tokenizer = Tokenizer.train_from_iterator(texts(), args.vocab_size)
 train_seconds = time.time() - t0
 print0(f"trained vocab {tokenizer.get_vocab_size():,} in {train_seconds:.1f}s")
 if tokenizer.get_vocab_size() != args.vocab_size:
-    raise ValueError(f"the corpus only supports {tokenizer.get_vocab_size()} tokens, not --vocab-size {args.vocab_size}")
+    raise errors.UserError(f"the corpus only supports {tokenizer.get_vocab_size()} tokens, not --vocab-size {args.vocab_size}")
 tokenizer.save(out_dir)
 data_source = read_data_source(data_dir)  # which corpus the merges came from, saved next to the tokenizer
 with open(os.path.join(out_dir, NOTE), "w") as f:

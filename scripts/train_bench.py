@@ -17,7 +17,7 @@ import torch
 from nanochat import flash_attention
 from nanochat.common import COMPUTE_DTYPE, compute_init, print0, synchronize
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.recurrence import expected_recurrence, sample_recurrence
+from nanochat.recurrence import RecurrenceSpec
 from nanochat.training import compile_blocks, gpu_peak_flops
 
 parser = argparse.ArgumentParser(description="Training throughput: looped vs standard GPT at equal FLOPs")
@@ -27,7 +27,6 @@ parser.add_argument("--batch-size", type=int, default=16, help="rows per step")
 parser.add_argument("--vocab-size", type=int, default=32768, help="vocabulary (synthetic tokens)")
 parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per configuration")
 parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
-parser.add_argument("--bptt-k", type=int, default=4, help="truncated backprop depth")
 parser.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="compile the blocks (-1 = on CUDA)")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu (empty = autodetect)")
 args = parser.parse_args()
@@ -37,15 +36,17 @@ flash_attention.announce()
 use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
 peak = gpu_peak_flops(device)
 looped = GPTConfig.from_size(args.size, vocab_size=args.vocab_size, sequence_len=args.seq_len)
-depth = looped.n_prelude + 4 * looped.n_recur + looped.n_coda  # layers a token passes at r = 4
+recipe = RecurrenceSpec()  # base_train's: the sampler, bptt_k and eval r the benchmark times
+R = recipe.eval_r("looped")
+depth = looped.n_prelude + R * looped.n_recur + looped.n_coda  # layers a token passes at the eval r
 standard = GPTConfig.from_size(args.size, arch="gpt", vocab_size=args.vocab_size, sequence_len=args.seq_len, n_recur=depth)
-E_r, E_min = expected_recurrence(4, 16, 0.5, args.bptt_k)
+E_r, E_min = recipe.expectations("looped")
 
 # (label, config, r schedule, flops per token at the expected r)
 RUNS = [
     (f"gpt d{depth}", standard, lambda step: 1, None),
-    (f"looped s{args.size} r=4", looped, lambda step: 4, None),
-    (f"looped s{args.size} r~PLN(4)", looped, lambda step: sample_recurrence(step), (E_r, E_min)),
+    (f"looped s{args.size} r={R}", looped, lambda step: R, None),
+    (f"looped s{args.size} r~PLN({recipe.mean:g})", looped, lambda step: recipe.draw(step, "looped", 0), (E_r, E_min)),
     (f"looped s{args.size} r=8", looped, lambda step: 8, None),
 ]
 
@@ -66,7 +67,7 @@ def bench(label, config, r_of, expected):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len + 1), generator=g).to(device)
     inputs, targets = x[:, :-1], x[:, 1:]
-    bptt_k = None if config.arch == "gpt" else args.bptt_k
+    bptt_k = None if config.arch == "gpt" else recipe.truncation
 
     def step(i):
         loss = model.loss(inputs, targets, r=r_of(i), bptt_k=bptt_k)
@@ -114,4 +115,4 @@ with torch.device("meta"):  # FLOPs need shapes only
 expected_ratio = meta_looped.estimate_flops(E_r, r_grad=E_min) / meta_gpt.estimate_flops()
 print0(f"training FLOPs/token looped/gpt: r=4 {results[1]['flops'] / base['flops']:.3f}; sampled r: "
        f"{results[2]['flops'] / base['flops']:.3f} over the timed draws, {expected_ratio:.3f} in expectation "
-       f"(E[r]={E_r:.3f}, E[min(r,{args.bptt_k})]={E_min:.3f})")
+       f"(E[r]={E_r:.3f}, E[min(r,{recipe.truncation})]={E_min:.3f})")

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from nanochat.checkpoint_manager import last_step, load_file
+from nanochat.checkpoint_manager import last_step, load_file, load_meta
 from nanochat.dataset import SAMPLE_DATA_DIR
 from nanochat.engine import Engine
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
@@ -324,13 +324,22 @@ def make_chat_data(root):
         f.write("\n".join(words + [w + "s" for w in words] + [w + "ed" for w in words]) + "\n")
 
 
-def run_script(base, module, *args, nproc=1):
+def run_script(base, module, *args, nproc=1, code=0):
+    """The script's stdout; with code=2 (a user error) its single stderr line instead."""
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   f"--nproc_per_node={nproc}"]
     proc = subprocess.run([*launch, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == code, proc.stdout[-4000:] + proc.stderr[-4000:]
+    if code:
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-4000:]
+        return lines[0]
     return proc.stdout
+
+
+def saved_meta(checkpoint_dir):
+    return load_meta(checkpoint_dir)[1]
 
 
 SFT_MIX = ["--smoltalk-size", "12", "--mmlu-size", "4", "--gsm8k-size", "4", "--gsm8k-epochs", "2",
@@ -370,6 +379,11 @@ def test_chat_sft_end_to_end(sft_run):
     ckpt = base / "chatsft_checkpoints" / "s1"
     assert last_step(ckpt) == 2 and os.path.exists(ckpt / "train_log.png")
     assert os.path.exists(base / "report" / "chat_sft.md")
+    # the base run's recipe carries over: its sampler (max 6 there) and its optimizer kind
+    base_meta, meta = saved_meta(base / "base_checkpoints" / "s1"), saved_meta(ckpt)
+    assert meta["recurrence"] == base_meta["recurrence"] and meta["recurrence"]["max_r"] == 6
+    assert meta["optimizer"]["muon_beta2"] == 0.9 and meta["optimizer"]["cautious_weight_decay"] is True
+    assert meta["optimizer"]["matrix_lr"] == base_meta["optimizer"]["matrix_lr"] and meta["optimizer"]["weight_decay"] == 0.0
 
 
 def test_chat_sft_resume_equals_uninterrupted(sft_run):
@@ -377,6 +391,8 @@ def test_chat_sft_resume_equals_uninterrupted(sft_run):
     ckpt = base / "chatsft_checkpoints" / "s1"
     full = load_file(ckpt, 2, "model.pt")
     shutil.rmtree(ckpt / "step_000002")
+    line = run_script(base, "scripts.chat_sft", *args, "--resume", "--warmdown-ratio", "0.5", code=2)
+    assert "--warmdown-ratio is 0.5 here but 0.2" in line and "rerun with --warmdown-ratio 0.2" in line
     out = run_script(base, "scripts.chat_sft", *args, "--resume")
     assert "resumed from" in out and "at step 1" in out
     resumed = load_file(ckpt, 2, "model.pt")
@@ -427,8 +443,16 @@ def test_chat_eval_end_to_end(sft_run):
 
 def test_chat_rl_one_step(sft_run):
     base, _, _ = sft_run
-    out = run_script(base, "scripts.chat_rl", "--model-tag", "s1", "--examples-per-step", "2", "--num-samples", "2",
-                     "--device-batch-size", "4", "--max-new-tokens", "8", "--num-iterations", "1",
-                     "--eval-examples", "2", "--eval-samples", "2")
+    args = ["--model-tag", "s1", "--examples-per-step", "2", "--num-samples", "2", "--device-batch-size", "4",
+            "--max-new-tokens", "8", "--num-iterations", "1", "--eval-examples", "2", "--eval-samples", "2"]
+    out = run_script(base, "scripts.chat_rl", *args)
     assert "step 00001/1 | reward" in out and "pass@2" in out
-    assert last_step(base / "chatrl_checkpoints" / "s1") == 1
+    ckpt = base / "chatrl_checkpoints" / "s1"
+    assert last_step(ckpt) == 1
+    # RL trains with the SFT run's optimizer kind (NorMuon, cautious decay) at 0.05 x its lrs, and its sampler
+    sft_meta, meta = saved_meta(base / "chatsft_checkpoints" / "s1"), saved_meta(ckpt)
+    assert meta["optimizer"]["muon_beta2"] == 0.9 and meta["optimizer"]["cautious_weight_decay"] is True
+    assert meta["lrs"]["matrix_lr"] == pytest.approx(0.05 * sft_meta["optimizer"]["matrix_lr"])
+    assert meta["recurrence"] == sft_meta["recurrence"]
+    line = run_script(base, "scripts.chat_rl", *args, "--num-iterations", "2", "--temperature", "0.5", "--resume", code=2)
+    assert "--num-iterations is 2 here but 1" in line and "--temperature is 0.5 here but 1.0" in line

@@ -349,9 +349,9 @@ def test_chat_cli_one_shot_and_missing_checkpoint(tokenizer, tmp_path):
     reply = out.stdout.split("Assistant: ", 1)[1]
     assert reply.strip() and "mean depth" in reply
     missing = run_cli(tmp_path, "--source", "base", "-p", "hi")
-    assert missing.returncode == 1 and "error: no base checkpoint" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "error: no base checkpoint" in missing.stderr and "Traceback" not in missing.stderr
     wrong_tag = run_cli(tmp_path, "--model-tag", "s99", "-p", "hi")
-    assert wrong_tag.returncode == 1 and "no checkpoint in" in wrong_tag.stderr
+    assert wrong_tag.returncode == 2 and "no checkpoint in" in wrong_tag.stderr
 
 
 def test_chat_cli_context_overflow_is_one_clear_message(tokenizer, tmp_path):

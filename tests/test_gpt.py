@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nanochat import flash_attention
 from nanochat.gpt import GPT, GPTConfig, ROTARY_BASE, RMSNorm
+from nanochat.optim import OptimizerSpec
 from nanochat.recurrence import expected_recurrence
 
 V = 300  # padded to 320 inside the model
@@ -19,7 +20,8 @@ V = 300  # padded to 320 inside the model
 
 def tiny(**kw):
     base = dict(sequence_len=32, vocab_size=V, n_embd=64, n_head=4, n_kv_head=4, arch="looped",
-                n_prelude=1, n_recur=2, n_coda=1, window_pattern="SL", short_window=8)
+                n_prelude=1, n_recur=2, n_coda=1, window_pattern="SL", short_window=8, value_embeds=False,
+                init_state="copy")  # the simplest model; tests turn the recipe's options on where they test them
     if kw.get("arch") == "gpt":
         base.update(n_prelude=0, n_coda=0, n_recur=4)
     return GPTConfig(**{**base, **kw})
@@ -411,8 +413,7 @@ def test_training_flops_at_real_sizes():
 def test_optimizer_groups_cover_every_parameter_once():
     for cfg in (tiny(value_embeds=True), tiny(arch="gpt", value_embeds=True)):
         model = build(cfg, perturb=False)
-        groups = model.optimizer_groups(matrix_lr=0.02, embedding_lr=0.2, unembedding_lr=0.004, scalar_lr=0.5,
-                                        weight_decay=0.1, norm_lr=0.01)
+        groups = model.optimizer_groups(OptimizerSpec(weight_decay=0.1, norm_lr=0.01))
         ids = [id(p) for g in groups for p in g["params"]]
         assert len(ids) == len(set(ids)) == len(list(model.parameters()))
         muon = [p for g in groups if g["kind"] == "muon" for p in g["params"]]

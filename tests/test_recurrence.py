@@ -45,7 +45,7 @@ def test_numbers_from_spec():
     print(f"E[r]={er:.4f} E[min(r,4)]={emin:.4f} P(r=16)={100 * p16:.3f}%")
     assert abs(er - 4) < 0.01                # the clamp takes a little off the mean
     assert abs(emin - 3.1) < 0.05
-    assert 0.0012 < p16 < 0.0018             # SPEC: about 0.15 %
+    assert 0.0012 < p16 < 0.0018             # the design: about 0.15 %
     assert expected_recurrence(4, 16, 0.5, bptt_k=None) == (er, er)
 
 

@@ -246,13 +246,13 @@ def test_speedrun_dry_run(cluster):
     assert "torch>=2.11" in flat[0]
     # the rest of the shards, derived from the horizon: 4 x 202,549,760 params x 1.2 / 61M tokens per shard
     assert any(c.endswith("nanochat.dataset --dataset climbmix -n 16") for c in flat)
-    assert "data: climbmix, s20 at ratio 4 reads 810199040 tokens -> 16 train shards" in out.stdout
+    assert "data: climbmix, s20 at ratio 4 reads 810200000 tokens -> 16 train shards" in out.stdout
     data_dir = str(cluster.base / "base_data" / "climbmix")
     assert all(value(a, "--data-dir") == data_dir for m in ("scripts.tok_train", "scripts.base_train", "scripts.base_eval")
                for a in find(cmds, m))
     train = find(cmds, "scripts.base_train")[0]
     assert value(train, "--size") == "20" and value(train, "--model-tag") == "s20"
-    assert "--num-iterations" not in train and "--target-flops" not in train  # the SEED defaults: ratio 4
+    assert "--num-iterations" not in train and "--target-flops" not in train  # the recipe defaults: ratio 4
     launch = next(c for c in cmds if module_args(c, "scripts.base_train") is not None)
     assert launch[:3] == ["torchrun", "--standalone", "--nproc_per_node=8"]
     assert value(find(cmds, "scripts.base_eval")[0], "--recur") == "1,2,4,8,16"
@@ -282,7 +282,7 @@ def test_speedrun_fineweb_edu(cluster):
     # s12: 4 x 82,994,688 params = 331,978,752 tokens x 1.2 / 55M tokens per FineWeb-Edu shard -> 8 shards
     assert [module_args(c, "nanochat.dataset") for c in cmds if module_args(c, "nanochat.dataset") is not None] == \
         [["--dataset", "fineweb-edu", "-n", "8"], ["--dataset", "fineweb-edu", "-n", "8"]]
-    assert "data: fineweb-edu, s12 at ratio 4 reads 331978752 tokens -> 8 train shards" in out.stdout
+    assert "data: fineweb-edu, s12 at ratio 4 reads 331979328 tokens -> 8 train shards" in out.stdout
     assert value(find(cmds, "scripts.base_train")[0], "--data-dir") == str(cluster.base / "base_data" / "fineweb-edu")
 
 

@@ -216,7 +216,7 @@ def test_gsm8k_grader(tasks):
 
 
 def test_strict_graders_on_hand_made_replies(tasks):
-    """The lenient cases measured in issue 13 now fail; nanochat's accepted forms pass."""
+    """The lenient cases the grader audit found now fail; nanochat's accepted forms pass."""
     gsm = tasks["gsm8k_test"]
     conv = gsm.get_example(0)  # Janet's ducks: 18 dollars
     assert not gsm.evaluate(conv, "She makes 18 dollars.") and gsm.reward(conv, "She makes 18 dollars.") == 0.0

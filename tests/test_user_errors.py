@@ -109,3 +109,31 @@ def test_run_wrapper(capsys):
     with pytest.raises(KeyError):  # our bugs keep their traceback
         run(lambda: {}["k"])
     assert issubclass(UserError, ValueError)
+
+
+# one bad value per script: one line, exit code 2 (the same convention everywhere)
+
+def test_base_train_bad_config_flag(base):
+    one_line(command(base, "scripts.base_train", *TINY, "--data-dir", SAMPLE_DATA_DIR, "--n-head", "3"),
+             "GPTConfig.n_head=3", "a divisor of n_embd=128")
+    one_line(command(base, "scripts.base_train", *TINY, "--data-dir", SAMPLE_DATA_DIR, "--bptt-k", "0"), "bptt_k=0")
+
+
+def test_chat_sft_and_rl_bad_values(base):
+    one_line(command(base, "scripts.chat_sft", "--model-tag", "t", "--recur-mean", "0.5", "--device-type", "cpu"),
+             "recurrence mean=0.5", "expected >= 1")
+    one_line(command(base, "scripts.chat_rl", "--source", "base", "--model-tag", "t", "--num-samples", "3",
+                     "--device-batch-size", "2", "--device-type", "cpu"), "--num-samples 3, --device-batch-size 2")
+
+
+def test_chat_eval_bad_task(base):
+    one_line(command(base, "scripts.chat_eval", "--source", "base", "--model-tag", "t", "-i", "Nope",
+                     "--device-type", "cpu"), "--task-name 'Nope'", "expected 'all'")
+
+
+def test_chat_cli_export_and_web_missing_checkpoint(base):
+    missing = base / "base_checkpoints" / "none"
+    one_line(command(base, "scripts.chat_cli", "--source", "base", "--model-tag", "none", "-p", "hi"), str(missing))
+    one_line(command(base, "scripts.export_hf", "--source", "base", "--model-tag", "none"), str(missing))
+    one_line(command(base, "scripts.chat_web", "--source", "base", "--model-tag", "none", "--device-type", "cpu"),
+             str(missing))
