@@ -8,7 +8,6 @@ Machine facts come from the environment only:
 """
 
 import os
-import logging
 import time
 
 import torch
@@ -31,8 +30,18 @@ def print0(*args, **kwargs):
         print(*args, **kwargs, flush=True)
 
 
-def setup_logging(level=logging.INFO):
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def rank_world():
+    """(rank, world size) of the initialised process group, else (0, 1)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def centered_accuracy(accuracy, baseline):
+    """(acc - b) / (1 - b), b the random-guess accuracy as a fraction: 0 at chance, 1 at
+    perfect (DCLM's CORE and nanochat's ChatCORE both average it over tasks)."""
+    return (accuracy - baseline) / (1 - baseline)
 
 
 def format_duration(seconds):

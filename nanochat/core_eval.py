@@ -50,19 +50,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nanochat.common import Progress, print0
+from nanochat.common import Progress, centered_accuracy, print0, rank_world
 from nanochat.eval_forward import DepthMeter, scoring_forward
 from nanochat.eval_bundle import load_baselines, load_rows, load_tasks
 
 SHUFFLE_SEED = 1337   # nanochat's task order
 FEWSHOT_SEED = 1234   # + example index: nanochat's few-shot draw
 PROGRESS_SECONDS = 30  # a progress line (with ETA) within a task at most this often
-
-
-def _dist():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 # -----------------------------------------------------------------------------
@@ -189,7 +183,7 @@ def evaluate_task(model, tokenizer, task, rows, device, r=None, max_seq_len=None
     correct = a 0/1 list per example, mean_depth). max_seq_len defaults to
     model.config.sequence_len. exit_threshold >= 0: adaptive exit with r the cap; mean_depth is
     the mean loop iterations of the positions that predict continuation tokens (r when fixed)."""
-    rank, world = _dist()
+    rank, world = rank_world()
     max_seq_len = max_seq_len or model.config.sequence_len
     counts = torch.zeros(2, len(rows), dtype=torch.float32, device=device)  # (correct, skipped) per example
     depths = DepthMeter(r)
@@ -211,12 +205,6 @@ def evaluate_task(model, tokenizer, task, rows, device, r=None, max_seq_len=None
 
 # -----------------------------------------------------------------------------
 # the CORE figure
-
-def centered_accuracy(accuracy, baseline_percent):
-    """(acc - b) / (1 - b), b = the random baseline as a fraction: 0 at chance, 1 at perfect."""
-    b = baseline_percent / 100
-    return (accuracy - b) / (1 - b)
-
 
 def core_metric(centered):
     """The mean of the centered accuracies of the tasks evaluated."""
@@ -253,7 +241,7 @@ def evaluate_core(model, tokenizer, bundle_dir, device, r=None, max_per_task=-1,
         t0 = time.time()
         rows = evaluation_order(load_rows(task.path), max_per_task)
         res = evaluate_task(model, tokenizer, task, rows, device, r, max_seq_len, log, exit_threshold)
-        res["centered"] = centered_accuracy(res["accuracy"], baselines[task.label])
+        res["centered"] = centered_accuracy(res["accuracy"], baselines[task.label] / 100)  # the bundle's are percents
         res["seconds"] = time.time() - t0
         results[task.label] = res
         depth = f" | mean depth {res['mean_depth']:.2f} of {r}" if exit_threshold >= 0 else ""

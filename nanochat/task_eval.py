@@ -22,16 +22,11 @@ returns the same numbers. Collective under torchrun: every rank must call.
 import torch
 import torch.distributed as dist
 
-from nanochat.common import Progress
+from nanochat.common import Progress, centered_accuracy, rank_world
 from nanochat.eval_forward import DepthMeter, scoring_forward
 
 # random-guess accuracy of each task (nanochat): 1 of 4 letters, or open-ended
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
-
-
-def centered_accuracy(accuracy, baseline):
-    """(acc - b) / (1 - b): 0 at chance, 1 at perfect."""
-    return (accuracy - baseline) / (1 - baseline)
 
 
 def chatcore(accuracies, baselines=BASELINES):
@@ -44,23 +39,17 @@ def chatcore(accuracies, baselines=BASELINES):
     return sum(centered_accuracy(a, baselines[t]) for t, a in accuracies.items()) / len(accuracies)
 
 
-def _rank_world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _sum_over_ranks(values, device):
     """A list of numbers summed over ranks (float64, one all_reduce)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if _rank_world()[1] > 1:
+    if rank_world()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
 
 def _my_problems(task, max_problems):
     n = len(task) if max_problems is None or max_problems < 0 else min(len(task), max_problems)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     return n, list(range(rank, n, world))
 
 
@@ -69,7 +58,7 @@ PROGRESS_SECONDS = 30  # a progress line (with ETA) within a task at most this o
 
 def _progress(task, mine, log):
     """Progress over this rank's problems, shown on rank 0 only."""
-    return Progress(len(mine), "problems (rank 0's share)", PROGRESS_SECONDS, log if _rank_world()[0] == 0 else None)
+    return Progress(len(mine), "problems (rank 0's share)", PROGRESS_SECONDS, log if rank_world()[0] == 0 else None)
 
 
 def letter_ids(tokenizer, letters):

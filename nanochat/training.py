@@ -160,6 +160,23 @@ def compile_blocks(model):
     return blocks
 
 
+def maybe_compile(model, flag, device):
+    """--compile: 1 on, 0 off, -1 on CUDA only (CPU compile costs more than it saves at toy
+    scale). Compiles the blocks when on and says so; returns whether it did."""
+    on = flag == 1 or (flag == -1 and device.type == "cuda")
+    if on:
+        compile_blocks(model)
+        from nanochat.common import print0
+        print0("compiled the blocks with torch.compile")
+    return on
+
+
+def stream_seed(seed, step, rank, index):
+    """The seed of one random stream (a micro-step's state noise, an RL sampling call): distinct
+    for every (seed, step, rank, index), and the same after a resume."""
+    return ((seed * 1_000_003 + step) * 1009 + rank) * 1009 + index
+
+
 def sample_greedy(model, tokenizer, prompts, r, max_tokens=24):
     """Greedy continuations of each prompt, run eagerly: with compiled blocks every new sequence
     length would otherwise compile new graphs (two per block per token), while the other ranks

@@ -33,8 +33,8 @@ from nanochat.optim import OptimizerSpec
 from nanochat.recurrence import RecurrenceSpec
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import (LossLog, apply_schedule, check_resume, compile_blocks, gpu_peak_flops, init_wandb,
-                               lr_multiplier, sample_greedy)
+from nanochat.training import (LossLog, apply_schedule, check_resume, gpu_peak_flops, init_wandb, lr_multiplier,
+                               maybe_compile, sample_greedy, stream_seed)
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
@@ -255,10 +255,7 @@ if args.core_metric_every > 0:
         raise errors.UserError(f"--core-metric-max-per-task {args.core_metric_max_per_task}: the bundle has {shots}-shot "
                          f"tasks, which need at least {shots + 1} examples")
 
-use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
-if use_compile:
-    compile_blocks(model)
-    print0("compiled the blocks with torch.compile")
+maybe_compile(model, args.compile, device)
 
 wandb_run = init_wandb(args.run, master, "looped-nanochat", vars(args))
 
@@ -317,7 +314,7 @@ while True:
     for micro in range(grad_accum):
         x, y = train_loader.next_batch()
         # initial-state noise (init_state="randn") is a pure function of (seed, step, rank, micro)
-        gen = torch.Generator(device=device).manual_seed(((args.seed * 1_000_003 + step) * 1009 + rank) * 1009 + micro)
+        gen = torch.Generator(device=device).manual_seed(stream_seed(args.seed, step, rank, micro))
         loss = model.loss(x, y, r=r, bptt_k=bptt_k, generator=gen)
         (loss / grad_accum).backward()
         train_loss += loss.detach() / grad_accum

@@ -36,7 +36,8 @@ from nanochat.eval_plots import plot_sweep
 from nanochat.execution import describe_sandbox
 from nanochat.recurrence import parse_recur_list, resolve_r
 from nanochat.report import get_report
-from nanochat.task_eval import BASELINES, centered_accuracy, chatcore, evaluate_categorical, evaluate_generative
+from nanochat.common import centered_accuracy
+from nanochat.task_eval import BASELINES, chatcore, evaluate_categorical, evaluate_generative
 from tasks.arc import ARC
 from tasks.gsm8k import GSM8K
 from tasks.humaneval import HumanEval

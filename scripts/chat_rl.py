@@ -40,7 +40,7 @@ from nanochat.recurrence import recurrence_from_meta
 from nanochat.report import get_report
 from nanochat.task_eval import evaluate_generative, sample_replies
 from nanochat.tokenizer import get_tokenizer
-from nanochat.training import apply_schedule, check_resume, init_wandb
+from nanochat.training import apply_schedule, check_resume, init_wandb, stream_seed
 from tasks.gsm8k import GSM8K
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
@@ -154,7 +154,7 @@ def my_questions(step):
 
 
 def seed_of(step, call):
-    return ((args.seed * 1_000_003 + step) * 1009 + rank) * 1009 + call
+    return stream_seed(args.seed, step, rank, call)
 
 
 @torch.no_grad()

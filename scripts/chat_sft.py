@@ -51,7 +51,8 @@ from nanochat.report import get_report
 from nanochat.sft_data import SFTPacker
 from nanochat.task_eval import BASELINES, chatcore, evaluate_categorical, evaluate_generative
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import LossLog, apply_schedule, check_resume, compile_blocks, init_wandb, lr_multiplier
+from nanochat.training import (LossLog, apply_schedule, check_resume, init_wandb, lr_multiplier, maybe_compile,
+                               stream_seed)
 from tasks.arc import ARC
 from tasks.common import TaskMixture, TaskSequence, chat_data_dir
 from tasks.customjson import CustomJSON
@@ -351,10 +352,7 @@ if args.chat_eval_every > 0 and args.chat_eval_problems > 0:
         except FileNotFoundError as e:
             print0(f"note: no quick {name} eval: {str(e).splitlines()[0][:160]}")
 
-use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
-if use_compile:
-    compile_blocks(model)
-    print0("compiled the blocks with torch.compile")
+maybe_compile(model, args.compile, device)
 
 wandb_run = init_wandb(args.run, master, "looped-nanochat-sft", vars(args))
 print0(f"compute dtype {COMPUTE_DTYPE}")
@@ -437,7 +435,7 @@ while True:
     scale = world_size / max(n_tokens, 1)
     loss_sum = 0.0
     for micro, (x, y) in enumerate(batches):
-        gen = torch.Generator(device=device).manual_seed(((args.seed * 1_000_003 + step) * 1009 + rank) * 1009 + micro)
+        gen = torch.Generator(device=device).manual_seed(stream_seed(args.seed, step, rank, micro))
         loss = model.loss(x, y, r=r, bptt_k=bptt_k, reduction="sum", generator=gen)
         (loss * scale).backward()
         loss_sum += loss.detach()

@@ -18,7 +18,7 @@ from nanochat import flash_attention
 from nanochat.common import COMPUTE_DTYPE, compute_init, print0, synchronize
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.recurrence import RecurrenceSpec
-from nanochat.training import compile_blocks, gpu_peak_flops
+from nanochat.training import gpu_peak_flops, maybe_compile
 
 parser = argparse.ArgumentParser(description="Training throughput: looped vs standard GPT at equal FLOPs")
 parser.add_argument("--size", type=int, default=20, help="the size dial of the looped model")
@@ -33,7 +33,6 @@ args = parser.parse_args()
 
 _, _, _, _, device = compute_init(args.device_type or None)
 flash_attention.announce()
-use_compile = args.compile == 1 or (args.compile == -1 and device.type == "cuda")
 peak = gpu_peak_flops(device)
 looped = GPTConfig.from_size(args.size, vocab_size=args.vocab_size, sequence_len=args.seq_len)
 recipe = RecurrenceSpec()  # base_train's: the sampler, bptt_k and eval r the benchmark times
@@ -56,8 +55,7 @@ def build(config):
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()
-    if use_compile:
-        compile_blocks(model)
+    maybe_compile(model, args.compile, device)
     return model
 
 
@@ -102,7 +100,7 @@ def bench(label, config, r_of, expected):
                 warm=warm, mean_r=sum(rs) / len(rs))
 
 
-print0(f"device {device}, dtype {COMPUTE_DTYPE}, compile {use_compile}, B={args.batch_size}, T={args.seq_len}, "
+print0(f"device {device}, dtype {COMPUTE_DTYPE}, compile {args.compile} (-1 = on CUDA), B={args.batch_size}, T={args.seq_len}, "
        f"{args.steps} timed steps after {args.warmup} warmup")
 results = [bench(*run) for run in RUNS]
 base = results[0]

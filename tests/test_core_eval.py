@@ -18,7 +18,8 @@ import torch
 import torch.multiprocessing as mp
 
 from nanochat.checkpoint_manager import save_checkpoint
-from nanochat.core_eval import (centered_accuracy, core_metric, evaluate_core, evaluate_task, evaluation_order,
+from nanochat.common import centered_accuracy
+from nanochat.core_eval import (core_metric, evaluate_core, evaluate_task, evaluation_order,
                                 fewshot_indices, render_prompts, tokenize_example)
 from nanochat.eval_bundle import Task, load_baselines, load_rows, load_tasks, resolve_bundle
 from nanochat.gpt import GPT, GPTConfig
@@ -207,10 +208,10 @@ def test_continuation_that_does_not_fit_is_counted_wrong(tmp_path):
 # centering and CORE
 
 def test_centering_and_core_by_hand():
-    assert centered_accuracy(0.5, 25) == pytest.approx(1 / 3)
-    assert centered_accuracy(0.62, 62) == pytest.approx(0.0)
+    assert centered_accuracy(0.5, 0.25) == pytest.approx(1 / 3)
+    assert centered_accuracy(0.62, 0.62) == pytest.approx(0.0)
     assert centered_accuracy(0.3, 0) == pytest.approx(0.3)
-    assert centered_accuracy(0.2, 50) == pytest.approx(-0.6)
+    assert centered_accuracy(0.2, 0.5) == pytest.approx(-0.6)
     table = {"a": 1 / 3, "b": 0.0, "c": 0.3, "d": -0.6}
     assert core_metric(table) == pytest.approx((1 / 3 + 0.3 - 0.6) / 4)
     with pytest.raises(ValueError, match="zero tasks"):
