@@ -226,3 +226,13 @@ def test_depth_cpu_dry_run(tmp_path):
     assert "--model-tags loop_s1,gpt8_s1,loop_s2,gpt8_s2" in cmds[-1] and "--recur 1,2,4,8,16,32" in cmds[-1]
     bad = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env={**env, "SEEDS": "x"}, capture_output=True, text=True)
     assert bad.returncode != 0 and "SEEDS: 'x'" in bad.stderr
+    # 8x the trained depth: 52-letter tables, the sequence length following them, the looped model only
+    big = {**env, "N_SYMBOLS": "52", "TEST_DEPTHS": "1,4,8,32", "ARCHS": "looped", "EVAL_RECUR": "1,32,64",
+           "NANOCHAT_BASE_DIR": str(tmp_path / "big")}
+    out = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env=big, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert "--n-symbols 52 --test-depths 1,4,8,32" in cmds[0]
+    assert [c.split("--model-tag ")[1] for c in cmds if "base_train" in c] == ["loop_s1", "loop_s2"]
+    assert all("--max-seq-len 179 " in c for c in cmds if "base_train" in c)  # 3 x 52 + 24 - 1
+    assert "--recur 1,32,64 --exit-cap 64" in cmds[-1]
