@@ -52,7 +52,6 @@ SOURCES = {
 DEFAULT_DATASET = "climbmix"
 SHARD_MARGIN = 1.2  # download 20% more shards than the estimate says a run reads
 NOTE = "data_source.json"
-SAMPLE_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "sample_data")
 
 
 def get_source(name):

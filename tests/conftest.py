@@ -7,8 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nanochat.dataset import SAMPLE_DATA_DIR, iter_texts, list_parquet_files
+from nanochat.dataset import iter_texts, list_parquet_files
 from nanochat.tokenizer import Tokenizer
+
+# the small public-domain corpus shipped in the repo (dev/make_sample_data.py)
+SAMPLE_DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dev", "sample_data")
 
 
 def write_shard(path, texts, row_group_size=8):

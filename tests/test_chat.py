@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from nanochat.checkpoint_manager import last_step, load_file, load_meta
-from nanochat.dataset import SAMPLE_DATA_DIR
 from nanochat.engine import Engine
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
 from nanochat.sft_data import SFTPacker
 from nanochat.task_eval import chatcore, evaluate_categorical, letter_ids, sample_replies
 from tasks.common import Task, evaluate_mc, mc_conversation
+from tests.conftest import SAMPLE_DATA_DIR
 from tests.test_gpt import build, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -199,7 +199,8 @@ def test_tokenizer_and_chat_template_match_ours(exported, tokenizer):
     _, path, _ = exported
     hf_tok = AutoTokenizer.from_pretrained(path)  # no remote code needed (an interactive shell asks; either answer works)
     bos = tokenizer.get_bos_token_id()
-    from nanochat.dataset import SAMPLE_DATA_DIR, iter_texts, list_parquet_files
+    from nanochat.dataset import iter_texts, list_parquet_files
+    from tests.conftest import SAMPLE_DATA_DIR
     texts = [t[:3000] for t in iter_texts(list_parquet_files(SAMPLE_DATA_DIR)[:1])][:40]
     texts += ["  leading spaces\n\n\ttabs 1234567 x", "ünï 码 🤖 don't WE'LL", ""]
     for text in texts:

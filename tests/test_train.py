@@ -12,9 +12,9 @@ import torch
 import torch.multiprocessing as mp
 
 from nanochat.checkpoint_manager import build_model, last_step, load_file, load_meta, save_checkpoint
-from nanochat.dataset import SAMPLE_DATA_DIR
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.loss_eval import evaluate_bpb, unigram_bpb
+from tests.conftest import SAMPLE_DATA_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--size", "1", "--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "256",

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from nanochat.dataset import SAMPLE_DATA_DIR
 from nanochat.errors import MissingInput, UserError, run
+from tests.conftest import SAMPLE_DATA_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--size", "1", "--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "128",
