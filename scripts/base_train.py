@@ -179,7 +179,7 @@ else:
     num_iterations = max(1, round(target_tokens / total_batch))
 if total_batch % tokens_per_micro:
     raise errors.UserError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
-                     f"= {args.device_batch_size} x {T} x {world_size} = {tokens_per_micro}")
+                           f"= {args.device_batch_size} x {T} x {world_size} = {tokens_per_micro}")
 grad_accum = total_batch // tokens_per_micro
 total_tokens = num_iterations * total_batch
 print0(f"horizon ({horizon}): {num_iterations:,} steps, {total_tokens:,} tokens "
@@ -253,7 +253,7 @@ if args.core_metric_every > 0:
         core_bundle = None
     if core_bundle and 0 < args.core_metric_max_per_task <= shots:
         raise errors.UserError(f"--core-metric-max-per-task {args.core_metric_max_per_task}: the bundle has {shots}-shot "
-                         f"tasks, which need at least {shots + 1} examples")
+                               f"tasks, which need at least {shots + 1} examples")
 
 maybe_compile(model, args.compile, device)
 

@@ -90,7 +90,7 @@ if args.examples_per_step % world_size:
 k, B = args.num_samples, args.device_batch_size
 if k < 1 or B < 1 or (k > B and k % B):
     raise errors.UserError(f"--num-samples {k}, --device-batch-size {B}: expected both >= 1 and, when samples exceed "
-                     "the batch, a multiple of it")
+                           "the batch, a multiple of it")
 
 # -----------------------------------------------------------------------------
 # model, tasks, optimizer

@@ -135,7 +135,7 @@ config = model.config
 tokenizer = get_tokenizer()
 if tokenizer.get_vocab_size() != config.vocab_size:
     raise errors.UserError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {config.vocab_size}: "
-                     f"{base_dir} was trained with another tokenizer")
+                           f"{base_dir} was trained with another tokenizer")
 token_bytes = get_token_bytes(device=device)
 print0(f"base model: {base_dir} step {base_step}: {config}")
 
@@ -149,7 +149,7 @@ rows_per_micro = args.device_batch_size * T * world_size
 total_batch = args.total_batch_size if args.total_batch_size > 0 else max(524288 // rows_per_micro, 1) * rows_per_micro
 if total_batch % rows_per_micro:
     raise errors.UserError(f"--total-batch-size {total_batch} must be a multiple of device_batch_size x T x world "
-                     f"= {args.device_batch_size} x {T} x {world_size} = {rows_per_micro}")
+                           f"= {args.device_batch_size} x {T} x {world_size} = {rows_per_micro}")
 grad_accum = total_batch // rows_per_micro
 print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T} x {world_size} ranks x {grad_accum} accum")
 
@@ -319,7 +319,7 @@ if is_ddp:
 epoch_steps = int(epoch_steps.item())
 if epoch_steps == 0:
     raise errors.UserError(f"the SFT mixture fills {n_batches} batches of {args.device_batch_size} rows on rank {rank}: "
-                     f"not one step of {grad_accum} (lower --total-batch-size or --device-batch-size)")
+                           f"not one step of {grad_accum} (lower --total-batch-size or --device-batch-size)")
 num_steps = epoch_steps if args.num_iterations <= 0 else min(args.num_iterations, epoch_steps)
 print0(f"epoch: {epoch_steps} steps ({n_batches} batches on rank 0, counted in {time.time() - t0:.1f}s); "
        f"training {num_steps} steps" + (f" (--num-iterations {args.num_iterations} is more than one epoch)"
