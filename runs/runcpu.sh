@@ -84,5 +84,5 @@ python -m scripts.chat_sft --model-tag s2 --smoltalk-path "$CHAT_DATA/sft/sft_co
     --simple-spelling-size 40 --spelling-bee-size 10 --device-batch-size 4 --total-batch-size 2048 \
     --eval-every 5 --eval-tokens 8192 --chat-eval-every -1
 python -m scripts.chat_eval --source sft --model-tag s2 --max-problems 8 --max-new-tokens 64 --recur 1,4
-python -m scripts.chat_cli --source sft --model-tag s2 -p "Why is the sky blue?" --max-tokens 48
+python -m scripts.chat_cli --source sft --model-tag s2 -p "Why is the sky blue?" --max-new-tokens 48
 finish

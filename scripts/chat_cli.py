@@ -34,14 +34,14 @@ parser.add_argument("-p", "--prompt", type=str, default="", help="ask this once,
 parser.add_argument("--recur", type=int, default=-1,
                     help="loop iterations per token; the cap with --adaptive (-1 = the checkpoint's eval r)")
 parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit threshold, e.g. 1e-3 (-1 = off, fixed r)")
-parser.add_argument("--criterion", type=str, default="kl", choices=["kl", "state"], help="adaptive exit criterion")
-parser.add_argument("--cache", type=str, default="exact", choices=["exact", "shared"],
+parser.add_argument("--exit-criterion", type=str, default="kl", choices=["kl", "state"], help="adaptive exit criterion")
+parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
                     help="KV cache per iteration (exact) or per physical block (shared, Huginn)")
 parser.add_argument("--warm-start", type=int, default=0, choices=[0, 1],
                     help="start each token from the previous token's final state")
 parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (0 = greedy)")
 parser.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (-1 = all)")
-parser.add_argument("--max-tokens", type=int, default=512, help="most tokens per reply")
+parser.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per reply")
 parser.add_argument("--seed", type=int, default=42, help="sampling seed")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
 args = parser.parse_args()
@@ -51,12 +51,12 @@ _, _, _, _, device = compute_init(args.device_type or None, seed=args.seed)
 with errors.user_input():  # a missing checkpoint or a bad flag: one line and exit code 2
     model, tokenizer, meta = load_model(args.source, args.model_tag or None, None if args.step < 0 else args.step, device)
     r = resolve_r(model.config.arch, meta, args.recur)
-    engine = Engine(model, tokenizer, r=r, cache_mode=args.cache, warm_start=bool(args.warm_start),
-                    exit_criterion=args.criterion if args.adaptive >= 0 else None,
+    engine = Engine(model, tokenizer, r=r, cache_mode=args.cache_mode, warm_start=bool(args.warm_start),
+                    exit_criterion=args.exit_criterion if args.adaptive >= 0 else None,
                     exit_threshold=max(args.adaptive, 0.0))
 print(describe_sandbox())
 print(f"model: {args.source} step {meta['step']} ({model.config.arch}, width {model.config.n_embd}), r={engine.r}"
-      + (f", adaptive {args.criterion} < {args.adaptive:g}" if args.adaptive >= 0 else "") + f", {args.cache} cache")
+      + (f", adaptive {args.exit_criterion} < {args.adaptive:g}" if args.adaptive >= 0 else "") + f", {args.cache_mode} cache")
 
 bos = tokenizer.get_bos_token_id()
 user_start, user_end = tokenizer.encode_special("<|user_start|>"), tokenizer.encode_special("<|user_end|>")
@@ -67,7 +67,7 @@ def reply(conversation):
     """Stream the assistant's reply to stdout, tool calls as [python] / [output] blocks; returns its tokens."""
     tokens, depths = [], []
     decoder, terminal = ReplyDecoder(tokenizer), TerminalReply(color=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
-    for step in engine.generate(conversation, max_tokens=args.max_tokens, temperature=args.temperature,
+    for step in engine.generate(conversation, max_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k if args.top_k > 0 else None, seed=args.seed):
         if step.done[0]:
             break
@@ -99,13 +99,13 @@ with torch.inference_mode():
             if not question:
                 continue
         turn = [user_start, *tokenizer.encode(question), user_end, assistant_start]
-        if 1 + len(turn) + args.max_tokens > model.rotary_len:  # too long even on its own
-            print(f"error: this question is {len(turn)} tokens; with --max-tokens {args.max_tokens} it exceeds the "
-                  f"model's {model.rotary_len} positions: ask a shorter one or lower --max-tokens", file=sys.stderr)
+        if 1 + len(turn) + args.max_new_tokens > model.rotary_len:  # too long even on its own
+            print(f"error: this question is {len(turn)} tokens; with --max-new-tokens {args.max_new_tokens} it exceeds the "
+                  f"model's {model.rotary_len} positions: ask a shorter one or lower --max-new-tokens", file=sys.stderr)
             if args.prompt:
                 sys.exit(2)
             continue
-        if len(conversation) + len(turn) + args.max_tokens > model.rotary_len:
+        if len(conversation) + len(turn) + args.max_new_tokens > model.rotary_len:
             print(f"(the conversation reached the model's {model.rotary_len} positions: starting over)", file=sys.stderr)
             conversation = [bos]
         conversation += turn

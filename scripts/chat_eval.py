@@ -68,7 +68,7 @@ parser.add_argument("--num-samples", type=int, default=1, help="samples per gene
 parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of generative tasks (0 = greedy)")
 parser.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (-1 = all)")
 parser.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per generated reply")
-parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward (categorical) or per engine call (generative)")
+parser.add_argument("--device-batch-size", type=int, default=8, help="prompts per forward (categorical) or per engine call (generative)")
 parser.add_argument("--seed", type=int, default=42, help="sampling seed")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
 args = parser.parse_args()
@@ -120,13 +120,13 @@ for r in recurs:
 
             if task.eval_type == "categorical":
                 res = evaluate_categorical(model, tokenizer, task, device, r=r, max_problems=args.max_problems,
-                                           batch_size=args.batch_size, exit_threshold=threshold, log=progress)
+                                           batch_size=args.device_batch_size, exit_threshold=threshold, log=progress)
                 passes = ""
             else:
                 res = evaluate_generative(engine, tokenizer, task, device, num_samples=args.num_samples,
                                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                           top_k=args.top_k if args.top_k > 0 else None, max_problems=args.max_problems,
-                                          batch_size=args.batch_size, seed=args.seed, log=progress)
+                                          batch_size=args.device_batch_size, seed=args.seed, log=progress)
                 passes = ", ".join(f"pass@{k} {v:.4f}" for k, v in res["pass_at"].items()) if args.num_samples > 1 else ""
             row[name], row[f"{name} mean depth"] = res["accuracy"], res["mean_depth"]
             extra = f" | {passes}" * bool(passes) + (f" | mean depth {res['mean_depth']:.2f} of {r}" if threshold >= 0 else "")

@@ -51,7 +51,7 @@ parser.add_argument("--port", type=int, default=8000, help="port to bind")
 parser.add_argument("--num-gpus", type=int, default=-1, help="workers, one per GPU (-1 = all visible GPUs; 1 on CPU/MPS)")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
 parser.add_argument("--recur", type=int, default=-1, help="default loop iterations per token (-1 = the checkpoint's eval r)")
-parser.add_argument("--max-tokens", type=int, default=512, help="default most tokens per reply")
+parser.add_argument("--max-new-tokens", type=int, default=512, help="default most tokens per reply")
 parser.add_argument("--temperature", type=float, default=0.8, help="default sampling temperature (0 = greedy)")
 parser.add_argument("--top-k", type=int, default=50, help="default top-k")
 parser.add_argument("--max-batch", type=int, default=16,
@@ -90,7 +90,7 @@ def load_workers(args):
 def defaults_from(args, meta):
     """The request defaults, each checked against the request limits so a bad flag fails at start."""
     recur = resolve_r(meta["model_config"]["arch"], meta, args.recur)
-    defaults = dict(temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_tokens, recur=recur)
+    defaults = dict(temperature=args.temperature, top_k=args.top_k, max_tokens=args.max_new_tokens, recur=recur)
     validate_request({"messages": [{"role": "user", "content": "x"}]}, defaults)
     return defaults
 

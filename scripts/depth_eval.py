@@ -50,7 +50,7 @@ parser.add_argument("--exit-criterion", type=str, default="kl", choices=["kl", "
 parser.add_argument("--exit-threshold", type=float, default=1e-3, help="stop once the change between iterations is below this")
 parser.add_argument("--exit-cap", type=int, default=32, help="most iterations under adaptive exit")
 parser.add_argument("--max-problems", type=int, default=-1, help="problems per depth (-1 = all)")
-parser.add_argument("--batch-size", type=int, default=100, help="prompts decoded together")
+parser.add_argument("--device-batch-size", type=int, default=100, help="prompts decoded together")
 parser.add_argument("--out", type=str, required=True, help="output path without extension (.md, .json, .png)")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
 args = parser.parse_args()
@@ -81,8 +81,8 @@ def evaluate(engine, tokenizer, problems):
     """Accuracy at the engine's fixed r, greedy. The answer is one token, written from the prefill."""
     bos = tokenizer.get_bos_token_id()
     correct = 0
-    for i in range(0, len(problems), args.batch_size):
-        batch = problems[i:i + args.batch_size]
+    for i in range(0, len(problems), args.device_batch_size):
+        batch = problems[i:i + args.device_batch_size]
         prompts = [tokenizer.encode(p["prompt"], prepend=bos) for p in batch]
         results, _, _ = engine.generate_batch(prompts, max_tokens=1, temperature=0.0)
         correct += sum(task.grade(p, tokenizer.decode(ids[len(prompt):])) for p, prompt, ids in zip(batch, prompts, results))
@@ -97,8 +97,8 @@ def evaluate_exit(model, tokenizer, problems):
     as the engine decodes: the depth reported is the answer's own."""
     bos = tokenizer.get_bos_token_id()
     correct = depth_sum = 0
-    for i in range(0, len(problems), args.batch_size):
-        batch = problems[i:i + args.batch_size]
+    for i in range(0, len(problems), args.device_batch_size):
+        batch = problems[i:i + args.device_batch_size]
         ids = torch.tensor([tokenizer.encode(p["prompt"], prepend=bos) for p in batch], device=device)  # (B, L): same length
         cache = KVCache(model, len(batch), ids.size(1), max_r=args.exit_cap, exit_criterion=args.exit_criterion,
                         exit_threshold=args.exit_threshold)

@@ -343,7 +343,7 @@ def test_chat_cli_one_shot_and_missing_checkpoint(tokenizer, tmp_path):
     model = chat_model()
     meta = {"model_config": dataclasses.asdict(model.config), "eval_r": 2}
     save_checkpoint(os.path.join(tmp_path, "chatsft_checkpoints", "s1"), 5, model.state_dict(), {}, {}, meta)
-    out = run_cli(tmp_path, "-p", "hello there", "--max-tokens", "6", "--adaptive", "0.01")
+    out = run_cli(tmp_path, "-p", "hello there", "--max-new-tokens", "6", "--adaptive", "0.01")
     assert out.returncode == 0, out.stderr
     assert "sft step 5" in out.stdout and "r=2" in out.stdout
     reply = out.stdout.split("Assistant: ", 1)[1]
@@ -361,17 +361,17 @@ def test_chat_cli_context_overflow_is_one_clear_message(tokenizer, tmp_path):
     save_checkpoint(os.path.join(tmp_path, "chatsft_checkpoints", "s1"), 5, model.state_dict(), {}, {}, meta)
     too_long, medium = "the loop " * 300, "the loop " * 40
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "scripts.chat_cli", "--device-type", "cpu", "--max-tokens", "100",
+    out = subprocess.run([sys.executable, "-m", "scripts.chat_cli", "--device-type", "cpu", "--max-new-tokens", "100",
                           "--temperature", "0"], input=f"{too_long}\n{medium}\n{medium}\nquit\n", cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     from nanochat.execution import describe_sandbox
     assert describe_sandbox() in out.stdout.splitlines()  # which sandbox the tool calls get, said at start
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "this question is" in errors[0] and "--max-tokens 100" in errors[0]
+    assert len(errors) == 1 and "this question is" in errors[0] and "--max-new-tokens 100" in errors[0]
     assert "starting over" in out.stderr  # the second medium question no longer fits after the first
     assert out.stdout.count("Assistant: ") == 2
-    one_shot = run_cli(tmp_path, "-p", too_long, "--max-tokens", "6")
+    one_shot = run_cli(tmp_path, "-p", too_long, "--max-new-tokens", "6")
     assert one_shot.returncode == 2 and one_shot.stderr.startswith("error: this question is"), one_shot.stderr
     assert one_shot.stderr.count("\n") == 1 and "Traceback" not in one_shot.stderr
 

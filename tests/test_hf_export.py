@@ -325,7 +325,7 @@ def test_export_script_then_chat_cli_on_the_folder(tokenizer, tmp_path):
     assert export.returncode == 0, export.stderr[-3000:]
     assert "exported sft s1 step 5 (default r=2)" in export.stdout and "max |diff| = " in export.stdout
     assert json.loads((out / "config.json").read_text())["recur"] == 2
-    chat = run("scripts.chat_cli", "--device-type", "cpu", "--source", str(out), "-p", "hello", "--max-tokens", "6",
+    chat = run("scripts.chat_cli", "--device-type", "cpu", "--source", str(out), "-p", "hello", "--max-new-tokens", "6",
                "--temperature", "0")
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert "step 5" in chat.stdout and "r=2" in chat.stdout and chat.stdout.split("Assistant: ", 1)[1].strip()

@@ -17,7 +17,7 @@ MODEL = "nanochat-sft-tiny-7"  # source, tag and step of save_tiny_checkpoint's 
 @pytest.fixture(scope="module")
 def client(tokenizer, tmp_path_factory):
     base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("openai"))
-    with chat_web_server(base_dir, "--max-tokens", "16", "--recur", "2") as url:
+    with chat_web_server(base_dir, "--max-new-tokens", "16", "--recur", "2") as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 

@@ -51,7 +51,7 @@ def base_dir(tokenizer, tmp_path, monkeypatch):
 @pytest.fixture
 def app(base_dir):
     """The app as the command line builds it: load_workers from the checkpoint, defaults from the flags."""
-    args = parser.parse_args(["--device-type", "cpu", "--max-tokens", "8"])
+    args = parser.parse_args(["--device-type", "cpu", "--max-new-tokens", "8"])
     workers, meta = load_workers(args)
     return create_app(workers, defaults_from(args, meta))
 
@@ -304,7 +304,7 @@ def in_process_server(app):
 def server(tokenizer, tmp_path_factory):
     """The server (started once for the module's tests), serving the tiny checkpoint."""
     base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("served"))
-    with chat_web_server(base_dir, "--max-tokens", "24", "--recur", "4") as url:
+    with chat_web_server(base_dir, "--max-new-tokens", "24", "--recur", "4") as url:
         yield url
 
 
