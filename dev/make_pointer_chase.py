@@ -55,16 +55,18 @@ def write_splits(out, train, val, tests, train_shards):
           f"test depths {sorted(tests)} x {len(next(iter(tests.values())))}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(doc=__doc__, make_splits=make_splits, symbols="letters in every table", roots="roots (answers to choose from) per table"):
+    """The command line of a depth-task writer (dev/make_var_chase.py reuses it with its own
+    make_splits): parse the flags, draw the splits, write them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (shards and test files)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--n-train", type=int, default=200_000, help="training documents")
     parser.add_argument("--n-val", type=int, default=2_000, help="validation documents (the last shard)")
     parser.add_argument("--n-test", type=int, default=300, help="test problems per depth")
     parser.add_argument("--train-shards", type=int, default=4, help="training shards")
-    parser.add_argument("--n-symbols", type=int, default=24, help="letters in every table (at most 52: a..z, then A..Z)")
-    parser.add_argument("--n-roots", type=int, default=4, help="roots (answers to choose from) per table")
+    parser.add_argument("--n-symbols", type=int, default=24, help=f"{symbols} (at most 52: a..z, then A..Z)")
+    parser.add_argument("--n-roots", type=int, default=4, help=roots)
     parser.add_argument("--max-depth", type=int, default=4, help="D_train: the deepest question in training")
     parser.add_argument("--queries", type=int, default=8, help="questions per training document")
     parser.add_argument("--test-depths", type=str, default="", help="comma-separated test depths (empty = max, 2x max, 4x max)")

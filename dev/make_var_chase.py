@@ -10,31 +10,10 @@ and one JSONL test file per depth, test_d<depth>.jsonl, at max_depth, 2x and 4x 
 Seeded: the same arguments write the same files.
 """
 
-import argparse
-
-from dev.make_pointer_chase import parse_depths, write_splits
+from dev import make_pointer_chase
 from nanochat import errors
 from tasks.var_chase import make_splits
 
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (shards and test files)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--n-train", type=int, default=200_000, help="training documents")
-    parser.add_argument("--n-val", type=int, default=2_000, help="validation documents (the last shard)")
-    parser.add_argument("--n-test", type=int, default=300, help="test problems per depth")
-    parser.add_argument("--train-shards", type=int, default=4, help="training shards")
-    parser.add_argument("--n-symbols", type=int, default=24, help="variables (lines) in every program (at most 52: a..z, then A..Z)")
-    parser.add_argument("--n-roots", type=int, default=4, help="variables assigned a constant (the roots of the forest)")
-    parser.add_argument("--max-depth", type=int, default=4, help="D_train: the deepest question in training")
-    parser.add_argument("--queries", type=int, default=8, help="questions per training document")
-    parser.add_argument("--test-depths", type=str, default="", help="comma-separated test depths (empty = max, 2x max, 4x max)")
-    args = parser.parse_args()
-    train, val, tests = make_splits(args.seed, args.n_train, args.n_val, args.n_test, args.n_symbols,
-                                    args.n_roots, args.max_depth, args.queries, parse_depths(args.test_depths))
-    write_splits(args.out, train, val, tests, args.train_shards)
-
-
 if __name__ == "__main__":
-    errors.run(main)
+    errors.run(make_pointer_chase.main, __doc__, make_splits, symbols="variables (lines) in every program",
+               roots="variables assigned a constant (the roots of the forest)")
