@@ -124,8 +124,8 @@ class Reply:
 class Engine:
     def __init__(self, model, tokenizer, r=None, cache_mode="exact", warm_start=False, exit_criterion=None,
                  exit_threshold=0.0, tool=run_python):
-        """r: loop iterations per token (the cap under adaptive exit; None = the model's default;
-        1 for arch="gpt"). tool: code (str) -> output (str), or None to disable tool use."""
+        """r: loop iterations per token (the cap under adaptive exit; None = the recipe's eval r,
+        recurrence.resolve_r; callers pass a checkpoint's; 1 for arch="gpt"). tool: code (str) -> output (str), or None to disable tool use."""
         self.model, self.tokenizer, self.tool = model, tokenizer, tool
         self.r = resolve_r(model.config.arch, requested=r)
         self.cache_options = dict(mode=cache_mode, warm_start=warm_start, exit_criterion=exit_criterion,

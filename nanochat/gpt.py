@@ -23,7 +23,7 @@ Deviations from a vanilla GPT-2, with the source of each choice and constant:
 - sliding-window attention, pattern tiled over the physical blocks of the repeated stack,
   its last block always long, short window = ceil(T/4/128)*128 = 768 at T = 2048 (nanochat,
   March 2026); prelude and coda attend to the full context (ours)
-- value embeddings, behind a flag: ResFormer (Zhou et al. 2024) with nanochat's gate
+- value embeddings (on by default; BENCHMARKS.md): ResFormer (Zhou et al. 2024) with nanochat's gate
   3 * sigmoid(W x[..., :12]) per kv head, W ~ U(0, 0.02), on alternating physical blocks
   of the repeated stack, the last one always included
 - init (see init_weights): wte std 1, zero output projections, lm_head std 0.001 (nanochat)
