@@ -8,6 +8,8 @@ import csv
 import math
 import os
 
+from nanochat.errors import UserError
+
 # dense bf16 peak FLOP/s by device name (H100 SXM; H200 has the same compute)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
 
@@ -23,7 +25,6 @@ def check_resume(args, meta, model_config, checkpoint_dir):
     the r draws differs from the checkpoint's (every flag but RESUME_FREE), or when the same
     flags built another model (another tokenizer, or the code changed): one line naming each
     difference and the flags that continue the saved run. model_config: this run's, as a dict."""
-    from nanochat.errors import UserError
     saved = meta.get("user_config", {})
     changed = [k for k in vars(args) if k not in RESUME_FREE and saved.get(k) != getattr(args, k)]
     if changed:

@@ -118,8 +118,8 @@ print0(f"{num_steps} steps x {args.examples_per_step} questions x {k} samples = 
        f"{args.examples_per_step * k} replies per step ({args.examples_per_step // world_size} questions per rank)")
 
 # the source run's optimizer (NorMuon, cautious decay, its lrs unless given), every lr x --init-lr-frac
-optim_spec = optimizer_from_meta(source_meta).replace(**{k_: getattr(args, k_) for k_ in OptimizerSpec.LRS},
-                                                      weight_decay=args.weight_decay)
+optim_spec = optimizer_from_meta(source_meta).with_overrides(**{k_: getattr(args, k_) for k_ in OptimizerSpec.LRS},
+                                                             weight_decay=args.weight_decay)
 run_spec = optim_spec.scaled(args.init_lr_frac)
 lrs = {k_: getattr(run_spec, k_) for k_ in (*OptimizerSpec.LRS, "weight_decay")}
 optimizer = model.setup_optimizer(run_spec)

@@ -248,8 +248,8 @@ val_dataset = build_val()
 # -----------------------------------------------------------------------------
 # optimizer: the base run's learning rates unless given, its state when it fits
 
-optim_spec = optimizer_from_meta(base_meta).replace(**{k: getattr(args, k) for k in OptimizerSpec.LRS},
-                                                    weight_decay=args.weight_decay)
+optim_spec = optimizer_from_meta(base_meta).with_overrides(**{k: getattr(args, k) for k in OptimizerSpec.LRS},
+                                                           weight_decay=args.weight_decay)
 run_spec = optim_spec.scaled(args.init_lr_frac)
 lrs = {k: getattr(run_spec, k) for k in (*OptimizerSpec.LRS, "weight_decay")}
 print0(f"optimizer: {run_spec}")

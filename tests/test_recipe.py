@@ -73,7 +73,7 @@ def test_later_stages_override_only_what_they_are_given():
     assert base.with_overrides(mean=3) == RecurrenceSpec(mean=3, max_r=12)
     assert base.with_overrides(fixed=2).eval_r("looped") == 2 and base.with_overrides(fixed=2).with_overrides(fixed=0) == base
     spec = OptimizerSpec(matrix_lr=0.03, muon_beta2=0.9)
-    assert spec.replace(matrix_lr=-1, weight_decay=0.0) == dataclasses.replace(spec, weight_decay=0.0)
+    assert spec.with_overrides(matrix_lr=-1, weight_decay=0.0) == dataclasses.replace(spec, weight_decay=0.0)
     assert spec.scaled(0.5).matrix_lr == 0.015 and spec.scaled(0.5).muon_beta2 == 0.9
     with pytest.raises(ValueError, match="bptt_k"):
         RecurrenceSpec(bptt_k=0)
