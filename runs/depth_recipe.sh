@@ -14,24 +14,32 @@
 #
 #   bash runs/depth_recipe.sh                           # every arm, seeds 42 and 7
 #   ARMS="default sum" SEEDS=42 bash runs/depth_recipe.sh
+#   TASK=var_chase ARMS=b111 NANOCHAT_BASE_DIR=out/var bash runs/depth_recipe.sh   # the second family
+#   MAX_DEPTH=2 TEST_DEPTHS=1,2,4,8,16 NANOCHAT_BASE_DIR=out/depth2 bash runs/depth_recipe.sh  # 8x
 #   DRY_RUN=1 bash runs/depth_recipe.sh                 # print every command
 #
-# Settings (environment): ARMS, SEEDS (42 7), MAX_DEPTH (4), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems
-# per test depth, -1 = all 300; fewer makes the eval of a 2/4/2 model at r up to 32 quicker),
-# NANOCHAT_BASE_DIR (out/depth; shares data and tokenizer with runs/depth_cpu.sh). A run whose
-# checkpoint exists is skipped; each arm's depth_eval goes to <base>/depth_eval_<tag>.{md,json,png}.
+# Settings (environment): ARMS, SEEDS (42 7), TASK (pointer_chase or var_chase: tasks/<TASK>.py,
+# written by dev/make_<TASK>.py), MAX_DEPTH (4), TEST_DEPTHS (1..MAX_DEPTH, 2x and 4x it; at most 23
+# in a table of 24 letters), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems per test depth, -1 = all
+# 300; fewer makes the eval of a 2/4/2 model at r up to 32 quicker), NANOCHAT_BASE_DIR (out/depth;
+# shares data and tokenizer with runs/depth_cpu.sh, so give another TASK or MAX_DEPTH its own). A run
+# whose checkpoint exists is skipped; each arm's depth_eval goes to <base>/depth_eval_<tag>.{md,json,png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . runs/common.sh
 
 ARMS=${ARMS:-default sum mean6 b111 copy nove}
 SEEDS=${SEEDS:-42 7}
+TASK=${TASK:-pointer_chase}
 MAX_DEPTH=${MAX_DEPTH:-4}
+TEST_DEPTHS=${TEST_DEPTHS:-$(seq -s, 1 "$MAX_DEPTH"),$((2 * MAX_DEPTH)),$((4 * MAX_DEPTH))}
 BUDGET=${BUDGET:-7e13}
 EVAL_PROBLEMS=${EVAL_PROBLEMS:--1}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/depth}
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
-[[ $MAX_DEPTH =~ ^[1-4]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..4 (the tests go to 4x it in a table of 24 letters)"
+[[ $TASK =~ ^(pointer_chase|var_chase)$ ]] || die "TASK: '$TASK' is not pointer_chase or var_chase"
+[[ $MAX_DEPTH =~ ^[1-9]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..9 (dev.make_$TASK checks that the table holds the test depths)"
+[[ $TEST_DEPTHS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "TEST_DEPTHS: '$TEST_DEPTHS' is not a comma-separated list of depths"
 [[ $EVAL_PROBLEMS =~ ^(-1|[1-9][0-9]*)$ ]] || die "EVAL_PROBLEMS: '$EVAL_PROBLEMS' is not -1 or a positive integer"
 [[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 3e13"
 arm_flags() {
@@ -50,16 +58,20 @@ activate_venv
 DATA_DIR=$NANOCHAT_BASE_DIR/data
 mkdir -p "$NANOCHAT_BASE_DIR"
 if [ ! -e "$DATA_DIR/test_d$MAX_DEPTH.jsonl" ]; then
-    run python -m dev.make_pointer_chase --out "$DATA_DIR" --max-depth "$MAX_DEPTH" \
-        --test-depths "$(seq -s, 1 "$MAX_DEPTH"),$((2 * MAX_DEPTH)),$((4 * MAX_DEPTH))"
+    run python -m "dev.make_$TASK" --out "$DATA_DIR" --max-depth "$MAX_DEPTH" --test-depths "$TEST_DEPTHS"
     will_make "$DATA_DIR"
 fi
 need_shards "$DATA_DIR"
 if [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
     run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # byte level: every letter one token
 fi
-COMMON=(--size 2 --n-head 4 --max-seq-len 95 --device-batch-size 64 --total-batch-size 6080 --target-flops "$BUDGET"
-        --eval-every -1 --eval-tokens 60800 --sample-every -1 --core-metric-every -1 --data-dir "$DATA_DIR")
+# one document per row, T + 1 tokens with BOS (24 letters, 8 questions): pointer chase 3 x 24 + 24,
+# var chase 6 x 24 + 24. A step holds ~6080 tokens (64 pointer-chase documents) for either task.
+if [ "$TASK" = pointer_chase ]; then T=95; else T=167; fi
+DOCS=$(( (6080 + T / 2) / T ))
+COMMON=(--size 2 --n-head 4 --max-seq-len "$T" --device-batch-size "$DOCS" --total-batch-size $((DOCS * T))
+        --target-flops "$BUDGET" --eval-every -1 --eval-tokens $((10 * DOCS * T)) --sample-every -1
+        --core-metric-every -1 --data-dir "$DATA_DIR")
 for seed in $SEEDS; do
     for arm in $ARMS; do
         tag=${arm}_s$seed
@@ -70,7 +82,7 @@ for seed in $SEEDS; do
             run python -m scripts.base_train "${COMMON[@]}" $(arm_flags "$arm") --seed "$seed" --model-tag "$tag"
         fi
         [ -e "$NANOCHAT_BASE_DIR/depth_eval_$tag.md" ] && continue
-        run python -m scripts.depth_eval --model-tags "$tag" --data-dir "$DATA_DIR" --recur 1,2,4,8,16,32 \
+        run python -m scripts.depth_eval --task "$TASK" --model-tags "$tag" --data-dir "$DATA_DIR" --recur 1,2,4,8,16,32 \
             --max-problems "$EVAL_PROBLEMS" --out "$NANOCHAT_BASE_DIR/depth_eval_$tag"
     done
 done
