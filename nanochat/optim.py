@@ -65,11 +65,6 @@ class OptimizerSpec:
         """Every learning rate times factor (weight decay and the Muon kind unchanged)."""
         return dataclasses.replace(self, **{k: getattr(self, k) * factor for k in self.LRS})
 
-    def with_overrides(self, **overrides):
-        """A later stage's flags over the checkpoint's spec: the given fields changed; a value < 0 (a script's "-1 = the checkpoint's")
-        keeps the field as it is."""
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None and v >= 0})
-
 
 def optimizer_from_meta(meta):
     """The OptimizerSpec a checkpoint was trained with. Runs saved before the spec was stored carry

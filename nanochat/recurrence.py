@@ -138,12 +138,6 @@ class RecurrenceSpec:
             return float(self.fixed), float(min(self.fixed, self.truncation or self.fixed))
         return expected_recurrence(self.mean, self.max_r, self.sigma, self.truncation)
 
-    def with_overrides(self, mean=-1, fixed=-1):
-        """A later stage's flags over the checkpoint's spec: mean > 0 sets E[r]; fixed > 0 trains
-        at that r, fixed = 0 samples; -1 keeps the checkpoint's value."""
-        spec = self if mean <= 0 else dataclasses.replace(self, mean=mean)
-        return spec if fixed < 0 else dataclasses.replace(spec, fixed=fixed or -1)
-
 
 def recurrence_from_meta(meta):
     """The RecurrenceSpec a checkpoint was trained with. Runs saved before the spec was stored

@@ -26,11 +26,20 @@ def check_resume(args, meta, model_config, checkpoint_dir):
     flags built another model (another tokenizer, or the code changed): one line naming each
     difference and the flags that continue the saved run. model_config: this run's, as a dict."""
     saved = meta.get("user_config", {})
-    changed = [k for k in vars(args) if k not in RESUME_FREE and saved.get(k) != getattr(args, k)]
+
+    def was(k):  # a repeatable flag (--set) a run saved before it existed was never given
+        return saved.get(k, [] if isinstance(getattr(args, k), list) else None)
+
+    def typed(flag, value):  # the flag as a command line gives it
+        if isinstance(value, list):
+            return " ".join(f"{flag} {v}" for v in value) or f"no {flag}"
+        return f"{flag} {value}"
+
+    changed = [k for k in vars(args) if k not in RESUME_FREE and was(k) != getattr(args, k)]
     if changed:
-        flags = [("--" + k.replace("_", "-"), getattr(args, k), saved.get(k)) for k in changed]
-        raise UserError(f"--resume: {', '.join(f'{f} is {here!r} here but {was!r}' for f, here, was in flags)} "
-                        f"in {checkpoint_dir}; rerun with {' '.join(f'{f} {was}' for f, _, was in flags)} "
+        flags = [("--" + k.replace("_", "-"), getattr(args, k), was(k)) for k in changed]
+        raise UserError(f"--resume: {', '.join(f'{f} is {here!r} here but {then!r}' for f, here, then in flags)} "
+                        f"in {checkpoint_dir}; rerun with {' '.join(typed(f, then) for f, _, then in flags)} "
                         f"(or start a new --model-tag)")
     differ = {k: (v, meta["model_config"].get(k)) for k, v in model_config.items() if meta["model_config"].get(k) != v}
     if differ:

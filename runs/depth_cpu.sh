@@ -64,7 +64,7 @@ TAGS=()
 for seed in $SEEDS; do
     for arch in $ARCHS; do
         if [ "$arch" = looped ]; then tag=loop_s$seed
-            extra=(--n-prelude 1 --n-recur 1 --n-coda 1 --recur-mean "$RECUR_MEAN" --recur-max 16 --inject-init sum)
+            extra=(--n-prelude 1 --n-recur 1 --n-coda 1 --recur-mean "$RECUR_MEAN" --set max_r=16 --set inject_init=sum)
         else tag=gpt${GPT_DEPTH}_s$seed; extra=(--arch gpt --n-recur "$GPT_DEPTH"); fi
         TAGS+=("$tag")
         if compgen -G "$NANOCHAT_BASE_DIR/base_checkpoints/$tag/step_*/meta.json" >/dev/null; then

@@ -6,11 +6,11 @@
 # Every other arm changes one thing from it, so each row of the table is a one-change A/B:
 #
 #   default   base_train's defaults
-#   sum       --inject-init sum          u = e + s at init instead of u = e ([I | I] vs [I | 0])
+#   sum       --set inject_init=sum      u = e + s at init instead of u = e ([I | I] vs [I | 0])
 #   mean6     --recur-mean 6             E[r] 6 instead of 4
 #   b111      --n-prelude 1 --n-recur 1 --n-coda 1   one block per stage instead of 2 / 4 / 2
-#   copy      --init-state copy          s_0 = e instead of random noise
-#   nove      --value-embeds 0           no value embeddings in the repeated block
+#   copy      --set init_state=copy      s_0 = e instead of random noise
+#   nove      --set value_embeds=0       no value embeddings in the repeated block
 #
 #   bash runs/depth_recipe.sh                           # every arm, seeds 42 and 7
 #   ARMS="default sum" SEEDS=42 bash runs/depth_recipe.sh
@@ -45,11 +45,11 @@ for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a n
 arm_flags() {
     case $1 in
         default) ;;
-        sum) echo --inject-init sum ;;
+        sum) echo --set inject_init=sum ;;
         mean6) echo --recur-mean 6 ;;
         b111) echo --n-prelude 1 --n-recur 1 --n-coda 1 ;;
-        copy) echo --init-state copy ;;
-        nove) echo --value-embeds 0 ;;
+        copy) echo --set init_state=copy ;;
+        nove) echo --set value_embeds=0 ;;
         *) die "ARMS: unknown arm '$1' (expected default, sum, mean6, b111, copy, nove)" ;;
     esac
 }

@@ -54,7 +54,7 @@ python dev/packing_waste.py --data-dir "$DATA_DIR" --seq-len 512 --batch-size 8 
 # a tiny looped model (size 2: 128 wide, prelude 2 / recur 4 x r / coda 2), r ~ Poisson log-normal
 python -m scripts.base_train --size 2 --max-seq-len 512 --device-batch-size 4 --total-batch-size 2048 \
     --num-iterations "$STEPS" --eval-every 50 --eval-tokens 16384 --sample-every -1 --save-every 50 \
-    --embedding-lr 0.3 --matrix-lr 0.03 --data-dir "$DATA_DIR" "${CORE[@]}"
+    --set embedding_lr=0.3 --set matrix_lr=0.03 --data-dir "$DATA_DIR" "${CORE[@]}"
 echo "loss curve: $NANOCHAT_BASE_DIR/base_checkpoints/s2/train_log.png"
 # test-time compute: val bpb of the same checkpoint at r = 1..16 (table, CSV and PNG under base_eval/)
 python -m scripts.base_eval --model-tag s2 --eval bpb --recur 1,2,4,8,16 --data-dir "$DATA_DIR" --eval-tokens 16384 \
@@ -79,9 +79,8 @@ if [ ! -d "$CHAT_DATA" ]; then
     exit 0
 fi
 [ -e "$NANOCHAT_BASE_DIR/chat_data" ] || ln -s "$(cd "$CHAT_DATA" && pwd)" "$NANOCHAT_BASE_DIR/chat_data"
-python -m scripts.chat_sft --model-tag s2 --smoltalk-path "$CHAT_DATA/sft/sft_conversations.jsonl" \
-    --mmlu-path "$CHAT_DATA/mmlu/dev.jsonl" --smoltalk-size 80 --mmlu-size 20 --gsm8k-size 20 --identity-epochs 1 \
-    --simple-spelling-size 40 --spelling-bee-size 10 --device-batch-size 4 --total-batch-size 2048 \
+python -m scripts.chat_sft --model-tag s2 --local-data "smoltalk=$CHAT_DATA/sft/sft_conversations.jsonl,mmlu=$CHAT_DATA/mmlu/dev.jsonl" \
+    --mixture smoltalk=80,mmlu=20,gsm8k=20x2,identity=-1x1,simple_spelling=40,spelling_bee=10 --device-batch-size 4 --total-batch-size 2048 \
     --eval-every 5 --eval-tokens 8192 --chat-eval-every -1
 python -m scripts.chat_eval --source sft --model-tag s2 --max-problems 8 --max-new-tokens 64 --recur 1,4
 python -m scripts.chat_cli --source sft --model-tag s2 -p "Why is the sky blue?" --max-new-tokens 48

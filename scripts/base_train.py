@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from nanochat import errors, flash_attention
+from nanochat import errors, flags, flash_attention
 from nanochat.checkpoint_manager import last_step, load_file, load_meta, save_checkpoint
 from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, format_duration, get_base_dir,
                              print0, synchronize)
@@ -39,7 +39,7 @@ from nanochat.training import (LossLog, apply_schedule, check_resume, gpu_peak_f
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
 parser = argparse.ArgumentParser(description="Pretrain a looped (or standard) GPT")
-# model (every GPTConfig field: the dial sets it, these flags override it)
+# model: the dial sets every GPTConfig field; these flags, and --set for the rest, override it
 parser.add_argument("--size", type=int, default=20, help="the dial: width = ceil(size*64/128)*128; for --arch gpt also the depth")
 parser.add_argument("--arch", type=str, default="looped", choices=["looped", "gpt"], help="looped (prelude/recur/coda) or standard GPT")
 parser.add_argument("--n-prelude", type=int, default=-1, help="prelude blocks (-1 = 2 for looped, 0 for gpt)")
@@ -47,37 +47,17 @@ parser.add_argument("--n-recur", type=int, default=-1, help="blocks of the repea
 parser.add_argument("--n-coda", type=int, default=-1, help="coda blocks (-1 = 2 for looped, 0 for gpt)")
 parser.add_argument("--max-seq-len", type=int, default=2048, help="context length T")
 parser.add_argument("--n-head", type=int, default=-1, help="attention heads (-1 = width/128: heads of 128)")
-parser.add_argument("--n-kv-head", type=int, default=-1, help="GQA key/value heads (-1 = as many as query heads)")
-parser.add_argument("--value-embeds", type=int, default=int(GPTConfig.value_embeds), choices=[0, 1], help="value embeddings in the recurrent block")
-parser.add_argument("--init-state", type=str, default=GPTConfig.init_state, choices=["copy", "randn"], help="initial recurrent state")
-parser.add_argument("--init-state-std", type=float, default=GPTConfig.init_state_std, help="std of the randn initial state (Huginn: sqrt(2/5))")
-parser.add_argument("--inject-init", type=str, default=GPTConfig.inject_init, choices=["identity", "sum", "random"],
-                    help="inject weight over concat(e, s): [I | 0], [I | I], or random like any matrix")
-parser.add_argument("--window-pattern", type=str, default=GPTConfig.window_pattern, help="sliding-window pattern of the repeated blocks")
-parser.add_argument("--short-window", type=int, default=-1, help="keys an S block sees (-1 = a quarter of T, rounded up to 128)")
-parser.add_argument("--softcap", type=float, default=GPTConfig.softcap, help="logit softcap c in c*tanh(z/c)")
-# recurrence
-REC = RecurrenceSpec()  # the recipe's defaults, defined once
-parser.add_argument("--recur-mean", type=float, default=REC.mean, help="E[r] of the Poisson log-normal sampler")
-parser.add_argument("--recur-max", type=int, default=REC.max_r, help="largest r drawn")
-parser.add_argument("--recur-sigma", type=float, default=REC.sigma, help="log-normal sigma of the sampler")
-parser.add_argument("--recur-fixed", type=int, default=REC.fixed, help="train at this fixed r instead of sampling (-1 = sample)")
-parser.add_argument("--bptt-k", type=int, default=REC.bptt_k, help="backprop through the last k iterations only (-1 = all)")
+parser.add_argument("--recur-mean", type=float, default=RecurrenceSpec.mean, help="E[r] of the Poisson log-normal sampler (recurrence)")
+# every other recipe field (GPTConfig, RecurrenceSpec, OptimizerSpec) by name, its default where it is defined:
+# value_embeds, init_state, inject_init, window_pattern, softcap, max_r, sigma, fixed, bptt_k, the lrs, ...
+parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help=flags.SET_HELP)
 # horizon and batch
 parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from --target-flops or the ratio)")
 parser.add_argument("--target-flops", type=float, default=-1, help="training FLOPs budget (-1 = use the ratio)")
 parser.add_argument("--target-param-data-ratio", type=float, default=4, help="tokens = ratio x non-embedding params")
 parser.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per rank")
 parser.add_argument("--total-batch-size", type=int, default=-1, help="tokens per optimizer step (-1 = from the horizon, Power Lines)")
-# optimizer (lrs as tuned at nanochat's reference batch of 2^19 tokens; --batch-scaling 1 rescales them to this batch)
-OPT = OptimizerSpec()  # the recipe's defaults, defined once
-parser.add_argument("--matrix-lr", type=float, default=OPT.matrix_lr, help="Muon lr for block matrices and inject")
-parser.add_argument("--embedding-lr", type=float, default=OPT.embedding_lr, help="AdamW lr for wte and value embeds (x 1/sqrt(dim/768))")
-parser.add_argument("--unembedding-lr", type=float, default=OPT.unembedding_lr, help="AdamW lr for lm_head (x 1/sqrt(dim/768))")
-parser.add_argument("--norm-lr", type=float, default=OPT.norm_lr, help="AdamW lr for the RMSNorm weights")
-parser.add_argument("--scalar-lr", type=float, default=OPT.scalar_lr, help="AdamW lr for the value-embedding gates")
-parser.add_argument("--weight-decay", type=float, default=OPT.weight_decay, help="Muon cautious weight decay at the reference batch and horizon")
-parser.add_argument("--muon-beta2", type=float, default=OPT.muon_beta2, help="NorMuon variance-normalisation EMA (0 = off)")
+# optimizer: the lrs are tuned at nanochat's reference batch of 2^19 tokens; --set matrix_lr=... changes one
 parser.add_argument("--batch-scaling", type=int, default=0, choices=[0, 1],
                     help="1: lrs x sqrt(B/2^19), weight decay x sqrt(B/2^19) x D_ref/D (nanochat); 0: as given "
                          "(default: at toy batches the rules undershoot, BENCHMARKS.md)")
@@ -101,6 +81,10 @@ parser.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help=
 parser.add_argument("--data-dir", type=str, default=None, help="folder of parquet shards (default $NANOCHAT_BASE_DIR/base_data)")
 parser.add_argument("--seed", type=int, default=42, help="seed of init, recurrence draws and initial-state noise")
 args = parser.parse_args()
+OWN_FLAGS = dict(sequence_len="--max-seq-len", vocab_size="the tokenizer (scripts/tok_train.py)", arch="--arch",
+                 n_head="--n-head", n_prelude="--n-prelude", n_recur="--n-recur", n_coda="--n-coda", mean="--recur-mean")
+sets = flags.set_overrides(args.set, {GPTConfig: OWN_FLAGS, RecurrenceSpec: OWN_FLAGS, OptimizerSpec: ()}, OWN_FLAGS)
+args.set = flags.canonical(args.set)  # recorded sorted: a resume compares what was set, not the typing order
 
 is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
 master = rank == 0
@@ -112,18 +96,17 @@ flash_attention.announce()
 
 tokenizer = get_tokenizer()
 token_bytes = get_token_bytes(device=device)
-overrides = dict(value_embeds=bool(args.value_embeds), init_state=args.init_state, init_state_std=args.init_state_std,
-                 inject_init=args.inject_init, window_pattern=args.window_pattern, softcap=args.softcap)
-for name in ("n_head", "n_kv_head", "n_prelude", "n_recur", "n_coda", "short_window"):
+overrides = dict(sets[GPTConfig])
+for name in ("n_head", "n_prelude", "n_recur", "n_coda"):
     if getattr(args, name) >= 0:
         overrides[name] = getattr(args, name)
-if args.n_head >= 0 and args.n_kv_head < 0:
-    overrides["n_kv_head"] = args.n_head  # "-1 = as many as query heads" holds for a changed head count too
+if args.n_head >= 0 and "n_kv_head" not in overrides:
+    overrides["n_kv_head"] = args.n_head  # as many key/value heads as query heads, for a changed head count too
 with errors.user_input():  # GPTConfig and RecurrenceSpec name the field a flag set wrong
     config = GPTConfig.from_size(args.size, arch=args.arch, vocab_size=tokenizer.get_vocab_size(),
                                  sequence_len=args.max_seq_len, **overrides)
-    recurrence = RecurrenceSpec(mean=args.recur_mean, max_r=args.recur_max, sigma=args.recur_sigma,
-                                fixed=args.recur_fixed, bptt_k=args.bptt_k)
+    recurrence = RecurrenceSpec(mean=args.recur_mean, **sets[RecurrenceSpec])
+    optim_spec = OptimizerSpec(**sets[OptimizerSpec])  # as given: what later stages start from
 print0(f"model config: {config}")
 with torch.device("meta"):
     model = GPT(config)
@@ -189,15 +172,12 @@ print0(f"batch ({batch_src}): {total_batch:,} tokens/step = {args.device_batch_s
        f"x {grad_accum} accum")
 lr_scale = math.sqrt(total_batch / B_REF) if args.batch_scaling else 1.0
 # T_epoch rule (Bergsma et al. 2024, arXiv 2405.13698): keep B / (lr * wd * D) constant, with lr ~ sqrt(B)
-weight_decay = args.weight_decay * (math.sqrt(total_batch / B_REF) * ref_tokens / target_tokens if args.batch_scaling else 1.0)
-optim_spec = OptimizerSpec(matrix_lr=args.matrix_lr, embedding_lr=args.embedding_lr, unembedding_lr=args.unembedding_lr,
-                           norm_lr=args.norm_lr, scalar_lr=args.scalar_lr, weight_decay=args.weight_decay,
-                           muon_beta2=args.muon_beta2)  # as given: what later stages start from
+weight_decay = optim_spec.weight_decay * (math.sqrt(total_batch / B_REF) * ref_tokens / target_tokens if args.batch_scaling else 1.0)
 run_spec = dataclasses.replace(optim_spec.scaled(lr_scale), weight_decay=weight_decay)  # this batch and horizon's
 lrs = {k: getattr(run_spec, k) for k in (*OptimizerSpec.LRS, "weight_decay")}
 print0(f"learning rates: x {lr_scale:.4f} " + ("= sqrt(B / 2^19) (nanochat)" if args.batch_scaling else "(--batch-scaling 0)")
        + ": " + ", ".join(f"{k} {v:.4g}" for k, v in lrs.items() if k != "weight_decay"))
-print0(f"weight decay (Muon, cautious, cosine to 0): {weight_decay:.4g} = {args.weight_decay:g}"
+print0(f"weight decay (Muon, cautious, cosine to 0): {weight_decay:.4g} = {optim_spec.weight_decay:g}"
        + (" x sqrt(B / 2^19) x D_ref / D (T_epoch rule)" if args.batch_scaling else " (--batch-scaling 0)"))
 # nanochat master warms up for 40 steps; in 100-step toy runs that cost 0.04 bpb (BENCHMARKS.md), so the
 # default keeps master's 40 only in runs of 4000+ steps
@@ -205,7 +185,7 @@ warmup_steps = min(args.warmup_steps, num_iterations) if args.warmup_steps >= 0 
 print0(f"schedule: warmup {warmup_steps} steps" + (" (40, at most 1% of the steps)" if args.warmup_steps < 0 else "")
        + f", warmdown over the last {args.warmdown_ratio:.0%} to "
        f"{args.final_lr_frac:g} x lr (nanochat master); Muon momentum 0.85 -> 0.97 (400 steps) -> 0.90 in the "
-       f"warmdown; NorMuon beta2 {args.muon_beta2:g}")
+       f"warmdown; NorMuon beta2 {optim_spec.muon_beta2:g}")
 
 optimizer = model.setup_optimizer(run_spec)
 

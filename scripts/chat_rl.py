@@ -12,10 +12,11 @@ advantage = reward - the mean reward of the question's replies; one update with 
 token-level normalisation). On-policy, so no ratio, no clipping, no KL. The prompt and the tool
 outputs the engine forced into a reply carry no loss; the stop token the model chose does.
 
-r: the step's r (sampler seeded by the step, or --recur-fixed) is used both to sample and to
-score the replies, so the gradient is that of the policy that sampled; truncated BPTT through
-the last bptt_k iterations (the source run's). Periodic pass@k on the first --eval-examples GSM8K test problems
-(--eval-samples samples each, temperature 1). LR: linear decay to 0 over the run.
+r: the step's r (the source run's sampler seeded by the step, or --set fixed=N) is used both
+to sample and to score the replies, so the gradient is that of the policy that sampled;
+truncated BPTT through the last bptt_k iterations (the source run's). Periodic pass@k on the
+first --eval-examples GSM8K test problems (--eval-samples samples each, temperature 1). LR:
+linear decay to 0 over the run.
 Checkpoints: $NANOCHAT_BASE_DIR/chatrl_checkpoints/<tag>.
 """
 
@@ -30,13 +31,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nanochat import errors
+from nanochat import errors, flags
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir, load_file, load_meta, save_checkpoint
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, synchronize
 from nanochat.engine import Engine
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
 from nanochat.optim import OptimizerSpec, optimizer_from_meta
-from nanochat.recurrence import recurrence_from_meta
+from nanochat.recurrence import RecurrenceSpec, recurrence_from_meta
 from nanochat.report import get_report
 from nanochat.task_eval import evaluate_generative, sample_replies
 from nanochat.tokenizer import get_tokenizer
@@ -58,18 +59,11 @@ parser.add_argument("--max-new-tokens", type=int, default=256, help="most tokens
 parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
 parser.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (-1 = all)")
 # horizon
-parser.add_argument("--num-epochs", type=int, default=1, help="passes over GSM8K train")
-parser.add_argument("--num-iterations", type=int, default=-1, help="steps (-1 = from --num-epochs)")
-# recurrence
-parser.add_argument("--recur-mean", type=float, default=-1, help="E[r] of the sampler (-1 = the source run's; its max, sigma and bptt_k are kept)")
-parser.add_argument("--recur-fixed", type=int, default=-1, help="sample and train at this fixed r (0 = draw r each step; -1 = as the source run did)")
-# optimizer
-parser.add_argument("--matrix-lr", type=float, default=-1, help="Muon lr, times --init-lr-frac (-1 = the source run's; its NorMuon and cautious decay are kept)")
-parser.add_argument("--embedding-lr", type=float, default=-1, help="AdamW lr of the embeddings, times --init-lr-frac (-1 = the source run's)")
-parser.add_argument("--unembedding-lr", type=float, default=-1, help="AdamW lr of lm_head, times --init-lr-frac (-1 = the source run's)")
-parser.add_argument("--norm-lr", type=float, default=-1, help="AdamW lr of the RMSNorm weights, times --init-lr-frac (-1 = the source run's)")
-parser.add_argument("--scalar-lr", type=float, default=-1, help="AdamW lr of the value-embedding gates, times --init-lr-frac (-1 = the source run's)")
-parser.add_argument("--weight-decay", type=float, default=0.0, help="Muon weight decay")
+parser.add_argument("--num-iterations", type=int, default=-1, help="steps (-1 = one pass over GSM8K train; more cycle it)")
+# recurrence and optimizer: the source run's, with --set over them
+parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of the source run's recurrence or optimizer spec, repeatable (e.g. --set fixed=4 --set "
+                         "matrix_lr=0.01; every lr is then x --init-lr-frac; weight_decay is 0 unless set; --set help lists them)")
 parser.add_argument("--init-lr-frac", type=float, default=0.05, help="every lr times this (nanochat's RL value)")
 # evaluation, checkpoints
 parser.add_argument("--eval-every", type=int, default=60, help="pass@k on GSM8K test every N steps and at the end (-1 = only at the end)")
@@ -81,6 +75,8 @@ parser.add_argument("--run", type=str, default="", help="wandb run name (empty =
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
 parser.add_argument("--seed", type=int, default=42, help="seed of the question order, samples and recurrence draws")
 args = parser.parse_args()
+sets = flags.set_overrides(args.set, {RecurrenceSpec: (), OptimizerSpec: ()})
+args.set = flags.canonical(args.set)  # recorded sorted: a resume compares what was set, not the typing order
 
 is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
 master = rank == 0
@@ -103,23 +99,24 @@ tokenizer = get_tokenizer()
 if tokenizer.get_vocab_size() != config.vocab_size:
     raise errors.UserError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {config.vocab_size}")
 print0(f"start: {source_dir} step {source_meta['step']}: {config}")
-with errors.user_input():  # a --recur-mean the sampler cannot take: one line naming it
-    recurrence = recurrence_from_meta(source_meta).with_overrides(args.recur_mean, args.recur_fixed)
+with errors.user_input():  # a --set the sampler cannot take: one line naming it
+    recurrence = dataclasses.replace(recurrence_from_meta(source_meta), **sets[RecurrenceSpec])
 bptt_k = recurrence.truncation
 eval_r = recurrence.eval_r(config.arch)
 print0(f"recurrence: {recurrence}, eval r {eval_r}")
 top_k = args.top_k if args.top_k > 0 else None
 
 train_task, val_task = GSM8K("train"), GSM8K("test")
-num_steps = args.num_iterations if args.num_iterations > 0 else args.num_epochs * len(train_task) // args.examples_per_step
+num_steps = args.num_iterations if args.num_iterations > 0 else len(train_task) // args.examples_per_step
 if num_steps < 1:
-    raise errors.UserError(f"{args.num_epochs} epoch(s) of {len(train_task)} questions at {args.examples_per_step} per step is no step")
+    raise errors.UserError(f"one pass over {len(train_task)} questions at --examples-per-step {args.examples_per_step} "
+                           f"is no step: pass --num-iterations")
 print0(f"{num_steps} steps x {args.examples_per_step} questions x {k} samples = "
        f"{args.examples_per_step * k} replies per step ({args.examples_per_step // world_size} questions per rank)")
 
-# the source run's optimizer (NorMuon, cautious decay, its lrs unless given), every lr x --init-lr-frac
-optim_spec = optimizer_from_meta(source_meta).with_overrides(**{k_: getattr(args, k_) for k_ in OptimizerSpec.LRS},
-                                                             weight_decay=args.weight_decay)
+# the source run's optimizer (NorMuon, cautious decay, its lrs unless --set), every lr x --init-lr-frac
+with errors.user_input():
+    optim_spec = dataclasses.replace(optimizer_from_meta(source_meta), **{"weight_decay": 0.0, **sets[OptimizerSpec]})
 run_spec = optim_spec.scaled(args.init_lr_frac)
 lrs = {k_: getattr(run_spec, k_) for k_ in (*OptimizerSpec.LRS, "weight_decay")}
 optimizer = model.setup_optimizer(run_spec)

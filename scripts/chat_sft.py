@@ -4,23 +4,25 @@ loss on the assistant's tokens only.
 
     python -m scripts.chat_sft --model-tag s20
     torchrun --nproc_per_node=8 -m scripts.chat_sft --model-tag s20
-    python -m scripts.chat_sft --model-tag s2 --smoltalk-size 2000 --num-iterations 20   # a toy run
+    python -m scripts.chat_sft --model-tag s2 --mixture smoltalk=2000 --num-iterations 20   # a toy run
 
-The mixture (nanochat's; every size is a flag, clipped to what the data holds, and the table of
-what was used is printed): SmolTalk 460K, MMLU auxiliary_train 100K, GSM8K train x2, the
-identity conversations x2 (dev/identity_conversations.jsonl: 1000, written by
-dev/make_identity_conversations.py; plus --identity-path),
-SimpleSpelling 200K, SpellingBee 80K, shuffled together with a fixed seed. Offline:
-SmolTalk falls back to the local stand-in $NANOCHAT_BASE_DIR/chat_data/sft/sft_conversations.jsonl
-without its sources "nanochat_identity" and "gsm8k_train" (see tasks/smoltalk.py), and MMLU to
-its dev split (the test split stays held out for chat_eval); both are announced.
+The mixture (nanochat's, MIXTURE below; --mixture changes a part's size or passes, sizes
+are clipped to what the data holds, and the table of what was used is printed): SmolTalk
+460K, MMLU auxiliary_train 100K, GSM8K train x2, the identity conversations x2
+(dev/identity_conversations.jsonl: 1000, written by dev/make_identity_conversations.py; plus
+--local-data identity=PATH), SimpleSpelling 200K, SpellingBee 80K, shuffled together with a
+fixed seed. Offline: SmolTalk falls back to the local stand-in
+$NANOCHAT_BASE_DIR/chat_data/sft/sft_conversations.jsonl without its sources
+"nanochat_identity" and "gsm8k_train" (see tasks/smoltalk.py), and MMLU to its dev split
+(the test split stays held out for chat_eval); both are announced.
 
 Rows: best-fit + pad packing of the rendered conversations into rows of T+1 tokens, targets
 -1 on everything but the assistant's tokens (nanochat/sft_data.py). The loss of a step is the
 sum over its supervised tokens on every rank divided by their number, so a step weighs each
-token alike however the rows fall. r: the Poisson log-normal sampler seeded by the step, or
---recur-fixed; truncated BPTT through the last --bptt-k iterations. The optimizer resumes the
-base run's state (momentum, Adam moments) when its shards fit this run, else starts fresh.
+token alike however the rows fall. r: the base run's sampler seeded by the step (or its
+fixed r), truncated BPTT as the base run did; --set changes any of it (--set mean=6). The
+optimizer resumes the base run's state (momentum, Adam moments) when its shards fit this
+run, else starts fresh.
 LR: constant, then a linear decay that reaches 0 on the last step, over the last
 --warmdown-ratio of the steps. The number of steps is counted before training (a first
 packing pass over each rank's share, min over ranks), so the schedule ends where the epoch
@@ -38,7 +40,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from nanochat import errors, flash_attention
+from nanochat import errors, flags, flash_attention
 from nanochat.checkpoint_manager import (build_model, find_checkpoint_dir, last_step, load_file, load_meta,
                                          save_checkpoint)
 from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, format_duration, get_base_dir, print0,
@@ -46,7 +48,7 @@ from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, forma
 from nanochat.engine import Engine
 from nanochat.loss_eval import evaluate_bpb
 from nanochat.optim import OptimizerSpec, optimizer_from_meta
-from nanochat.recurrence import recurrence_from_meta
+from nanochat.recurrence import RecurrenceSpec, recurrence_from_meta
 from nanochat.report import get_report
 from nanochat.sft_data import SFTPacker
 from nanochat.task_eval import BASELINES, chatcore, evaluate_categorical, evaluate_generative
@@ -67,26 +69,23 @@ errors.install()  # a bad input of the user's: one line and exit code 2, not a t
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDENTITY = os.path.join(REPO, "dev", "identity_conversations.jsonl")
 STAND_IN = ("sft", "sft_conversations.jsonl")  # under chat_data: the offline SmolTalk stand-in
+# rows of a local SmolTalk file (the stand-in) that duplicate parts the mixture adds itself
+EXCLUDE_SOURCES = ("nanochat_identity", "gsm8k_train")
+MIXTURE = {"smoltalk": (460_000, 1), "mmlu": (100_000, 1), "gsm8k": (-1, 2), "identity": (-1, 2),
+           "simple_spelling": (200_000, 1), "spelling_bee": (80_000, 1)}  # part: (size, passes), nanochat's
+LOCAL_DATA = ("smoltalk", "mmlu", "identity")
 
 parser = argparse.ArgumentParser(description="Supervised fine-tuning of a base checkpoint on the chat mixture")
 # model in
 parser.add_argument("--model-tag", type=str, default="", help="base checkpoint folder, also the SFT one (empty = the base saved last)")
 parser.add_argument("--step", type=int, default=-1, help="base checkpoint step (-1 = the latest)")
-# mixture
-parser.add_argument("--smoltalk-size", type=int, default=460_000, help="SmolTalk conversations (-1 = all; clipped to what exists)")
-parser.add_argument("--smoltalk-path", type=str, default="", help="local conversations file used as SmolTalk (empty = HF, else the stand-in)")
-parser.add_argument("--exclude-sources", type=str, default="nanochat_identity,gsm8k_train", help="rows of a local SmolTalk file dropped by their 'source' field, comma-separated")
-parser.add_argument("--mmlu-size", type=int, default=100_000, help="MMLU auxiliary_train questions (-1 = all)")
-parser.add_argument("--mmlu-path", type=str, default="", help="local MMLU-format jsonl used instead of auxiliary_train")
-parser.add_argument("--gsm8k-size", type=int, default=-1, help="GSM8K train problems (-1 = all 7.5K)")
-parser.add_argument("--gsm8k-epochs", type=int, default=2, help="passes over GSM8K train")
-parser.add_argument("--identity-epochs", type=int, default=2, help="passes over the identity conversations")
-parser.add_argument("--identity-path", type=str, default="", help="more identity conversations (jsonl), besides dev/identity_conversations.jsonl")
-parser.add_argument("--simple-spelling-size", type=int, default=200_000, help="SimpleSpelling examples")
-parser.add_argument("--spelling-bee-size", type=int, default=80_000, help="SpellingBee examples")
-# recurrence
-parser.add_argument("--recur-mean", type=float, default=-1, help="E[r] of the sampler (-1 = the base run's; its max, sigma and bptt_k are kept)")
-parser.add_argument("--recur-fixed", type=int, default=-1, help="train at this fixed r (0 = sample; -1 = as the base run did)")
+# mixture: nanochat's parts and sizes (MIXTURE), changed per part
+parser.add_argument("--mixture", type=str, default="", metavar="PART=SIZE[xPASSES],...",
+                    help="sizes (-1 = all, 0 = leave out; clipped to what exists) and passes of the parts, e.g. "
+                         "smoltalk=2000,gsm8k=-1x1; parts and defaults: " + ", ".join(f"{k}={n}x{e}" for k, (n, e) in MIXTURE.items()))
+parser.add_argument("--local-data", type=str, default="", metavar="PART=PATH,...",
+                    help="local files for smoltalk (conversations jsonl), mmlu (MMLU-format jsonl, instead of "
+                         "auxiliary_train) and identity (more conversations, besides dev/identity_conversations.jsonl)")
 # batch and horizon
 parser.add_argument("--max-seq-len", type=int, default=-1, help="row length T (-1 = the base model's context)")
 parser.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per rank")
@@ -94,12 +93,9 @@ parser.add_argument("--total-batch-size", type=int, default=-1, help="tokens per
 parser.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = one epoch of the mixture)")
 parser.add_argument("--buffer-size", type=int, default=100, help="conversations the best-fit packer chooses from")
 # optimizer
-parser.add_argument("--matrix-lr", type=float, default=-1, help="Muon lr (-1 = the base run's; its NorMuon and cautious decay are kept)")
-parser.add_argument("--embedding-lr", type=float, default=-1, help="AdamW lr of the embeddings (-1 = the base run's)")
-parser.add_argument("--unembedding-lr", type=float, default=-1, help="AdamW lr of lm_head (-1 = the base run's)")
-parser.add_argument("--norm-lr", type=float, default=-1, help="AdamW lr of the RMSNorm weights (-1 = the base run's)")
-parser.add_argument("--scalar-lr", type=float, default=-1, help="AdamW lr of the value-embedding gates (-1 = the base run's)")
-parser.add_argument("--weight-decay", type=float, default=0.0, help="Muon weight decay (a short fine-tune: none by default)")
+parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a field of the base run's recurrence or optimizer spec, repeatable (e.g. --set mean=6 --set "
+                         "matrix_lr=0.01; weight_decay is 0 unless set; --set help lists them)")
 parser.add_argument("--init-lr-frac", type=float, default=1.0, help="every lr times this")
 parser.add_argument("--warmdown-ratio", type=float, default=0.2, help="fraction of the steps of linear lr decay, reaching 0 on the last step")
 parser.add_argument("--load-optimizer", type=int, default=1, choices=[0, 1], help="start from the base run's optimizer state when it fits")
@@ -117,6 +113,29 @@ parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mp
 parser.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="torch.compile the blocks (-1 = on CUDA only)")
 parser.add_argument("--seed", type=int, default=42, help="seed of the mixture shuffle, recurrence draws and state noise")
 args = parser.parse_args()
+sets = flags.set_overrides(args.set, {RecurrenceSpec: (), OptimizerSpec: ()})
+args.set = flags.canonical(args.set)  # recorded sorted: a resume compares what was set, not the typing order
+
+
+def mixture_plan():
+    """{part: (size, passes)}: MIXTURE with --mixture's changes."""
+    plan = dict(MIXTURE)
+    for part, value in flags.parse_pairs(args.mixture, "--mixture").items():
+        size, _, passes = value.partition("x")
+        try:
+            plan[part] = (int(size), int(passes or 1))
+        except ValueError:
+            raise errors.UserError(f"--mixture {part}={value}: expected SIZE or SIZExPASSES, e.g. 2000 or -1x2") from None
+        if part not in MIXTURE or plan[part][1] < 0:
+            raise errors.UserError(f"--mixture {part}={value}: expected one of {', '.join(MIXTURE)} with passes >= 0")
+    return plan
+
+
+PLAN = mixture_plan()
+LOCAL = flags.parse_pairs(args.local_data, "--local-data")
+if set(LOCAL) - set(LOCAL_DATA):
+    raise errors.UserError(f"--local-data {', '.join(sorted(set(LOCAL) - set(LOCAL_DATA)))}: expected parts among "
+                           f"{', '.join(LOCAL_DATA)}")
 
 is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
 master = rank == 0
@@ -139,11 +158,11 @@ if tokenizer.get_vocab_size() != config.vocab_size:
 token_bytes = get_token_bytes(device=device)
 print0(f"base model: {base_dir} step {base_step}: {config}")
 
-with errors.user_input():  # a --recur-mean the sampler cannot take: one line naming it
-    recurrence = recurrence_from_meta(base_meta).with_overrides(args.recur_mean, args.recur_fixed)
+with errors.user_input():  # a --set the sampler cannot take: one line naming it
+    recurrence = dataclasses.replace(recurrence_from_meta(base_meta), **sets[RecurrenceSpec])
 bptt_k = recurrence.truncation
 eval_r = recurrence.eval_r(config.arch)
-print0(f"recurrence: {recurrence} (the base run's{', with overrides' if args.recur_mean > 0 or args.recur_fixed >= 0 else ''}), eval r {eval_r}")
+print0(f"recurrence: {recurrence} (the base run's{', with --set' if sets[RecurrenceSpec] else ''}), eval r {eval_r}")
 T = args.max_seq_len if args.max_seq_len > 0 else config.sequence_len
 rows_per_micro = args.device_batch_size * T * world_size
 total_batch = args.total_batch_size if args.total_batch_size > 0 else max(524288 // rows_per_micro, 1) * rows_per_micro
@@ -158,17 +177,17 @@ print0(f"batch: {total_batch:,} tokens/step = {args.device_batch_size} rows x {T
 
 
 def smoltalk(split):
-    """(task, source): --smoltalk-path, else HF smol-smoltalk, else the stand-in when offline."""
-    exclude = tuple(s for s in args.exclude_sources.split(",") if s)
-    if args.smoltalk_path:
-        task, source = SmolTalk(split, path=args.smoltalk_path, exclude_sources=exclude), args.smoltalk_path
+    """(task, source): --local-data smoltalk=..., else HF smol-smoltalk, else the stand-in when offline."""
+    exclude = EXCLUDE_SOURCES
+    if "smoltalk" in LOCAL:
+        task, source = SmolTalk(split, path=LOCAL["smoltalk"], exclude_sources=exclude), LOCAL["smoltalk"]
     else:
         try:
             task, source = SmolTalk(split), "HuggingFaceTB/smol-smoltalk"
         except FileNotFoundError as e:
             path = os.path.join(chat_data_dir(), *STAND_IN)
             if not os.path.exists(path):
-                raise FileNotFoundError(f"{e}; no local stand-in at {path} either (or pass --smoltalk-path)") from e
+                raise FileNotFoundError(f"{e}; no local stand-in at {path} either (or pass --local-data smoltalk=PATH)") from e
             print0(f"note: SmolTalk {split} is not available offline: using the local stand-in {path}")
             task, source = SmolTalk(split, path=path, exclude_sources=exclude), path
     if task.excluded:
@@ -177,9 +196,9 @@ def smoltalk(split):
 
 
 def mmlu_train():
-    """(task, source): --mmlu-path, else auxiliary_train (local or downloaded), else the dev split."""
-    if args.mmlu_path:
-        return MMLU("auxiliary_train", path=args.mmlu_path), args.mmlu_path
+    """(task, source): --local-data mmlu=..., else auxiliary_train (local or downloaded), else the dev split."""
+    if "mmlu" in LOCAL:
+        return MMLU("auxiliary_train", path=LOCAL["mmlu"]), LOCAL["mmlu"]
     try:
         return MMLU("auxiliary_train"), "cais/mmlu auxiliary_train"
     except FileNotFoundError:
@@ -196,28 +215,32 @@ def first(name, task, asked):
 
 
 def build_mixture():
-    """[(name, task, epochs, source, available)] of nanochat's mixture: task is the part used,
-    `available` how many examples the source holds. A size or epochs of 0 leaves a part out."""
+    """[(name, task, passes, source, available)] of the mixture PLAN: task is the part used,
+    `available` how many examples the source holds. A size or passes of 0 leaves a part out."""
     parts = []
-    if args.smoltalk_size != 0:
+    wanted = {part: (size, passes) for part, (size, passes) in PLAN.items() if size != 0 and passes > 0}
+    if "smoltalk" in wanted:
         task, source = smoltalk("train")
-        parts.append(("SmolTalk", first("SmolTalk", task, args.smoltalk_size), 1, source, len(task)))
-    if args.mmlu_size != 0:
+        parts.append(("SmolTalk", first("SmolTalk", task, wanted["smoltalk"][0]), wanted["smoltalk"][1], source, len(task)))
+    if "mmlu" in wanted:
         task, source = mmlu_train()
-        parts.append(("MMLU", first("MMLU", task, args.mmlu_size), 1, source, len(task)))
-    if args.gsm8k_epochs > 0 and args.gsm8k_size != 0:
+        parts.append(("MMLU", first("MMLU", task, wanted["mmlu"][0]), wanted["mmlu"][1], source, len(task)))
+    if "gsm8k" in wanted:
         task = GSM8K("train")
-        parts.append(("GSM8K", first("GSM8K", task, args.gsm8k_size), args.gsm8k_epochs, "openai/grade-school-math train", len(task)))
-    if args.identity_epochs > 0:
-        for path in [IDENTITY] + ([args.identity_path] if args.identity_path else []):
+        parts.append(("GSM8K", first("GSM8K", task, wanted["gsm8k"][0]), wanted["gsm8k"][1], "openai/grade-school-math train", len(task)))
+    if "identity" in wanted:
+        size, passes = wanted["identity"]
+        for path in [IDENTITY] + ([LOCAL["identity"]] if "identity" in LOCAL else []):
             task = CustomJSON(path)
-            parts.append(("identity", task, args.identity_epochs, os.path.relpath(path, REPO) if path == IDENTITY else path, len(task)))
-    for name, cls, size in (("SimpleSpelling", SimpleSpelling, args.simple_spelling_size),
-                            ("SpellingBee", SpellingBee, args.spelling_bee_size)):
-        if size > 0:
-            parts.append((name, cls(size=size, split="train"), 1, "generated from the train words", size))
+            parts.append(("identity", first("identity", task, size), passes,
+                          os.path.relpath(path, REPO) if path == IDENTITY else path, len(task)))
+    for part, name, cls in (("simple_spelling", "SimpleSpelling", SimpleSpelling), ("spelling_bee", "SpellingBee", SpellingBee)):
+        if part in wanted:
+            size, passes = wanted[part]
+            size = size if size > 0 else MIXTURE[part][0]  # generated, so "all" has no meaning: the default count
+            parts.append((name, cls(size=size, split="train"), passes, "generated from the train words", size))
     if not parts:
-        raise errors.UserError("the SFT mixture is empty: every size and epoch flag is 0")
+        raise errors.UserError("the SFT mixture is empty: every part of --mixture is 0")
     return parts
 
 
@@ -248,8 +271,8 @@ val_dataset = build_val()
 # -----------------------------------------------------------------------------
 # optimizer: the base run's learning rates unless given, its state when it fits
 
-optim_spec = optimizer_from_meta(base_meta).with_overrides(**{k: getattr(args, k) for k in OptimizerSpec.LRS},
-                                                           weight_decay=args.weight_decay)
+with errors.user_input():  # a short fine-tune: no weight decay unless --set
+    optim_spec = dataclasses.replace(optimizer_from_meta(base_meta), **{"weight_decay": 0.0, **sets[OptimizerSpec]})
 run_spec = optim_spec.scaled(args.init_lr_frac)
 lrs = {k: getattr(run_spec, k) for k in (*OptimizerSpec.LRS, "weight_decay")}
 print0(f"optimizer: {run_spec}")

@@ -342,8 +342,7 @@ def saved_meta(checkpoint_dir):
     return load_meta(checkpoint_dir)[1]
 
 
-SFT_MIX = ["--smoltalk-size", "12", "--mmlu-size", "4", "--gsm8k-size", "4", "--gsm8k-epochs", "2",
-           "--identity-epochs", "1", "--simple-spelling-size", "8", "--spelling-bee-size", "4"]
+SFT_MIX = ["--mixture", "smoltalk=12,mmlu=4,gsm8k=4x2,identity=-1x1,simple_spelling=8,spelling_bee=4"]
 SFT_TINY = ["--device-batch-size", "2", "--total-batch-size", "256", "--eval-tokens", "256", "--buffer-size", "8",
             "--chat-eval-problems", "2", "--chat-eval-max-tokens", "6"]
 
@@ -355,7 +354,7 @@ def chat_base(tmp_path_factory, tokenizer):
     tokenizer.save(os.path.join(base, "tokenizer"))
     make_chat_data(os.path.join(base, "chat_data"))
     run_script(base, "scripts.base_train", "--size", "1", "--max-seq-len", "64", "--device-batch-size", "2",
-               "--total-batch-size", "256", "--eval-tokens", "256", "--sample-every", "-1", "--recur-max", "6",
+               "--total-batch-size", "256", "--eval-tokens", "256", "--sample-every", "-1", "--set", "max_r=6",
                "--num-iterations", "2", "--eval-every", "-1", "--core-metric-every", "-1", "--data-dir", SAMPLE_DATA_DIR)
     return base
 
@@ -363,7 +362,7 @@ def chat_base(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def sft_run(chat_base):
     stand_in = os.path.join(chat_base, "chat_data", "sft", "sft_conversations.jsonl")
-    args = ["--model-tag", "s1", "--smoltalk-path", stand_in, *SFT_MIX, *SFT_TINY, "--num-iterations", "2",
+    args = ["--model-tag", "s1", "--local-data", f"smoltalk={stand_in}", *SFT_MIX, *SFT_TINY, "--num-iterations", "2",
             "--save-every", "1", "--chat-eval-every", "2"]
     return chat_base, args, run_script(chat_base, "scripts.chat_sft", *args)
 
@@ -404,9 +403,8 @@ def test_chat_sft_two_ranks_to_the_end_of_the_epoch(chat_base, tmp_path):
     base = tmp_path / "base"  # a copy without the SFT checkpoints the other tests read
     shutil.copytree(chat_base, base, ignore=shutil.ignore_patterns("chatsft_checkpoints", "report"))
     stand_in = os.path.join(base, "chat_data", "sft", "sft_conversations.jsonl")
-    out = run_script(base, "scripts.chat_sft", "--model-tag", "s1", "--smoltalk-path", stand_in,
-                     "--smoltalk-size", "8", "--mmlu-size", "2", "--gsm8k-size", "2", "--gsm8k-epochs", "1",
-                     "--identity-epochs", "0", "--simple-spelling-size", "6", "--spelling-bee-size", "2",
+    out = run_script(base, "scripts.chat_sft", "--model-tag", "s1", "--local-data", f"smoltalk={stand_in}",
+                     "--mixture", "smoltalk=8,mmlu=2,gsm8k=2x1,identity=0,simple_spelling=6,spelling_bee=2",
                      "--device-batch-size", "1", "--total-batch-size", "128", "--eval-tokens", "128",
                      "--chat-eval-every", "-1", "--load-optimizer", "0", "--warmdown-ratio", "0.5", nproc=2)
     assert "world size 2" in out and "x 2 ranks x 1 accum" in out and "optimizer: fresh state" in out

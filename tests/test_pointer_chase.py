@@ -186,7 +186,7 @@ def test_micro_run_and_depth_eval(tmp_path):
     common = ["-m", "scripts.base_train", "--size", "1", "--max-seq-len", "16", "--device-batch-size", "4",
               "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
               "--data-dir", str(data), "--warmup-steps", "1"]
-    run(*common, "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1", "--recur-mean", "2", "--recur-max", "4",
+    run(*common, "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1", "--recur-mean", "2", "--set", "max_r=4",
         "--n-head", "4", "--model-tag", "loop")
     meta = json.loads(next((base / "base_checkpoints" / "loop").glob("step_*/meta.json")).read_text())
     assert meta["model_config"]["n_head"] == meta["model_config"]["n_kv_head"] == 4  # --n-head; kv heads follow it

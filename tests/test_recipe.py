@@ -5,7 +5,10 @@ defaults, checkpoints carry them, and one function decides the r a model runs at
 
 import argparse
 import dataclasses
+import os
+import re
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -13,6 +16,8 @@ import pytest
 from nanochat.gpt import GPTConfig
 from nanochat.optim import OptimizerSpec, optimizer_from_meta
 from nanochat.recurrence import RecurrenceSpec, recurrence_from_meta, resolve_r
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Parsed(Exception):
@@ -32,17 +37,21 @@ def parsed_defaults(module, monkeypatch):
 
 def test_base_train_defaults_are_the_library_recipe(monkeypatch):
     args = parsed_defaults("scripts.base_train", monkeypatch)
-    cfg = GPTConfig()
-    for field in ("value_embeds", "init_state", "init_state_std", "inject_init", "window_pattern", "softcap"):
-        assert getattr(args, field) == getattr(cfg, field), field
-    rec = RecurrenceSpec(mean=args.recur_mean, max_r=args.recur_max, sigma=args.recur_sigma, fixed=args.recur_fixed,
-                         bptt_k=args.bptt_k)
-    assert rec == RecurrenceSpec()
-    opt = OptimizerSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OptimizerSpec)
-                           if f.name != "cautious_weight_decay"})
-    assert opt == OptimizerSpec()
-    # the looped defaults of the dial are GPTConfig's own
+    assert args.recur_mean == RecurrenceSpec().mean and args.set == []  # nothing --set: the specs as defined
+    cfg = GPTConfig()  # the looped defaults of the dial are GPTConfig's own
     assert (cfg.n_prelude, cfg.n_recur, cfg.n_coda) == (2, 4, 2) and GPTConfig.from_size(2).value_embeds
+
+
+def test_every_recipe_field_has_a_flag_or_set():
+    """Each field of the three specs is reachable from base_train: a flag of its own, or --set
+    (whose listing, `--set help`, needs no tokenizer or data)."""
+    out = subprocess.run([sys.executable, "-m", "scripts.base_train", "--set", "help"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    listed = set(re.findall(r"^  (\w+)=", out.stdout, re.M))
+    fields = {f.name for cls in (GPTConfig, RecurrenceSpec, OptimizerSpec) for f in dataclasses.fields(cls)}
+    own = {"sequence_len", "vocab_size", "arch", "n_head", "n_prelude", "n_recur", "n_coda", "mean"}
+    assert listed == fields - own and "inject_init='identity'  (GPTConfig)" in out.stdout
 
 
 def test_resolve_r_in_one_place():
@@ -67,13 +76,23 @@ def test_specs_from_older_checkpoints():
     assert recurrence_from_meta({}) == RecurrenceSpec() and optimizer_from_meta({}) == OptimizerSpec()
 
 
-def test_later_stages_override_only_what_they_are_given():
+def test_set_changes_only_the_fields_it_names():
+    """--set FIELD=VALUE, as base_train, chat_sft and chat_rl parse it: converted by the field's
+    type, sorted for the record, and one line for a bad name or value."""
+    from nanochat.errors import UserError
+    from nanochat.flags import canonical, set_overrides
+    specs = {GPTConfig: ("n_head",), RecurrenceSpec: (), OptimizerSpec: ()}
+    sets = set_overrides(["mean=3", "value_embeds=0,matrix_lr=0.03", "cautious_weight_decay=true"], specs)
+    assert sets == {GPTConfig: {"value_embeds": False}, RecurrenceSpec: {"mean": 3.0},
+                    OptimizerSpec: {"matrix_lr": 0.03, "cautious_weight_decay": True}}
     base = RecurrenceSpec(mean=6, max_r=12)
-    assert base.with_overrides() == base
-    assert base.with_overrides(mean=3) == RecurrenceSpec(mean=3, max_r=12)
-    assert base.with_overrides(fixed=2).eval_r("looped") == 2 and base.with_overrides(fixed=2).with_overrides(fixed=0) == base
+    assert dataclasses.replace(base, **sets[RecurrenceSpec]) == RecurrenceSpec(mean=3, max_r=12)
+    assert canonical(["mean=3", "bptt_k=2"]) == canonical(["bptt_k=2,mean=3"]) == ["bptt_k=2", "mean=3"]
+    for bad, message in ((["n_head=2"], "use --n-head"), (["nope=1"], "no such field"), (["bptt_k=two"], "expected int"),
+                         (["value_embeds=maybe"], "expected bool"), (["mean"], "expected NAME=VALUE")):
+        with pytest.raises(UserError, match=message):
+            set_overrides(bad, specs, {"n_head": "--n-head"})
     spec = OptimizerSpec(matrix_lr=0.03, muon_beta2=0.9)
-    assert spec.with_overrides(matrix_lr=-1, weight_decay=0.0) == dataclasses.replace(spec, weight_decay=0.0)
     assert spec.scaled(0.5).matrix_lr == 0.015 and spec.scaled(0.5).muon_beta2 == 0.9
     with pytest.raises(ValueError, match="bptt_k"):
         RecurrenceSpec(bptt_k=0)

@@ -18,7 +18,7 @@ from tests.conftest import SAMPLE_DATA_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--size", "1", "--max-seq-len", "64", "--device-batch-size", "2", "--total-batch-size", "256",
-        "--eval-tokens", "256", "--sample-every", "-1", "--recur-max", "6"]
+        "--eval-tokens", "256", "--sample-every", "-1", "--set", "max_r=6"]
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def tiny_model(**kw):
 
 def test_resume_equals_uninterrupted(base_dir, shard_dir):
     common = ["--data-dir", shard_dir, "--num-iterations", "6", "--save-every", "3", "--eval-every", "-1",
-              "--init-state", "randn"]
+              "--set", "init_state=randn"]
     run_train(base_dir, *common)
     ckpt = base_dir / "base_checkpoints" / "s1"
     assert last_step(ckpt) == 6
@@ -98,7 +98,7 @@ def test_loss_goes_down_on_real_text(base_dir):
     shared = os.path.join(ROOT, "..", "shared", "data", "pretrain")
     data = shared if os.path.isdir(shared) else SAMPLE_DATA_DIR
     out = run_train(base_dir, "--data-dir", data, "--num-iterations", "40", "--eval-every", "-1",
-                    "--eval-tokens", "2048", "--embedding-lr", "0.3", "--matrix-lr", "0.03")
+                    "--eval-tokens", "2048", "--set", "embedding_lr=0.3", "--set", "matrix_lr=0.03")
     losses = [float(line.split("| loss ")[1].split()[0]) for line in out.splitlines() if "| loss " in line]
     assert len(losses) == 40
     assert losses[-1] < losses[0] - 1.0, (losses[0], losses[-1])

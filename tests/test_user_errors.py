@@ -116,12 +116,16 @@ def test_run_wrapper(capsys):
 def test_base_train_bad_config_flag(base):
     one_line(command(base, "scripts.base_train", *TINY, "--data-dir", SAMPLE_DATA_DIR, "--n-head", "3"),
              "GPTConfig.n_head=3", "a divisor of n_embd=128")
-    one_line(command(base, "scripts.base_train", *TINY, "--data-dir", SAMPLE_DATA_DIR, "--bptt-k", "0"), "bptt_k=0")
+    one_line(command(base, "scripts.base_train", *TINY, "--data-dir", SAMPLE_DATA_DIR, "--set", "bptt_k=0"), "bptt_k=0")
 
 
 def test_chat_sft_and_rl_bad_values(base):
-    one_line(command(base, "scripts.chat_sft", "--model-tag", "t", "--recur-mean", "0.5", "--device-type", "cpu"),
+    one_line(command(base, "scripts.chat_sft", "--model-tag", "t", "--set", "mean=0.5", "--device-type", "cpu"),
              "recurrence mean=0.5", "expected >= 1")
+    one_line(command(base, "scripts.chat_sft", "--model-tag", "t", "--mixture", "smoltalk=lots"),
+             "--mixture smoltalk=lots: expected SIZE or SIZExPASSES")
+    one_line(command(base, "scripts.chat_rl", "--set", "max_r=x"), "--set max_r='x': expected int like 16")
+    one_line(command(base, "scripts.chat_rl", "--set", "n_embd=64"), "--set n_embd: no such field")
     one_line(command(base, "scripts.chat_rl", "--source", "base", "--model-tag", "t", "--num-samples", "3",
                      "--device-batch-size", "2", "--device-type", "cpu"), "--num-samples 3, --device-batch-size 2")
 

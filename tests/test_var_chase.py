@@ -143,7 +143,7 @@ def test_micro_run_and_depth_eval_task(tmp_path):
     run("-m", "scripts.base_train", "--size", "1", "--max-seq-len", "16", "--device-batch-size", "4",
         "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
         "--data-dir", str(data), "--warmup-steps", "1", "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1",
-        "--recur-mean", "2", "--recur-max", "4", "--n-head", "4", "--model-tag", "loop")
+        "--recur-mean", "2", "--set", "max_r=4", "--n-head", "4", "--model-tag", "loop")
     out = tmp_path / "eval"
     eval_cmd = ["-m", "scripts.depth_eval", "--model-tags", "loop", "--data-dir", str(data), "--recur", "1,3",
                 "--exit-cap", "4", "--out", str(out)]
