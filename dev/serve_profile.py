@@ -42,7 +42,7 @@ def timed(scheduler, totals):
                 totals[key] += time.perf_counter() - t0
         setattr(scheduler, name, run)
     wrap("_forward", scheduler._forward, lambda ids, lo, rows, decode: "decode forward" if decode else "prefill forward")
-    wrap("_pick", scheduler._pick, lambda row: "pick tokens")
+    wrap("_pick", scheduler._pick, lambda rows: "pick tokens")
     wrap("_arrange", scheduler._arrange, lambda order: "move rows")
 
 
@@ -54,13 +54,16 @@ def profile(scheduler, totals, tokenizer, chats, args, seed):
            for c in range(chats)]
     requests = [scheduler.submit(p, r=args.recur, max_tokens=args.max_tokens, temperature=1.0, seed=seed + c)
                 for c, p in enumerate(ids)]
-    t0, first = time.perf_counter(), None
+    t0, first, tokens = time.perf_counter(), None, [0] * len(requests)
     while scheduler.waiting or any(row is not None for row in scheduler.rows):
         scheduler.step()
-        if first is None and all(not r.events.empty() or r.finished for r in requests):
+        for i, r in enumerate(requests):
+            while (step := r.poll()) is not None:
+                tokens[i] += not step.done[0]
+        if first is None and all(tokens):
             first = time.perf_counter() - t0  # every request has its first token
     wall = time.perf_counter() - t0
-    tokens = sum(r.events.qsize() - 1 for r in requests)  # each queue ends with None
+    tokens = sum(tokens)
     return dict(wall=wall, first=first, tokens=tokens, steps=scheduler.steps, rows=scheduler.decode_rows,
                 prompt_tokens=sum(len(p) for p in ids), **totals)
 

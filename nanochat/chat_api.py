@@ -22,12 +22,10 @@ below engine.GREEDY_BELOW samples greedily.
 
 import asyncio
 import json
-import queue
 import random
 import threading
 from dataclasses import dataclass, field
 
-from nanochat.engine import Step
 from nanochat.reply import PART_TYPES, ReplyDecoder
 from nanochat.scheduler import Scheduler
 
@@ -40,7 +38,6 @@ TOP_K_RANGE = (1, 200)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
 ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold (KL in nats); 0 == fixed r
-STOP_POLL = 0.1                   # seconds between checks that the client is still there
 FIELDS = ("messages", "temperature", "top_k", "max_tokens", "recur", "adaptive", "seed")
 
 
@@ -191,50 +188,17 @@ class Worker:
 
     def __post_init__(self):
         self.scheduler = Scheduler(self.model, self.tokenizer, max_rows=self.max_rows, cache_mode=self.cache_mode).start()
-        self.end_id = self.tokenizer.encode_special("<|assistant_end|>")  # a finished row's filler token
 
     def steps(self, ids, req, stop):
-        """Engine-style Steps for one request (req.n rows), until every row is done, max_tokens,
-        or `stop` is set (sync: runs on a thread). Each row is its own scheduler request with its
-        own generator: row 0 uses req.seed (so n = 1 gives the Engine's reply for that seed), the
-        others seeds drawn from it, so a seed reproduces all n."""
-        r = req.recur  # render_prompt set 1 for a model without a loop
-        draw = random.Random(req.seed)
-        seeds = [req.seed] + [draw.getrandbits(63) for _ in range(req.n - 1)]
-        rows = [self.scheduler.submit(ids, r=r, max_tokens=req.max_tokens, temperature=req.temperature,
-                                      top_k=req.top_k, seed=seed, exit_threshold=req.adaptive) for seed in seeds]
-        ended, depths = [False] * req.n, [r] * req.n
+        """Steps for one request (req.n rows) until every row is done, max_tokens, or `stop` is
+        set (sync: runs on a thread); the request leaves the batch after."""
+        request = self.scheduler.submit(ids, n=req.n, r=req.recur, max_tokens=req.max_tokens,  # recur: 1 without a loop
+                                        temperature=req.temperature, top_k=req.top_k, seed=req.seed,
+                                        exit_threshold=req.adaptive)
         try:
-            for _ in range(req.max_tokens):
-                tokens, sampled, done = [], [], []
-                for b, row in enumerate(rows):
-                    event = None if ended[b] else self._next(row, stop)
-                    if stop.is_set():
-                        return
-                    ended[b] = event is None  # the reply ended: its stop token is never sent
-                    token, depths[b], was_sampled = (self.end_id, depths[b], False) if ended[b] else event
-                    tokens.append(token)
-                    sampled.append(was_sampled)
-                    done.append(ended[b])
-                yield Step(tokens, sampled, list(depths), done)
-                if all(done):
-                    return
+            yield from request.steps(until=stop)
         finally:
-            for row in rows:
-                row.cancel()
-
-    @staticmethod
-    def _next(row, stop):
-        """The row's next (token, depth, sampled), or None when its reply has ended (or `stop` is set)."""
-        while not stop.is_set():
-            try:
-                event = row.events.get(timeout=STOP_POLL)
-            except queue.Empty:
-                continue
-            if isinstance(event, Exception):
-                raise event
-            return event
-        return None
+            request.cancel()
 
 
 class WorkerPool:
@@ -249,6 +213,11 @@ class WorkerPool:
         self.workers = list(workers)
         self.in_flight = {id(w): 0 for w in self.workers}
         self.served = self.failed = self.rejected = 0
+
+    @property
+    def max_rows(self):
+        """The most replies one request may ask for: they are decoded together on one worker."""
+        return max(w.max_rows for w in self.workers)
 
     def health(self):
         """Ready while at least one worker's last generation did not fail; each worker's state."""
@@ -277,7 +246,7 @@ class WorkerPool:
         iterator: a client gone, a stop string met) sets `stop`, which takes the request out of
         the batch; it counts as in flight until its thread has ended."""
         loop, steps, stop = asyncio.get_running_loop(), asyncio.Queue(), threading.Event()
-        worker = min(self.workers, key=lambda w: self.in_flight[id(w)])
+        worker = min((w for w in self.workers if w.max_rows >= req.n), key=lambda w: self.in_flight[id(w)])
         self.in_flight[id(worker)] += 1
 
         def call(fn, *args):

@@ -33,43 +33,12 @@ import torch
 
 from nanochat.gpt import GPT, GPTConfig
 from nanochat.recurrence import resolve_r
-from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
+from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer, chat_template
 
 MODEL_TYPE = "looped_nanochat"
 MODELING_FILE = "modeling_looped_nanochat.py"
 WEIGHTS_FILE = "model.safetensors"
 HF_MODEL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hf_model.py")
-
-# Tokenizer.render_conversation as a Jinja template (transformers' apply_chat_template).
-CHAT_TEMPLATE = (
-    "{%- set ns = namespace(messages=messages) -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- if messages|length < 2 or messages[1]['role'] != 'user' -%}"
-    "{{- raise_exception('a system message must be followed by a user message') -}}{%- endif -%}"
-    "{%- set ns.messages = [{'role': 'user', 'content': messages[0]['content'] + '\\n\\n' + messages[1]['content']}]"
-    " + messages[2:] -%}"
-    "{%- endif -%}"
-    "<|bos|>"
-    "{%- for m in ns.messages -%}"
-    "{%- if m['role'] != ('user' if loop.index0 % 2 == 0 else 'assistant') -%}"
-    "{{- raise_exception('roles must alternate user/assistant starting with user') -}}{%- endif -%}"
-    "{%- if m['role'] == 'user' -%}"
-    "<|user_start|>{{ m['content'] }}<|user_end|>"
-    "{%- else -%}"
-    "<|assistant_start|>"
-    "{%- if m['content'] is string -%}{{ m['content'] }}"
-    "{%- else -%}{%- for part in m['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- elif part['type'] == 'python' -%}<|python_start|>{{ part['text'] }}<|python_end|>"
-    "{%- elif part['type'] == 'python_output' -%}<|output_start|>{{ part['text'] }}<|output_end|>"
-    "{%- else -%}{{- raise_exception('unknown part type ' + part['type']) -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "<|assistant_end|>"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant_start|>{%- endif -%}"
-)
-
 
 # -----------------------------------------------------------------------------
 # tokenizer
@@ -114,7 +83,7 @@ def hf_tokenizer(tokenizer, max_length):
     rust.post_processor = processors.TemplateProcessing(single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B",
                                                         special_tokens=[("<|bos|>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=rust, bos_token="<|bos|>", eos_token="<|assistant_end|>",
-                                   pad_token="<|assistant_end|>", chat_template=CHAT_TEMPLATE,
+                                   pad_token="<|assistant_end|>", chat_template=chat_template(),
                                    model_input_names=["input_ids", "attention_mask"], model_max_length=max_length)
 
 

@@ -282,6 +282,9 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
             if not opts.max_tokens_given:
                 req.max_tokens = 1  # checked below against what is left of the model's positions
             ids = render_prompt(tokenizer, req, model)
+            if req.n > pool.max_rows:  # a request's replies are decoded together, in one worker's batch
+                raise RequestError(400, "n", f"this server decodes at most {pool.max_rows} replies at once "
+                                             f"(chat_web --max-batch); got n={req.n}")
             if not opts.max_tokens_given:
                 req.max_tokens = min(defaults["max_tokens"], model.rotary_len - len(ids))
         except RequestError as e:

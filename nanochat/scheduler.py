@@ -1,77 +1,212 @@
 """
-Continuous batching: many replies decoded together on one device, requests joining and
-leaving the running batch between steps, each row with its own r, adaptive exit, sampling,
-stop conditions and tool calls. scripts/chat_web.py runs one Scheduler per device.
+The decode loop: every reply is written here, whether it is one of many chats on a server
+(continuous batching: requests join and leave the running batch between steps) or a batch of
+samples for an eval or RL (nanochat/engine.py runs a Scheduler of its own, stepped in its
+thread). Picking tokens, stopping, tool calls and the KV cache live in this file only.
 
     sched = Scheduler(model, tokenizer, max_rows=16).start()   # a thread steps the batch
-    req = sched.submit(prompt_ids, r=4, max_tokens=256, temperature=0.0, top_k=None, seed=0,
-                       exit_threshold=None)                     # None = fixed r; else KL exit, r the cap
-    for token, depth, sampled in req:                           # blocks while the reply is written
-        ...
+    req = sched.submit(prompt_ids, n=2, r=4, max_tokens=256, temperature=0.8, top_k=None, seed=0,
+                       exit_threshold=None)                     # None = fixed r; else adaptive exit, r the cap
+    for step in req:                                            # blocks while the replies are written
+        step.tokens    # one token per row (n rows per prompt, prompt-major)
+        step.sampled   # per row: True if sampled, False if forced (tool output)
+        step.depths    # per row: loop iterations of the forward that gave this token
+        step.done      # per row: finished at or before this step (its token is not part of the reply)
 
-The rows live in one KVCache of max_rows rows. One step:
-1. waiting requests take free rows (the exact cache grows its max_r or length when a request
-   needs more); cancelled requests leave theirs;
+A request is one prompt (or several) and n replies to each: its rows. Each row has its own
+generator (row 0 seeded with `seed`, the others with seeds drawn from it), so a seed
+reproduces every reply and row 0 of n is the reply of n = 1. The rows live in one KVCache of
+max_rows rows. One step:
+1. waiting requests take free rows, all of a request's at once (the exact cache grows its
+   max_r or length when a request needs more); cancelled requests leave theirs;
 2. one prefill forward over the rows still reading their prompt, each feeding up to
    prefill_chunk more prompt tokens (padded to the longest chunk; the padding is never
    attended to and is overwritten later), so a long prompt delays the running rows by one
-   chunk per step at most;
-3. every row holding fresh logits (a prompt just read included) picks its next token with
-   its own generator, temperature and top_k (a forced tool-output token wins, as in Engine)
-   and advances its Reply; a finished python block runs on a thread pool and the row sits
-   out of the batch until the output is back, so a slow tool call never stalls the others;
+   chunk per step at most. Only one row per prompt reads it; when it is read, its cache row
+   is copied into the prompt's other rows (n samples, one prefill);
+3. every row holding fresh logits picks its next token with its own generator, temperature
+   and top_k (a forced tool-output token wins) and advances its Reply; a row stops at
+   <|assistant_end|> or <|bos|> (the step shows that token, marked done) or at max_tokens;
+   a finished python block runs on a thread pool and the row sits out of the batch until the
+   output is back, so a slow tool call never stalls the others;
 4. one decode forward over the rows with a token to feed, one token each: each row stops at
-   its own r (KVCache.select caps) and exits early at its own threshold ("kl" runs only when
-   some row asked for it, threshold 0 elsewhere, which never stops a token).
+   its own r (KVCache.select caps) and exits early at its own threshold (the criterion runs
+   only when some row asked for it; threshold 0 never stops a token).
 Before each forward its rows are moved to a contiguous range of the cache (KVCache.move_rows;
 rows rarely move, since the order is kept from step to step).
 
 Each row's cache entries depend on that row alone (KVCache's rule for rows that stop
-early), so a reply is the one Engine gives the same request alone: exactly in the exact
-cache mode (up to float rounding of a different batch shape); in the shared mode, prompts
-longer than prefill_chunk see their earlier chunks' final-iteration entries (tests/test_scheduler.py).
+early), so a reply does not depend on what else is in the batch: exactly in the exact cache
+mode (up to float rounding of a different batch shape); in the shared mode, prompts longer
+than prefill_chunk see their earlier chunks' final-iteration entries (tests/test_scheduler.py).
 """
 
-import queue
+import random
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from nanochat.engine import ChatTokens, Reply, run_python, sample_next_token
 from nanochat.kv_cache import KVCache
+from nanochat.python_tool import run_python
 
 PAD_ID = 0              # fills the short rows of a prefill chunk; never attended to
 IDLE_WAIT = 0.005       # seconds the loop sleeps when every row waits on a tool call
+POLL = 0.05             # seconds a reader waits between looks at its `until` event
+GREEDY_BELOW = 1e-3     # temperatures under this sample greedily (logits / 1e-45 overflow to inf, then nan)
+
+
+def sample_next_token(logits, rng, temperature=1.0, top_k=None):
+    """(B, V) fp32 logits -> (B,) token ids. temperature 0 (or under GREEDY_BELOW) is argmax;
+    top_k samples among the k most likely tokens; rng is a torch.Generator on the logits' device."""
+    if temperature < GREEDY_BELOW:
+        return logits.argmax(dim=-1)
+    if top_k is not None and top_k > 0:
+        values, ids = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)  # (B, k)
+        choice = torch.multinomial(F.softmax(values / temperature, dim=-1), 1, generator=rng)
+        return ids.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=rng).squeeze(-1)
+
+
+@dataclass
+class Step:
+    tokens: list
+    sampled: list
+    depths: list
+    done: list
+
+
+class ChatTokens:
+    """The special token ids the reply loop reads."""
+    def __init__(self, tokenizer):
+        special = tokenizer.encode_special
+        self.end = special("<|assistant_end|>")
+        self.stop = {self.end, tokenizer.get_bos_token_id()}
+        self.python_start, self.python_end = special("<|python_start|>"), special("<|python_end|>")
+        self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
+
+
+class Reply:
+    """One reply's tool state machine: feed it each token; a finished python block comes back
+    as its code ids, and `force` queues the tool's output."""
+    def __init__(self, chat_tokens):
+        self.ids, self.forced, self.code, self.in_python, self.done = chat_tokens, deque(), [], False, False
+
+    def next_token(self, sampled):
+        """(token, was_sampled): a pending forced token wins over the sampled one."""
+        return (self.forced.popleft(), False) if self.forced else (sampled, True)
+
+    def feed(self, token, was_sampled):
+        """Advance on the chosen token. Returns the code ids when it closes a python block, else None."""
+        ids = self.ids
+        if was_sampled and token in ids.stop:
+            self.done = True
+        elif token == ids.python_start:
+            self.in_python, self.code = True, []
+        elif token == ids.python_end and self.in_python:
+            self.in_python = False
+            return self.code
+        elif self.in_python:
+            self.code.append(token)
+        return None
+
+    def force(self, output_ids):
+        self.forced.extend([self.ids.output_start, *output_ids, self.ids.output_end])
 
 
 class Request:
-    """One reply being written. Iterate it for (token, depth, sampled) as they come; the
-    iteration ends when the reply does and raises if generation failed. cancel() frees the row."""
+    """The replies to one submission: prompts x n rows. Iterate it (or `steps(until)`) for Steps
+    as they come; the iteration ends when every row has ended and raises if generation failed.
+    The scheduler puts each row's tokens as they are picked; a Step goes out once every row
+    has its next token or has ended (an ended row shows `filler`, marked done)."""
 
-    def __init__(self, tokens, r, max_tokens, temperature, top_k, seed, exit_threshold):
-        self.tokens, self.r, self.max_tokens = tokens, r, max_tokens
-        self.temperature, self.top_k, self.seed, self.exit_threshold = temperature, top_k, seed, exit_threshold
-        self.events, self.cancelled, self.finished = queue.Queue(), False, False
+    def __init__(self, prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, filler):
+        self.prompts, self.n, self.r, self.max_tokens = prompts, n, r, max_tokens
+        self.temperature, self.top_k, self.exit_threshold, self.filler = temperature, top_k, exit_threshold, filler
+        self.size = len(prompts) * n
+        draw = random.Random(seed)
+        self.seeds = [seed] + [draw.getrandbits(63) for _ in range(self.size - 1)]
+        self._events = [deque() for _ in range(self.size)]  # per row: (token, depth, sampled, done)
+        self._ended = [False] * self.size                    # the row has put its last event
+        self._depths = [r] * self.size                       # the depth an ended row keeps showing
+        self._cond = threading.Condition()
+        self.cancelled, self.finished, self.error = False, False, None
+        self.rows_left = self.size  # rows still in the scheduler (it closes the request at 0)
 
     def cancel(self):
-        self.cancelled = True
+        """Stop: the rows leave the batch at the next step, and a reader's iteration ends."""
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
+
+    # the scheduler's side
+
+    def _put(self, b, token, depth, sampled, done, last):
+        with self._cond:
+            self._events[b].append((token, depth, sampled, done))
+            self._ended[b] = self._ended[b] or last
+            self._cond.notify_all()
+
+    def _close(self, error=None):
+        with self._cond:
+            self.finished, self.error = True, error
+            self._ended = [True] * self.size
+            self._cond.notify_all()
+
+    # the reader's side
+
+    def poll(self):
+        """The next Step if every row has its next token or has ended; None if not yet, or if
+        the request is over (`over`). Raises the generation's error."""
+        with self._cond:
+            return self._column()
+
+    @property
+    def over(self):
+        with self._cond:
+            return self.cancelled or (all(self._ended) and not any(self._events))
+
+    def _column(self):
+        if self.error is not None:
+            raise self.error
+        if self.cancelled or not any(self._events) or any(not q and not e for q, e in zip(self._events, self._ended)):
+            return None
+        step = Step([], [], [], [])
+        for b, q in enumerate(self._events):
+            token, depth, sampled, done = q.popleft() if q else (self.filler, self._depths[b], False, True)
+            self._depths[b] = depth
+            for column, value in zip((step.tokens, step.depths, step.sampled, step.done), (token, depth, sampled, done)):
+                column.append(value)
+        return step
+
+    def steps(self, until=None):
+        """Steps as they come (blocking); ends early when `until` (a threading.Event) is set."""
+        while True:
+            with self._cond:
+                while (step := self._column()) is None and not self.over:
+                    if until is not None and until.is_set():
+                        return
+                    self._cond.wait(POLL if until is not None else None)
+            if step is None:
+                return
+            yield step
 
     def __iter__(self):
-        while (event := self.events.get()) is not None:
-            if isinstance(event, Exception):
-                raise event
-            yield event
+        return self.steps()
 
 
 class _Row:
-    """A request's place in the batch: the prompt still to read, or the logits to pick from,
-    or the token to feed next."""
+    """One reply's place in the batch: the prompt still to read (one row per prompt reads it,
+    its `followers` copy the result), or the logits to pick from, or the token to feed next."""
 
-    def __init__(self, req, chat_tokens, device):
-        self.req, self.reply, self.pending, self.count = req, Reply(chat_tokens), list(req.tokens), 0
-        self.rng = torch.Generator(device=device).manual_seed(req.seed)
+    def __init__(self, req, b, chat_tokens, device):
+        self.req, self.b, self.reply, self.count = req, b, Reply(chat_tokens), 0
+        self.pending = list(req.prompts[b // req.n]) if b % req.n == 0 else []
+        self.followers = []
+        self.rng = torch.Generator(device=device).manual_seed(req.seeds[b])
         self.logits = self.input = self.tool = None
         self.depth = req.r
 
@@ -82,47 +217,54 @@ class _Row:
 
 class Scheduler:
     def __init__(self, model, tokenizer, max_rows=16, prefill_chunk=256, cache_mode="exact", max_len=1024,
-                 tool=run_python, tool_threads=4):
+                 tool=run_python, tool_threads=4, exit_criterion="kl", warm_start=False):
         """max_rows: replies decoded together (more wait in a queue). prefill_chunk: prompt tokens
         per row per step. max_len: positions per row allocated at first (grows on demand up to the
-        model's rotary table). tool: code (str) -> output (str), or None to disable tool use."""
+        model's rotary table). tool: code (str) -> output (str), or None to disable tool use.
+        exit_criterion "kl" | "state": how a request with an exit_threshold stops early.
+        warm_start: a decoded token starts from the previous token's final state (KVCache)."""
         if not (isinstance(max_rows, int) and max_rows >= 1 and isinstance(prefill_chunk, int) and prefill_chunk >= 1):
             raise ValueError(f"Scheduler: max_rows={max_rows!r}, prefill_chunk={prefill_chunk!r}: expected ints >= 1")
         self.model, self.tokenizer, self.tool = model, tokenizer, tool
         self.max_rows, self.prefill_chunk, self.looped = max_rows, prefill_chunk, model.config.arch != "gpt"
+        self.exit_criterion, self.warm_start = exit_criterion, warm_start
         self.device = model.lm_head.weight.device
-        self.cache = KVCache(model, max_rows, min(max_len, model.rotary_len), max_r=1, mode=cache_mode)
+        self.cache = KVCache(model, max_rows, min(max_len, model.rotary_len), max_r=1, mode=cache_mode,
+                             warm_start=warm_start, exit_criterion=exit_criterion)  # validates the options
         self.chat_tokens = ChatTokens(tokenizer)
         self.rows = [None] * max_rows  # cache row -> _Row
         self.waiting = deque()
         self.cond = threading.Condition()
-        self.tools = ThreadPoolExecutor(tool_threads, thread_name_prefix="tool") if tool is not None else None
+        self.tools = None  # the tool thread pool, made at the first tool call
+        self.tool_threads = tool_threads
         self.thread, self.stopping = None, False
         self.steps = self.decode_rows = 0  # decode forwards, and rows summed over them (mean batch)
 
     # -------------------------------------------------------------------------
     # the client side (any thread)
 
-    def submit(self, tokens, r=4, max_tokens=256, temperature=1.0, top_k=None, seed=42, exit_threshold=None):
-        if not (isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens)):
-            raise ValueError("submit: tokens must be a non-empty list of ids")
-        if not (isinstance(max_tokens, int) and max_tokens >= 1 and isinstance(r, int) and r >= 1):
-            raise ValueError(f"submit: r={r!r}, max_tokens={max_tokens!r}: expected ints >= 1")
+    def submit(self, tokens, n=1, r=4, max_tokens=256, temperature=1.0, top_k=None, seed=42, exit_threshold=None):
+        """tokens: one prompt (a list of ids) or several (a list of such lists); n replies to each."""
+        prompts = [tokens] if tokens and isinstance(tokens, list) and isinstance(tokens[0], int) else tokens
+        if not (isinstance(prompts, list) and prompts and
+                all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts)):
+            raise ValueError("submit: tokens must be a non-empty list of ids, or a list of such lists")
+        if not all(isinstance(v, int) and v >= 1 for v in (n, r, max_tokens)):
+            raise ValueError(f"submit: n={n!r}, r={r!r}, max_tokens={max_tokens!r}: expected ints >= 1")
+        if len(prompts) * n > self.max_rows:
+            raise ValueError(f"submit: {len(prompts)} prompt(s) x n={n} replies > max_rows={self.max_rows} of this scheduler")
         if not self.looped and (r != 1 or exit_threshold is not None):
             raise ValueError("submit: arch='gpt' has no loop: r must be 1 and exit_threshold None")
-        if len(tokens) + max_tokens > self.model.rotary_len:
-            raise ValueError(f"submit: {len(tokens)} prompt + {max_tokens} new tokens > {self.model.rotary_len} positions")
+        longest = max(len(p) for p in prompts)
+        if longest + max_tokens > self.model.rotary_len:
+            raise ValueError(f"submit: {longest} prompt + {max_tokens} new tokens > {self.model.rotary_len} positions")
         if temperature < 0 or (exit_threshold is not None and not exit_threshold >= 0):
             raise ValueError(f"submit: temperature={temperature}, exit_threshold={exit_threshold}: expected >= 0")
-        req = Request(tokens, r, max_tokens, temperature, top_k, seed, exit_threshold)
+        req = Request(prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, self.chat_tokens.end)
         with self.cond:
             self.waiting.append(req)
             self.cond.notify()
         return req
-
-    def load(self):
-        """Requests in the batch or waiting for a row."""
-        return sum(row is not None for row in self.rows) + len(self.waiting)
 
     def start(self):
         self.thread = threading.Thread(target=self._loop, daemon=True, name=f"scheduler-{self.device}")
@@ -135,6 +277,8 @@ class Scheduler:
             self.cond.notify()
         if self.thread is not None:
             self.thread.join()
+        if self.tools is not None:
+            self.tools.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self):
         while True:
@@ -168,9 +312,7 @@ class Scheduler:
             others = [row for row in self._live() if not any(row is p for p in prefill)]
             self._arrange(others + prefill)
             self._prefill(prefill, len(others))
-        for row in self._live():
-            if row.logits is not None:
-                self._pick(row)  # a prompt read this step gets its first token now, and joins the decode
+        self._pick([row for row in self._live() if row.logits is not None])  # a prompt just read included
         decode = [row for row in self._live() if row.input is not None]
         if decode:
             self._arrange(decode + [row for row in self._live() if row.input is None])
@@ -185,34 +327,52 @@ class Scheduler:
             if row is not None and row.req.cancelled:
                 self._finish(b)
         with self.cond:
-            while self.waiting and None in self.rows:
+            while self.waiting and (self.waiting[0].cancelled or self.rows.count(None) >= self.waiting[0].size):
                 req = self.waiting.popleft()
                 if req.cancelled:
-                    self._close(req)
+                    req._close()
                     continue
-                self.cache.grow(max_r=req.r, max_len=len(req.tokens) + req.max_tokens)
-                b = self.rows.index(None)
-                self.rows[b], self.cache.lengths[b] = _Row(req, self.chat_tokens, self.device), 0
+                self.cache.grow(max_r=req.r, max_len=max(len(p) for p in req.prompts) + req.max_tokens)
+                leaders = {}
+                for b in range(req.size):
+                    slot, row = self.rows.index(None), _Row(req, b, self.chat_tokens, self.device)
+                    self.rows[slot], self.cache.lengths[slot] = row, 0
+                    if b % req.n == 0:
+                        leaders[b] = row
+                    else:
+                        leaders[b - b % req.n].followers.append(row)
 
-    def _pick(self, row):
-        """Choose the row's next token from its logits (sampled as Engine samples a batch of one)."""
-        if row.tool is not None:
-            if not row.tool.done():
-                return
-            row.reply.force(self.tokenizer.encode(row.tool.result()))
-            row.tool = None
+    def _pick(self, rows):
+        """Choose each row's next token from its logits (each with its own generator; one sync)."""
+        ready = []
+        for row in rows:
+            if row.tool is not None:
+                if not row.tool.done():
+                    continue
+                row.reply.force(self.tokenizer.encode(row.tool.result()))
+                row.tool = None
+            ready.append(row)
+        if not ready:
+            return
+        req = [row.req for row in ready]
+        sampled = torch.stack([sample_next_token(row.logits, row.rng, q.temperature, q.top_k)[0]
+                               for row, q in zip(ready, req)]).tolist()
+        for row, s in zip(ready, sampled):
+            self._advance(row, s)
+
+    def _advance(self, row, sampled):
         req = row.req
-        sampled = sample_next_token(row.logits, row.rng, req.temperature, req.top_k).item()
         token, was_sampled = row.reply.next_token(sampled)
         code = row.reply.feed(token, was_sampled)
         row.logits = None
-        if row.reply.done:
-            return self._finish(self.rows.index(row))
-        req.events.put((token, row.depth, was_sampled))
         row.count += 1
-        if row.count == req.max_tokens:
+        last = row.reply.done or row.count == req.max_tokens
+        req._put(row.b, token, row.depth, was_sampled, row.reply.done, last)
+        if last:
             return self._finish(self.rows.index(row))
-        if code is not None and self.tools is not None:
+        if code is not None and self.tool is not None:
+            if self.tools is None:
+                self.tools = ThreadPoolExecutor(self.tool_threads, thread_name_prefix="tool")
             row.tool = self.tools.submit(self._run_tool, code)
         row.input = token
 
@@ -250,9 +410,10 @@ class Scheduler:
         caps = [row.req.r for row in rows]
         r = max(caps)
         thresholds = [row.threshold for row in rows] if decode else None
-        criterion = "kl" if decode and any(t > 0 for t in thresholds) else None
+        criterion = self.exit_criterion if decode and any(t > 0 for t in thresholds) else None
         self.cache.select(lo, lo + len(rows), caps=caps if min(caps) < r else None, exit_criterion=criterion,
                           thresholds=thresholds if criterion else None)
+        self.cache.warm_start = self.warm_start and decode  # a prompt starts as in training
         self.cache.grow(max_len=max(self.cache.lengths[lo:lo + len(rows)]) + ids.size(1))
         return self.model(ids, r=r, kv_cache=self.cache)
 
@@ -276,21 +437,21 @@ class Scheduler:
             row.pending = row.pending[len(chunk):]
             if not row.pending:
                 row.logits, row.depth = logits[b:b + 1, len(chunk) - 1], row.req.r
+                if row.followers:  # the prompt's other replies start from this prefill
+                    self.cache.move_rows([lo + b] * len(row.followers), [self.rows.index(f) for f in row.followers])
+                    for f in row.followers:
+                        f.logits, f.depth = row.logits, row.depth
 
     def _finish(self, b):
         row, self.rows[b] = self.rows[b], None
         if row.tool is not None:
             row.tool.cancel()
-        self._close(row.req)
-
-    def _close(self, req, error=None):
-        req.finished = True
-        if error is not None:
-            req.events.put(error)
-        req.events.put(None)
+        row.req.rows_left -= 1
+        if row.req.rows_left == 0:
+            row.req._close()
 
     def _fail_all(self, error):
         for b, row in enumerate(self.rows):
             if row is not None:
                 self.rows[b] = None
-                self._close(row.req, error)
+                row.req._close(error)

@@ -26,6 +26,18 @@ SPECIAL_TOKENS = [
     "<|output_start|>", "<|output_end|>",    # the tool's output, forced into the stream
 ]
 
+# The chat format, defined once: render_conversation follows it and chat_template() writes the
+# same rules as the Jinja template of the Hugging Face export, so the two cannot drift apart.
+BOS = "<|bos|>"
+TURNS = {"user": ("<|user_start|>", "<|user_end|>"), "assistant": ("<|assistant_start|>", "<|assistant_end|>")}
+# an assistant message's parts: (open, close, supervised). The model writes its text and tool
+# calls; the interpreter writes the tool's output, so that carries no loss.
+PARTS = {"text": ("", "", 1), "python": ("<|python_start|>", "<|python_end|>", 1),
+         "python_output": ("<|output_start|>", "<|output_end|>", 0)}
+SYSTEM_JOIN = "\n\n"  # a leading system message is folded into the first user message with this
+SYSTEM_ERROR = "a system message must be followed by a user message"
+ROLES_ERROR = "roles must alternate user/assistant starting with user"
+
 # GPT-4's split pattern, except numbers split into runs of at most 2 digits (instead of 3):
 # with a 32K vocab we would rather not spend ~1000 tokens on all 3-digit numbers.
 SPLIT_PATTERN = (
@@ -164,30 +176,22 @@ class Tokenizer:
             role, content = message["role"], message["content"]
             expected = "user" if i % 2 == 0 else "assistant"
             if role != expected:
-                raise ValueError(f"message {i} has role {role!r}; roles must alternate user/assistant starting with user")
+                raise ValueError(f"message {i} has role {role!r}; {ROLES_ERROR}")
+            start, end = (self.encode_special(t) for t in TURNS[role])
             if role == "user":
                 if not isinstance(content, str):
                     raise ValueError(f"message {i}: user content must be a string")
-                add(self.encode_special("<|user_start|>"), 0)
-                add(self.encode(content), 0)
-                add(self.encode_special("<|user_end|>"), 0)
-            else:
-                add(self.encode_special("<|assistant_start|>"), 0)
-                for part in _parts(content, i):
-                    kind, text = part["type"], part["text"]
-                    if kind == "text":
-                        add(self.encode(text), 1)
-                    elif kind == "python":  # the model writes the tool call: supervised
-                        add(self.encode_special("<|python_start|>"), 1)
-                        add(self.encode(text), 1)
-                        add(self.encode_special("<|python_end|>"), 1)
-                    elif kind == "python_output":  # the interpreter writes this: not supervised
-                        add(self.encode_special("<|output_start|>"), 0)
-                        add(self.encode(text), 0)
-                        add(self.encode_special("<|output_end|>"), 0)
-                    else:
-                        raise ValueError(f"message {i}: unknown part type {kind!r} (text, python, python_output)")
-                add(self.encode_special("<|assistant_end|>"), 1)
+                add([start, *self.encode(content), end], 0)
+                continue
+            add(start, 0)
+            for part in _parts(content, i):
+                if part["type"] not in PARTS:
+                    raise ValueError(f"message {i}: unknown part type {part['type']!r} ({', '.join(PARTS)})")
+                open_, close, supervised = PARTS[part["type"]]
+                add([self.encode_special(open_)] if open_ else [], supervised)
+                add(self.encode(part["text"]), supervised)
+                add([self.encode_special(close)] if close else [], supervised)
+            add(end, 1)
         return ids[:max_tokens], mask[:max_tokens]
 
     def render_for_completion(self, conversation):
@@ -197,16 +201,49 @@ class Tokenizer:
         if not messages or messages[-1]["role"] != "assistant":
             raise ValueError("render_for_completion expects a conversation ending with an assistant message")
         ids, _ = self.render_conversation({"messages": messages[:-1]}, max_tokens=10**9)
-        return ids + [self.encode_special("<|assistant_start|>")]
+        return ids + [self.encode_special(TURNS["assistant"][0])]
 
 
 def _fold_system(messages):
     if messages and messages[0]["role"] == "system":
         if len(messages) < 2 or messages[1]["role"] != "user":
-            raise ValueError("a system message must be followed by a user message")
-        merged = {"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}
+            raise ValueError(SYSTEM_ERROR)
+        merged = {"role": "user", "content": messages[0]["content"] + SYSTEM_JOIN + messages[1]["content"]}
         return [merged] + list(messages[2:])
     return messages
+
+
+def chat_template():
+    """render_conversation as a Jinja chat template (transformers' apply_chat_template), written
+    from the same TURNS, PARTS and system rule; tests/test_hf_export.py renders both ways."""
+    user, assistant = TURNS["user"], TURNS["assistant"]
+    parts = "".join(f"{{%- {'if' if i == 0 else 'elif'} part['type'] == '{kind}' -%}}{o}{{{{ part['text'] }}}}{c}"
+                    for i, (kind, (o, c, _)) in enumerate(PARTS.items()))
+    join = SYSTEM_JOIN.replace("\n", "\\n")
+    return (
+        "{%- set ns = namespace(messages=messages) -%}"
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- if messages|length < 2 or messages[1]['role'] != 'user' -%}"
+        f"{{{{- raise_exception('{SYSTEM_ERROR}') -}}}}{{%- endif -%}}"
+        f"{{%- set ns.messages = [{{'role': 'user', 'content': messages[0]['content'] + '{join}' + messages[1]['content']}}]"
+        " + messages[2:] -%}"
+        "{%- endif -%}"
+        f"{BOS}"
+        "{%- for m in ns.messages -%}"
+        "{%- if m['role'] != ('user' if loop.index0 % 2 == 0 else 'assistant') -%}"
+        f"{{{{- raise_exception('{ROLES_ERROR}') -}}}}{{%- endif -%}}"
+        f"{{%- if m['role'] == 'user' -%}}{user[0]}{{{{ m['content'] }}}}{user[1]}"
+        f"{{%- else -%}}{assistant[0]}"
+        "{%- if m['content'] is string -%}{{ m['content'] }}"
+        "{%- else -%}{%- for part in m['content'] -%}"
+        f"{parts}"
+        "{%- else -%}{{- raise_exception('unknown part type ' + part['type']) -}}{%- endif -%}"
+        "{%- endfor -%}{%- endif -%}"
+        f"{assistant[1]}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        f"{{%- if add_generation_prompt -%}}{assistant[0]}{{%- endif -%}}"
+    )
 
 
 def _parts(content, i):

@@ -58,29 +58,29 @@ print(describe_sandbox())
 print(f"model: {args.source} step {meta['step']} ({model.config.arch}, width {model.config.n_embd}), r={engine.r}"
       + (f", adaptive {args.exit_criterion} < {args.adaptive:g}" if args.adaptive >= 0 else "") + f", {args.cache_mode} cache")
 
-bos = tokenizer.get_bos_token_id()
-user_start, user_end = tokenizer.encode_special("<|user_start|>"), tokenizer.encode_special("<|user_end|>")
-assistant_start, assistant_end = tokenizer.encode_special("<|assistant_start|>"), tokenizer.encode_special("<|assistant_end|>")
-
-
-def reply(conversation):
-    """Stream the assistant's reply to stdout, tool calls as [python] / [output] blocks; returns its tokens."""
-    tokens, depths = [], []
+def reply(prompt):
+    """Stream the assistant's reply to stdout, tool calls as [python] / [output] blocks; returns
+    its parts (render_conversation's schema, so the next turn renders it as it was written)."""
+    depths = []
     decoder, terminal = ReplyDecoder(tokenizer), TerminalReply(color=sys.stdout.isatty() and "NO_COLOR" not in os.environ)
-    for step in engine.generate(conversation, max_tokens=args.max_new_tokens, temperature=args.temperature,
+    for step in engine.generate(prompt, max_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k if args.top_k > 0 else None, seed=args.seed):
         if step.done[0]:
             break
-        tokens.append(step.tokens[0])
         depths.append(step.depths[0])
         print("".join(terminal.show(kind, text) for kind, text, _ in decoder.feed(step.tokens[0])), end="", flush=True)
     print("".join(terminal.show(kind, text) for kind, text, _ in decoder.finish()) + terminal.end(), end="")
     if args.adaptive >= 0 and depths:
         print(f"[{len(depths)} tokens, mean depth {sum(depths) / len(depths):.2f} of {engine.r}]")
-    return tokens
+    return decoder.parts
 
 
-conversation = [bos]
+def render(messages):
+    """The prompt ids for the next reply: the tokenizer's one chat format (as the server's)."""
+    return tokenizer.render_for_completion({"messages": messages + [{"role": "assistant", "content": ""}]})
+
+
+messages = []
 with torch.inference_mode():
     while True:
         if args.prompt:
@@ -94,22 +94,23 @@ with torch.inference_mode():
             if question in ("quit", "exit"):
                 break
             if question == "clear":
-                conversation = [bos]
+                messages = []
                 continue
             if not question:
                 continue
-        turn = [user_start, *tokenizer.encode(question), user_end, assistant_start]
-        if 1 + len(turn) + args.max_new_tokens > model.rotary_len:  # too long even on its own
-            print(f"error: this question is {len(turn)} tokens; with --max-new-tokens {args.max_new_tokens} it exceeds the "
+        turn = [{"role": "user", "content": question}]
+        alone = len(render(turn))
+        if alone + args.max_new_tokens > model.rotary_len:  # too long even on its own
+            print(f"error: this question is {alone} tokens; with --max-new-tokens {args.max_new_tokens} it exceeds the "
                   f"model's {model.rotary_len} positions: ask a shorter one or lower --max-new-tokens", file=sys.stderr)
             if args.prompt:
                 sys.exit(2)
             continue
-        if len(conversation) + len(turn) + args.max_new_tokens > model.rotary_len:
+        if len(render(messages + turn)) + args.max_new_tokens > model.rotary_len:
             print(f"(the conversation reached the model's {model.rotary_len} positions: starting over)", file=sys.stderr)
-            conversation = [bos]
-        conversation += turn
+            messages = []
+        messages += turn
         print("\nAssistant: ", end="", flush=True)
-        conversation += reply(conversation) + [assistant_end]
+        messages.append({"role": "assistant", "content": reply(render(messages))})
         if args.prompt:
             break

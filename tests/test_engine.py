@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nanochat.checkpoint_manager import save_checkpoint
-from nanochat.engine import Engine, sample_next_token
+from nanochat.engine import Engine
+from nanochat.scheduler import sample_next_token
 from nanochat.gpt import GPT
 from nanochat.kv_cache import KVCache
 from tests.test_gpt import build, tiny, tokens
@@ -384,7 +385,7 @@ def test_tiny_temperature_samples_greedily():
 
 
 def test_tool_answers_like_a_python_prompt():
-    from nanochat.engine import run_python
+    from nanochat.python_tool import run_python
     assert run_python("48/2") == "24"  # GSM8K renders <<48/2=24>> as output "24"
     assert run_python("'strawberry'.count('r')") == "3"
     assert run_python("x = 3\nx * 2.5") == "7.5"

@@ -273,7 +273,7 @@ def test_a_wrong_humaneval_solution_cannot_pass_by_exiting_early(host):
 
 def test_the_engine_tool_contains_the_escapes(host):
     """The path chat_web, chat_cli and chat_eval use: Engine's default tool (run_python)."""
-    from nanochat.engine import run_python
+    from nanochat.python_tool import run_python
     out = run_python("import os, posix, signal; posix.kill(os.getppid(), signal.SIGKILL)")
     assert out.startswith("PermissionError") or out.startswith("ProcessLookupError"), out
     assert "FileNotFoundError" in run_python(host.fill("import posix; posix.unlink('CANARY_FILE')"))

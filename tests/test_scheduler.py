@@ -11,7 +11,7 @@ import torch
 from nanochat.engine import Engine
 from nanochat.gpt import GPT
 from nanochat.kv_cache import KVCache
-from nanochat.scheduler import Scheduler
+from nanochat.scheduler import Request, Scheduler
 from tests.test_engine import looped, max_err, tokens
 from tests.test_gpt import build, tiny
 
@@ -52,17 +52,17 @@ REQUESTS = [(3, 1, 40, 0.0, 0), (5, 2, 16, 0.0, 1), (9, 3, 25, 0.9, 2), (14, 4, 
             (20, 2, 30, 0.0, 4), (26, 3, 18, 1.2, 5), (33, 1, 10, 0.0, 6), (41, 4, 22, 0.0, 7)]
 
 
+def reply(steps, b=0):
+    """Row b's reply from a request's Steps: (tokens, depths, sampled), the stop token left out."""
+    kept = [s for s in steps if not s.done[b]]
+    return [s.tokens[b] for s in kept], [s.depths[b] for s in kept], [s.sampled[b] for s in kept]
+
+
 def solo(model, tokenizer, prompt, r, max_tokens, temperature, seed, adaptive, cache_mode):
+    """The request alone: an Engine call (a scheduler of its own with this one request)."""
     engine = Engine(model, tokenizer, r=r, cache_mode=cache_mode, exit_criterion="kl" if adaptive else None,
                     exit_threshold=0.0, tool=fake_tool)
-    tokens_, sampled, depths = [], [], []
-    for step in engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=20, seed=seed):
-        if step.done[0]:
-            break
-        tokens_.append(step.tokens[0])
-        sampled.append(step.sampled[0])
-        depths.append(step.depths[0])
-    return tokens_, depths, sampled
+    return reply(engine.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=20, seed=seed))
 
 
 @pytest.mark.parametrize("adaptive,cache_mode,chunk", [(False, "exact", 8), (True, "exact", 8), (False, "shared", 64)])
@@ -84,13 +84,13 @@ def test_concurrent_replies_equal_solo(tokenizer, adaptive, cache_mode, chunk):
     order = [0, 1, 6, 3, 2, 4, 5, 7]
     calls = stops = 0
     for i, req in zip(order, reqs):
-        got = list(req)
+        got = reply(list(req))
         expected = solo(model, tokenizer, prompts[i], *REQUESTS[i][1:], adaptive, cache_mode)
-        assert [t for t, _, _ in got] == expected[0], (i, adaptive, cache_mode)
-        assert [d for _, d, _ in got] == expected[1], i
-        assert [s for _, _, s in got] == expected[2], i
+        assert got[0] == expected[0], (i, adaptive, cache_mode)
+        assert got[1] == expected[1], i
+        assert got[2] == expected[2], i
         calls += not all(expected[2])
-        stops += len(got) < REQUESTS[i][2]
+        stops += len(got[0]) < REQUESTS[i][2]
     assert calls >= 3 and stops >= 2, (calls, stops)  # tool calls and early stops were exercised
     assert sched.cache.max_r == (4 if cache_mode == "exact" else 1) and sched.cache.max_len > 16  # it grew
     assert all(row is None for row in sched.rows) and not sched.waiting
@@ -111,11 +111,10 @@ def test_slow_tool_call_does_not_stall_the_batch(tokenizer):
     other = sched.submit(tokens(1, 40, seed=1)[0].tolist(), r=2, max_tokens=25, temperature=0)  # starts past it
     while not other.finished:
         sched.step()
-    assert calls and not waits.finished and len(list(other)) == 25
+    assert calls and not waits.finished and len(reply(list(other))[0]) == 25
     release.set()
     sched.run()
-    reply = [t for t, _, _ in waits]
-    assert tokenizer.decode(reply).count("<|output_start|>done<|output_end|>") == 1
+    assert tokenizer.decode(reply(list(waits))[0]).count("<|output_start|>done<|output_end|>") == 1
 
 
 def test_cancelled_requests_leave_and_free_their_rows(tokenizer):
@@ -124,14 +123,14 @@ def test_cancelled_requests_leave_and_free_their_rows(tokenizer):
     a, b, c = (sched.submit(tokens(1, 5, seed=s)[0].tolist(), r=2, max_tokens=50, temperature=0) for s in range(3))
     sched.step()
     sched.step()
-    assert sched.load() == 3 and not c.finished
+    assert sched.rows.count(None) == 0 and list(sched.waiting) == [c] and not c.finished
     a.cancel()
     sched.step()
-    assert a.finished and sched.rows.count(None) == 0  # c took a's row
+    assert a.finished and sched.rows.count(None) == 0 and not sched.waiting  # c took a's row
     b.cancel()
     c.cancel()
     sched.run()
-    assert sched.load() == 0 and all(req.finished for req in (a, b, c))
+    assert sched.rows.count(None) == 2 and all(req.finished and req.over for req in (a, b, c))
 
 
 def test_background_thread_serves_and_rejects_bad_input(tokenizer):
@@ -139,10 +138,9 @@ def test_background_thread_serves_and_rejects_bad_input(tokenizer):
     sched = Scheduler(model, tokenizer, max_rows=4, tool=None).start()
     try:
         reqs = [sched.submit(tokens(1, 3 + s, seed=s)[0].tolist(), r=2, max_tokens=8, temperature=0) for s in range(5)]
-        replies = [list(req) for req in reqs]
-        for s, reply in enumerate(replies):
-            assert [t for t, _, _ in reply] == solo(model, tokenizer, tokens(1, 3 + s, seed=s)[0].tolist(), 2, 8, 0.0,
-                                                    0, False, "exact")[0]
+        replies = [reply(list(req)) for req in reqs]
+        for s, got in enumerate(replies):
+            assert got[0] == solo(model, tokenizer, tokens(1, 3 + s, seed=s)[0].tolist(), 2, 8, 0.0, 0, False, "exact")[0]
         with pytest.raises(ValueError, match="tokens"):
             sched.submit([], r=2)
         with pytest.raises(ValueError, match="positions"):
@@ -181,3 +179,51 @@ def test_cache_move_rows_and_grow_keep_decoding_exact():
     got = torch.cat([torch.cat([got01[2 * k], got01[2 * k + 1]]) for k in range(14)], dim=1)
     assert max_err(got, expected) < 1e-5
     assert max_err(expected[:, -1], full[:, -1]) > 1e-4  # the r=2 prefix matters: the check is not vacuous
+
+
+def test_request_assembles_rows_that_end_apart():
+    """A request's Steps: one token per row; a row that has ended shows the filler, marked done,
+    from then on; the Steps end when every row has, a row's error is raised, and a reader's
+    `until` event ends the iteration early."""
+    req = Request([[1, 2]], 3, 4, 4, 1.0, None, 3, None, filler=99)
+    for b, events in enumerate([[(5, 2, True, False, False), (6, 3, False, True, True)],
+                                [(7, 4, True, True, True)],
+                                [(8, 1, True, False, False), (9, 2, True, False, False), (10, 3, True, False, False),
+                                 (11, 4, True, False, True)]]):
+        for event in events:
+            req._put(b, *event)
+    assert req.poll().tokens == [5, 7, 8]
+    steps = list(req)
+    assert [s.tokens for s in steps] == [[6, 99, 9], [99, 99, 10], [99, 99, 11]]
+    assert [s.done for s in steps] == [[True, True, False], [True, True, False], [True, True, False]]
+    assert [s.depths for s in steps] == [[3, 4, 2], [3, 4, 3], [3, 4, 4]] and req.over
+    assert len(set(req.seeds)) == 3 and req.seeds[0] == 3  # row 0 keeps the seed, the others are drawn from it
+    failed = Request([[1]], 1, 1, 4, 1.0, None, 0, None, filler=99)
+    failed._put(0, 5, 1, True, False, False)
+    failed._close(RuntimeError("device lost"))
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(failed)
+    waiting, stop = Request([[1]], 1, 1, 4, 1.0, None, 0, None, filler=99), threading.Event()
+    stop.set()
+    assert list(waiting.steps(until=stop)) == []
+
+
+def test_n_replies_share_one_prefill_and_row_0_is_the_single_reply(tokenizer):
+    """n rows of one prompt: one row reads the prompt and the others copy its cache; each row
+    samples with its own seed, so row 0 is the n = 1 reply and the rows differ."""
+    model = looped(vocab_size=512)
+    sched = Scheduler(model, tokenizer, max_rows=4, tool=None)
+    prompt = tokens(1, 9)[0].tolist()
+    three = sched.submit(prompt, n=3, r=2, max_tokens=8, temperature=1.0, seed=5)
+    one = sched.submit(prompt, n=1, r=2, max_tokens=8, temperature=1.0, seed=5)
+    forwards = []
+    real = sched._forward
+    sched._forward = lambda ids, lo, rows, decode: forwards.append((tuple(ids.shape), decode)) or real(ids, lo, rows, decode)
+    sched.step()  # the prompt read by 2 rows (one per request), then one token decoded by all 4
+    assert forwards == [((2, 9), False), ((4, 1), True)] and sched.cache.lengths[:4] == [10] * 4
+    sched.run()
+    steps = list(three)
+    assert reply(steps, 0) == reply(list(one))
+    assert len({tuple(reply(steps, b)[0]) for b in range(3)}) == 3
+    with pytest.raises(ValueError, match="max_rows"):
+        sched.submit(prompt, n=5)

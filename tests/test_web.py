@@ -405,49 +405,6 @@ def test_one_worker_batches_concurrent_chats(base_dir, tokenizer):
     assert all(events(r.text)[-1]["tokens"] > 0 for r in together) and mean_batch > 2
 
 
-class ScriptedRows:
-    """A stand-in scheduler whose i-th request replays scripts[i]: (token, depth, sampled) events,
-    then its end (None), or an exception."""
-
-    def __init__(self, scripts):
-        self.scripts, self.cancelled = list(scripts), []
-
-    def submit(self, ids, **kw):
-        row = SimpleNamespace(events=queue.Queue())
-        row.cancel = lambda: self.cancelled.append(row)
-        for event in self.scripts.pop(0):
-            row.events.put(event)
-        return row
-
-
-def test_worker_steps_assemble_rows_that_end_apart(tokenizer):
-    """Worker.steps turns n scheduler requests into Engine-style Steps: a row that has ended is
-    marked done (filler token) from that step on, the Steps stop when all are done or at
-    max_tokens, every request is cancelled after, and a row's error is raised."""
-    worker = Worker(chat_model(), tokenizer, "cpu", max_rows=2)
-    end = tokenizer.encode_special("<|assistant_end|>")
-    worker.scheduler.stop()
-    worker.scheduler = ScriptedRows([[(5, 2, True), (6, 3, False), None],
-                                     [(7, 4, True), None],
-                                     [(8, 1, True), (9, 2, True), (10, 3, True), (11, 4, True)]])
-    req = chat_api.ChatRequest(HELLO, 1.0, 50, max_tokens=4, recur=4, adaptive=None, seed=3, n=3)
-    steps = list(worker.steps([1, 2], req, threading.Event()))
-    assert [s.tokens for s in steps] == [[5, 7, 8], [6, end, 9], [end, end, 10], [end, end, 11]]
-    assert [s.done for s in steps] == [[False, False, False], [False, True, False], [True, True, False],
-                                       [True, True, False]]
-    assert [s.sampled for s in steps] == [[True, True, True], [False, False, True], [False, False, True],
-                                          [False, False, True]]
-    assert [s.depths for s in steps][:2] == [[2, 4, 1], [3, 4, 2]]
-    assert len(worker.scheduler.cancelled) == 3
-    worker.scheduler = ScriptedRows([[(5, 2, True), None], [None]])
-    req.n, req.max_tokens = 2, 8
-    assert [s.done for s in worker.steps([1, 2], req, threading.Event())] == [[False, True], [True, True]]
-    worker.scheduler = ScriptedRows([[(5, 2, True), RuntimeError("device lost")]])
-    req.n = 1
-    with pytest.raises(RuntimeError, match="device lost"):
-        list(worker.steps([1, 2], req, threading.Event()))
-
-
 def test_worker_steps_reproduce_the_engine_and_the_seed(tokenizer):
     """One row at a seed is the Engine's sampled reply at that seed (tokens and depths); n rows
     come back the same for the same seed, and row 0 is the n = 1 reply."""
