@@ -63,14 +63,6 @@ class ReplyDecoder:
         return self._flush(final=True)
 
 
-def render_parts(parts):
-    """Parts -> the tokenizer's content form (a plain string when the reply is text only)."""
-    parts = [p for p in parts if p["type"] != "text" or p["text"]]
-    if all(p["type"] == "text" for p in parts):
-        return "".join(p["text"] for p in parts)
-    return parts
-
-
 class TerminalReply:
     """Pieces -> what chat_cli prints: text as is, a tool call as a `[python]` block and its output
     as an `[output]` block, each on its own lines (and in colour on a terminal)."""

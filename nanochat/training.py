@@ -1,14 +1,17 @@
 """
 Training-loop helpers shared by the training scripts: the lr and momentum schedules, the
-device's bf16 peak for MFU, a loss log that survives resume and draws the loss curve, and the
-one check every stage makes before it resumes.
+device's bf16 peak for MFU, a loss log that survives resume and draws the loss curve, the
+one check every stage makes before it resumes, and the recipe a later stage starts from.
 """
 
 import csv
+import dataclasses
 import math
 import os
 
-from nanochat.errors import UserError
+from nanochat.errors import UserError, user_input
+from nanochat.optim import OptimizerSpec, optimizer_from_meta
+from nanochat.recurrence import RecurrenceSpec, recurrence_from_meta
 
 # dense bf16 peak FLOP/s by device name (H100 SXM; H200 has the same compute)
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12}
@@ -46,6 +49,16 @@ def check_resume(args, meta, model_config, checkpoint_dir):
         raise UserError(f"--resume: the model differs from the one in {checkpoint_dir} in "
                         + ", ".join(f"{k} ({here!r} here, {was!r} there)" for k, (here, was) in differ.items())
                         + ": use the tokenizer it was trained with, or start a new --model-tag")
+
+
+def later_stage_specs(meta, sets):
+    """(RecurrenceSpec, OptimizerSpec) that SFT and RL train with: the checkpoint's, without
+    weight decay (a short fine-tune), with the stage's --set values (nanochat.flags) over both;
+    a value a spec refuses ends the run with one line naming it."""
+    with user_input():
+        recurrence = dataclasses.replace(recurrence_from_meta(meta), **sets[RecurrenceSpec])
+        optimizer = dataclasses.replace(optimizer_from_meta(meta), **{"weight_decay": 0.0, **sets[OptimizerSpec]})
+    return recurrence, optimizer
 
 
 def gpu_peak_flops(device):

@@ -36,12 +36,12 @@ from nanochat.checkpoint_manager import build_model, find_checkpoint_dir, load_f
 from nanochat.common import compute_cleanup, compute_init, get_base_dir, print0, synchronize
 from nanochat.engine import Engine
 from nanochat.grpo import group_advantages, pack_rollouts, pg_loss, rollout_rows
-from nanochat.optim import OptimizerSpec, optimizer_from_meta
-from nanochat.recurrence import RecurrenceSpec, recurrence_from_meta
+from nanochat.optim import OptimizerSpec
+from nanochat.recurrence import RecurrenceSpec
 from nanochat.report import get_report
 from nanochat.task_eval import evaluate_generative, sample_replies
 from nanochat.tokenizer import get_tokenizer
-from nanochat.training import apply_schedule, check_resume, init_wandb, stream_seed
+from nanochat.training import apply_schedule, check_resume, init_wandb, later_stage_specs, stream_seed
 from tasks.gsm8k import GSM8K
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
@@ -99,8 +99,7 @@ tokenizer = get_tokenizer()
 if tokenizer.get_vocab_size() != config.vocab_size:
     raise errors.UserError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model {config.vocab_size}")
 print0(f"start: {source_dir} step {source_meta['step']}: {config}")
-with errors.user_input():  # a --set the sampler cannot take: one line naming it
-    recurrence = dataclasses.replace(recurrence_from_meta(source_meta), **sets[RecurrenceSpec])
+recurrence, optim_spec = later_stage_specs(source_meta, sets)  # the checkpoint's, --set over them
 bptt_k = recurrence.truncation
 eval_r = recurrence.eval_r(config.arch)
 print0(f"recurrence: {recurrence}, eval r {eval_r}")
@@ -115,8 +114,6 @@ print0(f"{num_steps} steps x {args.examples_per_step} questions x {k} samples = 
        f"{args.examples_per_step * k} replies per step ({args.examples_per_step // world_size} questions per rank)")
 
 # the source run's optimizer (NorMuon, cautious decay, its lrs unless --set), every lr x --init-lr-frac
-with errors.user_input():
-    optim_spec = dataclasses.replace(optimizer_from_meta(source_meta), **{"weight_decay": 0.0, **sets[OptimizerSpec]})
 run_spec = optim_spec.scaled(args.init_lr_frac)
 lrs = {k_: getattr(run_spec, k_) for k_ in (*OptimizerSpec.LRS, "weight_decay")}
 optimizer = model.setup_optimizer(run_spec)

@@ -47,14 +47,14 @@ from nanochat.common import (COMPUTE_DTYPE, compute_cleanup, compute_init, forma
                              synchronize)
 from nanochat.engine import Engine
 from nanochat.loss_eval import evaluate_bpb
-from nanochat.optim import OptimizerSpec, optimizer_from_meta
-from nanochat.recurrence import RecurrenceSpec, recurrence_from_meta
+from nanochat.optim import OptimizerSpec
+from nanochat.recurrence import RecurrenceSpec
 from nanochat.report import get_report
 from nanochat.sft_data import SFTPacker
 from nanochat.task_eval import BASELINES, chatcore, evaluate_categorical, evaluate_generative
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import (LossLog, apply_schedule, check_resume, init_wandb, lr_multiplier, maybe_compile,
-                               stream_seed)
+from nanochat.training import (LossLog, apply_schedule, check_resume, init_wandb, later_stage_specs, lr_multiplier,
+                               maybe_compile, stream_seed)
 from tasks.arc import ARC
 from tasks.common import TaskMixture, TaskSequence, chat_data_dir
 from tasks.customjson import CustomJSON
@@ -158,8 +158,7 @@ if tokenizer.get_vocab_size() != config.vocab_size:
 token_bytes = get_token_bytes(device=device)
 print0(f"base model: {base_dir} step {base_step}: {config}")
 
-with errors.user_input():  # a --set the sampler cannot take: one line naming it
-    recurrence = dataclasses.replace(recurrence_from_meta(base_meta), **sets[RecurrenceSpec])
+recurrence, optim_spec = later_stage_specs(base_meta, sets)  # the checkpoint's, --set over them
 bptt_k = recurrence.truncation
 eval_r = recurrence.eval_r(config.arch)
 print0(f"recurrence: {recurrence} (the base run's{', with --set' if sets[RecurrenceSpec] else ''}), eval r {eval_r}")
@@ -271,8 +270,6 @@ val_dataset = build_val()
 # -----------------------------------------------------------------------------
 # optimizer: the base run's learning rates unless given, its state when it fits
 
-with errors.user_input():  # a short fine-tune: no weight decay unless --set
-    optim_spec = dataclasses.replace(optimizer_from_meta(base_meta), **{"weight_decay": 0.0, **sets[OptimizerSpec]})
 run_spec = optim_spec.scaled(args.init_lr_frac)
 lrs = {k: getattr(run_spec, k) for k in (*OptimizerSpec.LRS, "weight_decay")}
 print0(f"optimizer: {run_spec}")

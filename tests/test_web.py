@@ -7,14 +7,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import httpx
 import pytest
