@@ -76,9 +76,3 @@ def set_overrides(values, specs, own_flags=None):
         cls, default = fields[name]
         out[cls][name] = convert(value, default, f"--set {name}")
     return out
-
-
-def canonical(values):
-    """The --set values as the run records them: one sorted 'field=value' per field, so a
-    resume compares what was set and not the order it was typed in."""
-    return sorted(f"{k}={v}" for k, v in parse_pairs(values, "--set").items())

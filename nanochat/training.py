@@ -20,29 +20,32 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e
 # flags that never change what a run computes: a resumed run may give them other values
 RESUME_FREE = ("resume", "run", "device_type", "compile", "data_dir", "eval_every", "eval_tokens", "sample_every",
                "core_metric_every", "core_metric_max_per_task", "eval_bundle", "save_every", "model_tag",
-               "chat_eval_every", "chat_eval_problems", "chat_eval_max_tokens", "eval_examples", "eval_samples")
+               "chat_eval_every", "chat_eval_problems", "chat_eval_max_tokens", "eval_examples", "eval_samples",
+               "set")  # --set's effect is compared where it lands: the specs and the model config
 
 
-def check_resume(args, meta, model_config, checkpoint_dir):
+def check_resume(args, meta, model_config, checkpoint_dir, recurrence, optimizer):
     """Refuse to resume when a flag that decides the model, the schedule, the data order or
-    the r draws differs from the checkpoint's (every flag but RESUME_FREE), or when the same
-    flags built another model (another tokenizer, or the code changed): one line naming each
-    difference and the flags that continue the saved run. model_config: this run's, as a dict."""
+    the r draws differs from the checkpoint's (every flag but RESUME_FREE), when the run's
+    recurrence or optimizer spec differs from the saved one (what --set changes; a run saved
+    before --set existed is read through its flags), or when the same flags built another
+    model (another tokenizer, or the code changed): one line naming each difference and the
+    flags that continue the saved run. model_config: this run's, as a dict."""
     saved = meta.get("user_config", {})
 
-    def was(k):  # a repeatable flag (--set) a run saved before it existed was never given
-        return saved.get(k, [] if isinstance(getattr(args, k), list) else None)
-
-    def typed(flag, value):  # the flag as a command line gives it
-        if isinstance(value, list):
-            return " ".join(f"{flag} {v}" for v in value) or f"no {flag}"
-        return f"{flag} {value}"
-
-    changed = [k for k in vars(args) if k not in RESUME_FREE and was(k) != getattr(args, k)]
+    changed = [k for k in vars(args) if k not in RESUME_FREE and saved.get(k) != getattr(args, k)]
     if changed:
-        flags = [("--" + k.replace("_", "-"), getattr(args, k), was(k)) for k in changed]
+        flags = [("--" + k.replace("_", "-"), getattr(args, k), saved.get(k)) for k in changed]
         raise UserError(f"--resume: {', '.join(f'{f} is {here!r} here but {then!r}' for f, here, then in flags)} "
-                        f"in {checkpoint_dir}; rerun with {' '.join(typed(f, then) for f, _, then in flags)} "
+                        f"in {checkpoint_dir}; rerun with {' '.join(f'{f} {then}' for f, _, then in flags)} "
+                        f"(or start a new --model-tag)")
+    specs = [(name, dataclasses.asdict(here), dataclasses.asdict(read(meta)))
+             for name, here, read in (("recurrence", recurrence, recurrence_from_meta),
+                                      ("optimizer", optimizer, optimizer_from_meta))]
+    fields = [(name, f, here[f], then[f]) for name, here, then in specs for f in here if here[f] != then[f]]
+    if fields:
+        raise UserError(f"--resume: {', '.join(f'{name} {f} is {a!r} here but {b!r}' for name, f, a, b in fields)} "
+                        f"in {checkpoint_dir}; rerun with {' '.join(f'--set {f}={b}' for _, f, _, b in fields)} "
                         f"(or start a new --model-tag)")
     differ = {k: (v, meta["model_config"].get(k)) for k, v in model_config.items() if meta["model_config"].get(k) != v}
     if differ:

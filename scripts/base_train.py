@@ -84,7 +84,6 @@ args = parser.parse_args()
 OWN_FLAGS = dict(sequence_len="--max-seq-len", vocab_size="the tokenizer (scripts/tok_train.py)", arch="--arch",
                  n_head="--n-head", n_prelude="--n-prelude", n_recur="--n-recur", n_coda="--n-coda", mean="--recur-mean")
 sets = flags.set_overrides(args.set, {GPTConfig: OWN_FLAGS, RecurrenceSpec: OWN_FLAGS, OptimizerSpec: ()}, OWN_FLAGS)
-args.set = flags.canonical(args.set)  # recorded sorted: a resume compares what was set, not the typing order
 
 is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
 master = rank == 0
@@ -205,7 +204,7 @@ if args.resume:
         raise errors.MissingInput(f"--resume: no checkpoint in {checkpoint_dir}: drop --resume to start a run, or pass "
                                   f"the --model-tag of one to continue (found: {', '.join(others) or 'none'})")
     step, meta = load_meta(checkpoint_dir)
-    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir)
+    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir, recurrence, optim_spec)
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     optimizer.load_state_dict(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     loader_state = load_file(checkpoint_dir, step, f"loader_rank{rank}.pt")

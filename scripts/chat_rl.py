@@ -76,7 +76,6 @@ parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mp
 parser.add_argument("--seed", type=int, default=42, help="seed of the question order, samples and recurrence draws")
 args = parser.parse_args()
 sets = flags.set_overrides(args.set, {RecurrenceSpec: (), OptimizerSpec: ()})
-args.set = flags.canonical(args.set)  # recorded sorted: a resume compares what was set, not the typing order
 
 is_ddp, rank, local_rank, world_size, device = compute_init(args.device_type or None, seed=args.seed)
 master = rank == 0
@@ -123,7 +122,7 @@ checkpoint_dir = os.path.join(get_base_dir(), "chatrl_checkpoints", model_tag)
 start_step, history = 0, []  # history: one dict per step (and evals), kept in the checkpoint
 if args.resume:
     step, meta = load_meta(checkpoint_dir)
-    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir)
+    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir, recurrence, optim_spec)
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     optimizer.load_state_dict(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     start_step, history = step, meta["history"]

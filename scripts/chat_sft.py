@@ -114,7 +114,6 @@ parser.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help=
 parser.add_argument("--seed", type=int, default=42, help="seed of the mixture shuffle, recurrence draws and state noise")
 args = parser.parse_args()
 sets = flags.set_overrides(args.set, {RecurrenceSpec: (), OptimizerSpec: ()})
-args.set = flags.canonical(args.set)  # recorded sorted: a resume compares what was set, not the typing order
 
 
 def mixture_plan():
@@ -305,7 +304,7 @@ checkpoint_dir = os.path.join(get_base_dir(), "chatsft_checkpoints", model_tag)
 start_step, packer_state, loss_log = 0, None, LossLog()
 if args.resume:
     step, meta = load_meta(checkpoint_dir)
-    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir)
+    check_resume(args, meta, dataclasses.asdict(config), checkpoint_dir, recurrence, optim_spec)
     model.load_state_dict(load_file(checkpoint_dir, step, "model.pt", device))
     ok, why = load_optimizer_state(load_file(checkpoint_dir, step, f"optim_rank{rank}.pt", device))
     if not ok:

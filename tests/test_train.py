@@ -282,3 +282,10 @@ def test_resume_refuses_a_changed_schedule(base_dir, shard_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --resume: --num-iterations is 4 here but 2, --warmdown-ratio is 0.5 here but 0.65 in")
     assert "rerun with --num-iterations 2 --warmdown-ratio 0.65" in last  # every differing flag is named
+    # a recipe field changed through --set: compared through the saved specs, whatever the typing
+    proc = subprocess.run([sys.executable, "-m", "scripts.base_train", *TINY, "--data-dir", shard_dir, "--resume",
+                           "--num-iterations", "2", "--eval-every", "-1", "--set", "matrix_lr=0.03,bptt_k=2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "recurrence bptt_k is 2 here but 4, optimizer matrix_lr is 0.03 here but 0.02" in last
+    assert "rerun with --set bptt_k=4 --set matrix_lr=0.02" in last, last
