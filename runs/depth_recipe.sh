@@ -19,8 +19,9 @@
 #   DRY_RUN=1 bash runs/depth_recipe.sh                 # print every command
 #
 # Settings (environment): ARMS, SEEDS (42 7), TASK (pointer_chase or var_chase: tasks/<TASK>.py,
-# written by dev/make_<TASK>.py), MAX_DEPTH (4), TEST_DEPTHS (1..MAX_DEPTH, 2x and 4x it; at most 23
-# in a table of 24 letters), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems per test depth, -1 = all
+# written by dev/make_<TASK>.py), N_SYMBOLS (24 letters or variables per problem), QUERIES (8 per
+# training document), MAX_DEPTH (4), TEST_DEPTHS (1..MAX_DEPTH, 2x and 4x it; the generator checks
+# that the table holds them), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems per test depth, -1 = all
 # 300; fewer makes the eval of a 2/4/2 model at r up to 32 quicker), NANOCHAT_BASE_DIR (out/depth;
 # shares data and tokenizer with runs/depth_cpu.sh, so give another TASK or MAX_DEPTH its own). A run
 # whose checkpoint exists is skipped; each arm's depth_eval goes to <base>/depth_eval_<tag>.{md,json,png}.
@@ -31,6 +32,8 @@ cd "$(dirname "$0")/.."
 ARMS=${ARMS:-default sum mean6 b111 copy nove}
 SEEDS=${SEEDS:-42 7}
 TASK=${TASK:-pointer_chase}
+N_SYMBOLS=${N_SYMBOLS:-24}
+QUERIES=${QUERIES:-8}
 MAX_DEPTH=${MAX_DEPTH:-4}
 TEST_DEPTHS=${TEST_DEPTHS:-$(seq -s, 1 "$MAX_DEPTH"),$((2 * MAX_DEPTH)),$((4 * MAX_DEPTH))}
 BUDGET=${BUDGET:-7e13}
@@ -40,6 +43,8 @@ for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a n
 [[ $TASK =~ ^(pointer_chase|var_chase)$ ]] || die "TASK: '$TASK' is not pointer_chase or var_chase"
 [[ $MAX_DEPTH =~ ^[1-9]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..9 (dev.make_$TASK checks that the table holds the test depths)"
 [[ $TEST_DEPTHS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "TEST_DEPTHS: '$TEST_DEPTHS' is not a comma-separated list of depths"
+[[ $N_SYMBOLS =~ ^[0-9]+$ ]] && [ "$N_SYMBOLS" -le 52 ] || die "N_SYMBOLS: '$N_SYMBOLS' must be an integer <= 52"
+[[ $QUERIES =~ ^[1-9][0-9]*$ ]] || die "QUERIES: '$QUERIES' is not a positive integer"
 [[ $EVAL_PROBLEMS =~ ^(-1|[1-9][0-9]*)$ ]] || die "EVAL_PROBLEMS: '$EVAL_PROBLEMS' is not -1 or a positive integer"
 [[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 3e13"
 arm_flags() {
@@ -58,16 +63,18 @@ activate_venv
 DATA_DIR=$NANOCHAT_BASE_DIR/data
 mkdir -p "$NANOCHAT_BASE_DIR"
 if [ ! -e "$DATA_DIR/test_d$MAX_DEPTH.jsonl" ]; then
-    run python -m "dev.make_$TASK" --out "$DATA_DIR" --max-depth "$MAX_DEPTH" --test-depths "$TEST_DEPTHS"
+    run python -m "dev.make_$TASK" --out "$DATA_DIR" --max-depth "$MAX_DEPTH" --test-depths "$TEST_DEPTHS" \
+        --n-symbols "$N_SYMBOLS" --queries "$QUERIES"
     will_make "$DATA_DIR"
 fi
 need_shards "$DATA_DIR"
 if [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
     run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # byte level: every letter one token
 fi
-# one document per row, T + 1 tokens with BOS (24 letters, 8 questions): pointer chase 3 x 24 + 24,
-# var chase 6 x 24 + 24. A step holds ~6080 tokens (64 pointer-chase documents) for either task.
-if [ "$TASK" = pointer_chase ]; then T=95; else T=167; fi
+# one document per row, T + 1 tokens with BOS: N entries of 3 (pointer chase) or 6 (var chase)
+# tokens less a space, "|", the first question (2 tokens), the others (3 each). A step holds ~6080
+# tokens (64 documents of the default pointer chase, T = 95) for any task and size.
+if [ "$TASK" = pointer_chase ]; then T=$((3 * N_SYMBOLS + 3 * QUERIES - 1)); else T=$((6 * N_SYMBOLS + 3 * QUERIES - 1)); fi
 DOCS=$(( (6080 + T / 2) / T ))
 COMMON=(--size 2 --n-head 4 --max-seq-len "$T" --device-batch-size "$DOCS" --total-batch-size $((DOCS * T))
         --target-flops "$BUDGET" --eval-every -1 --eval-tokens $((10 * DOCS * T)) --sample-every -1
