@@ -236,3 +236,31 @@ def test_depth_cpu_dry_run(tmp_path):
     assert [c.split("--model-tag ")[1] for c in cmds if "base_train" in c] == ["loop_s1", "loop_s2"]
     assert all("--max-seq-len 179 " in c for c in cmds if "base_train" in c)  # 3 x 52 + 24 - 1
     assert "--recur 1,32,64 --exit-cap 64" in cmds[-1]
+
+
+def test_depth_recipe_dry_run(tmp_path):
+    """runs/depth_recipe.sh: one-change arms from base_train's defaults, each trained then
+    evaluated; the task, the table size and the questions set the sequence length."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "activate").write_text("")
+    env = {**os.environ, "DRY_RUN": "1", "VENV": str(tmp_path / "venv"), "NANOCHAT_BASE_DIR": str(tmp_path / "base"),
+           "SEEDS": "1", "ARMS": "default sum b111"}
+    out = subprocess.run(["bash", "runs/depth_recipe.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert "dev.make_pointer_chase" in cmds[0] and "--test-depths 1,2,3,4,8,16 --n-symbols 24 --queries 8" in cmds[0]
+    trains = [c for c in cmds if "scripts.base_train" in c]
+    assert [c.split("--model-tag ")[1] for c in trains] == ["default_s1", "sum_s1", "b111_s1"]
+    assert all("--max-seq-len 95 " in c and "--total-batch-size 6080 " in c for c in trains)
+    assert "--set" not in trains[0] and "--set inject_init=sum" in trains[1] and "--n-prelude 1" in trains[2]
+    evals = [c for c in cmds if "scripts.depth_eval" in c]
+    assert len(evals) == 3 and all("--task pointer_chase" in c for c in evals)
+    var = {**env, "TASK": "var_chase", "N_SYMBOLS": "16", "QUERIES": "12", "TEST_DEPTHS": "1,2,4,8", "ARMS": "b111",
+           "NANOCHAT_BASE_DIR": str(tmp_path / "var")}
+    out = subprocess.run(["bash", "runs/depth_recipe.sh"], cwd=ROOT, env=var, capture_output=True, text=True)
+    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    assert out.returncode == 0 and "dev.make_var_chase" in cmds[0] and "--n-symbols 16 --queries 12" in cmds[0]
+    assert "--max-seq-len 131 " in cmds[2] and "--task var_chase" in cmds[3]  # 6 x 16 + 3 x 12 - 1
+    for bad, message in (({"TASK": "sudoku"}, "TASK: 'sudoku'"), ({"ARMS": "big"}, "unknown arm 'big'")):
+        out = subprocess.run(["bash", "runs/depth_recipe.sh"], cwd=ROOT, env={**env, **bad}, capture_output=True, text=True)
+        assert out.returncode != 0 and message in out.stderr
