@@ -169,6 +169,18 @@ def render_prompt(tokenizer, req, model):
     return ids
 
 
+def check_capacity(pool, req, ids):
+    """After render_prompt and the final max_tokens: 400 if n replies cannot be decoded together on
+    any worker, 503 if the request needs more KV cache than a worker's budget even alone (it would
+    never start; a request that merely has to wait for others is queued instead)."""
+    if req.n > pool.max_rows:
+        raise RequestError(400, "n", f"this server decodes at most {pool.max_rows} replies at once "
+                                     f"(chat_web --max-batch); got n={req.n}")
+    why = pool.admissible(req.n, req.recur, len(ids) + req.max_tokens)
+    if why:
+        raise RequestError(503, "recur", why)
+
+
 class GenerationError(RuntimeError):
     """A generation failed on its worker (device error, bug); the message says how."""
 
@@ -182,12 +194,14 @@ class Worker:
     device: str
     max_rows: int = 16
     cache_mode: str = "exact"
+    cache_budget: int = None  # bytes its KV cache may hold (None = no limit)
     healthy: bool = True     # False while its last generation failed (device error, bug): /health says so
     last_error: str = ""
     scheduler: Scheduler = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.scheduler = Scheduler(self.model, self.tokenizer, max_rows=self.max_rows, cache_mode=self.cache_mode).start()
+        self.scheduler = Scheduler(self.model, self.tokenizer, max_rows=self.max_rows, cache_mode=self.cache_mode,
+                                   cache_budget=self.cache_budget).start()
 
     def steps(self, ids, req, stop):
         """Steps for one request (req.n rows) until every row is done, max_tokens, or `stop` is
@@ -219,6 +233,11 @@ class WorkerPool:
         """The most replies one request may ask for: they are decoded together on one worker."""
         return max(w.max_rows for w in self.workers)
 
+    def admissible(self, n_rows, r, length):
+        """None if some worker can take the request within its KV cache budget, else why not."""
+        reasons = [w.scheduler.admissible(n_rows, r, length) for w in self.workers if w.max_rows >= n_rows]
+        return None if not reasons or None in reasons else reasons[0]
+
     def health(self):
         """Ready while at least one worker's last generation did not fail; each worker's state."""
         workers = [{"device": w.device, "busy": self.in_flight[id(w)] > 0, "healthy": w.healthy,
@@ -232,7 +251,9 @@ class WorkerPool:
         return {"workers": len(self.workers), "busy": busy, "free": len(self.workers) - busy,
                 "requests_in_flight": sum(self.in_flight.values()),
                 "requests_served": self.served, "requests_failed": self.failed, "requests_rejected": self.rejected,
-                "devices": [w.device for w in self.workers]}
+                "devices": [w.device for w in self.workers],
+                "kv_cache_bytes": [w.scheduler.cache.nbytes for w in self.workers],
+                "kv_cache_budget_bytes": [w.cache_budget for w in self.workers]}
 
     def count(self, ok):
         """A reply's outcome, counted by whoever sends it (only it knows if the client got it all)."""

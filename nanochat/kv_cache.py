@@ -35,8 +35,9 @@ plain flash_attention.attention call runs, FlashAttention-3 included.
 
 Serving many requests (nanochat/scheduler.py): `select` makes the next forwards compute a
 contiguous range of rows only, each with its own iteration cap and exit threshold (a row past
-its cap stops exactly as an adaptive exit would); `move_rows` compacts rows; `grow` makes room
-in place when a request needs more iterations (exact mode) or more positions.
+its cap stops exactly as an adaptive exit would); `move_rows` compacts rows; `resize` makes room
+when a request needs more rows, iterations (exact mode) or positions, and gives it back when
+they have left (`bytes_for` tells the size beforehand, for the scheduler's memory budget).
 """
 
 import weakref
@@ -219,23 +220,6 @@ class KVCache:
 
     # -------------------------------------------------------------------------
 
-    def insert(self, rows, other):
-        """Copy a batch-1 cache (a prefill) into `rows` of this one: several samples share one
-        prefill, and prompts of different lengths share one batch."""
-        assert other.batch_size == 1 and other.kv.shape[0] == self.kv.shape[0] and other.mode == self.mode, \
-            f"insert: a batch-1 {other.mode} cache with {other.kv.shape[0]} slots, got batch {other.batch_size}"
-        L = other.lengths[0]
-        assert L <= self.max_len, f"insert: {L} cached tokens > max_len={self.max_len}"
-        rows = list(rows)
-        index = torch.tensor(rows, device=self.kv.device)
-        self.kv[:, :, index, :L] = other.kv[:, :, :1, :L]
-        for b in rows:
-            self.lengths[b] = L
-        if other.state is not None:
-            if self.state is None:
-                self.state = other.state.new_zeros(self.batch_size, other.state.size(-1))
-            self.state[index] = other.state
-
     def move_rows(self, src, dst):
         """Row src[i] moves to row dst[i] (entries, length, state); the scheduler keeps the rows it
         runs together contiguous. Sources are read before anything is written."""
@@ -250,27 +234,45 @@ class KVCache:
         if self.state is not None:
             self.state[di] = self.state[si]
 
-    def grow(self, max_r=None, max_len=None):
-        """Make room in place for more iterations (exact mode) or more positions per row: a
-        request asked for more. New iteration slots start as copies of the last one, Huginn's
-        rule for iterations not run."""
-        max_r = self.max_r if max_r is None or self.mode == "shared" else max(max_r, self.max_r)
-        max_len = self.max_len if max_len is None else max(max_len, self.max_len)
-        if (max_r, max_len) == (self.max_r, self.max_len):
+    @staticmethod
+    def bytes_for(model, batch_size, max_len, max_r, mode="exact", dtype=COMPUTE_DTYPE):
+        """The bytes a cache of these sizes holds, without making one (the scheduler's budget)."""
+        cfg = model.config
+        n_slots = len(model.prelude) + len(model.recur) * (max_r if mode == "exact" else 1) + len(model.coda)
+        return n_slots * 2 * batch_size * max_len * cfg.n_kv_head * cfg.head_dim * torch.empty(0, dtype=dtype).element_size()
+
+    def resize(self, batch_size=None, max_r=None, max_len=None):
+        """Reallocate in place to these sizes (None = as now), keeping every entry that still
+        fits: rows below batch_size, positions below max_len, iterations below max_r (exact
+        mode; new iteration slots start as copies of the last, Huginn's rule for iterations not
+        run). The scheduler grows the cache when a request needs more rows, iterations or
+        positions, and shrinks it when the rows that needed them have left. While the entries
+        are copied, the old and the new tensor both exist."""
+        B = self.batch_size if batch_size is None else batch_size
+        max_r = self.max_r if max_r is None else max_r
+        L = self.max_len if max_len is None else max_len
+        if (B, max_r, L) == (self.batch_size, self.max_r, self.max_len):
             return
-        assert max_len <= self.rotary_len, f"grow: max_len={max_len} > the rotary table ({self.rotary_len})"
-        p, c, n_old, L = self.n_prelude, self.n_coda, self.n_iter, self.max_len
+        assert B >= 1 and max_r >= 1 and 1 <= L <= self.rotary_len, f"resize to {B} rows, r {max_r}, {L} positions"
+        p, c, n_old = self.n_prelude, self.n_coda, self.n_iter
         n_iter = max_r if self.mode == "exact" else 1
+        b, l, k = min(B, self.batch_size), min(L, self.max_len), min(n_iter, n_old)
         shape = list(self.kv.shape)
-        shape[0], shape[3] = p + self.n_recur * n_iter + c, max_len
+        shape[0], shape[2], shape[3] = p + self.n_recur * n_iter + c, B, L
         kv = self.kv.new_zeros(shape)
-        kv[:p, :, :, :L] = self.kv[:p]
-        kv[shape[0] - c:, :, :, :L] = self.kv[self.kv.shape[0] - c:]
+        kv[:p, :, :b, :l] = self.kv[:p, :, :b, :l]
+        kv[shape[0] - c:, :, :b, :l] = self.kv[self.kv.shape[0] - c:, :, :b, :l]
         view = kv[p:p + self.n_recur * n_iter].view(self.n_recur, n_iter, *shape[1:])
         old = self.recur_view()
-        view[:, :n_old, :, :, :L] = old
-        view[:, n_old:, :, :, :L] = old[:, -1:]
-        self.kv, self.max_r, self.n_iter, self.max_len = kv, max_r, n_iter, max_len
+        view[:, :k, :, :b, :l] = old[:, :k, :, :b, :l]
+        view[:, k:, :, :b, :l] = old[:, k - 1:k, :, :b, :l]
+        if self.state is not None:
+            state = self.state.new_zeros(B, self.state.size(-1))
+            state[:b] = self.state[:b]
+            self.state = state
+        self.kv, self.lengths = kv, (self.lengths + [0] * B)[:B]
+        self.batch_size, self.max_r, self.n_iter, self.max_len = B, max_r, n_iter, L
+        self.rows, self.caps = slice(0, B), None
         self._build_slots()
 
 

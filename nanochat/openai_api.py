@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from nanochat.chat_api import (MAX_MESSAGE_CHARS, GenerationError, RequestError, parse_body, read_body, render_prompt,
-                               validate_request)
+from nanochat.chat_api import (MAX_MESSAGE_CHARS, GenerationError, RequestError, check_capacity, parse_body, read_body,
+                               render_prompt, validate_request)
 from nanochat.reply import PART_TYPES, ReplyDecoder
 
 MAX_N = 8                 # replies per request
@@ -282,11 +282,9 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
             if not opts.max_tokens_given:
                 req.max_tokens = 1  # checked below against what is left of the model's positions
             ids = render_prompt(tokenizer, req, model)
-            if req.n > pool.max_rows:  # a request's replies are decoded together, in one worker's batch
-                raise RequestError(400, "n", f"this server decodes at most {pool.max_rows} replies at once "
-                                             f"(chat_web --max-batch); got n={req.n}")
             if not opts.max_tokens_given:
                 req.max_tokens = min(defaults["max_tokens"], model.rotary_len - len(ids))
+            check_capacity(pool, req, ids)
         except RequestError as e:
             if e.status == 413 and "positions" in str(e):
                 return reject(400, str(e), "messages", "context_length_exceeded")

@@ -16,9 +16,11 @@ thread). Picking tokens, stopping, tool calls and the KV cache live in this file
 A request is one prompt (or several) and n replies to each: its rows. Each row has its own
 generator (row 0 seeded with `seed`, the others with seeds drawn from it), so a seed
 reproduces every reply and row 0 of n is the reply of n = 1. The rows live in one KVCache of
-max_rows rows. One step:
-1. waiting requests take free rows, all of a request's at once (the exact cache grows its
-   max_r or length when a request needs more); cancelled requests leave theirs;
+up to max_rows rows. One step:
+1. waiting requests take free rows, all of a request's at once, in order. The cache is resized
+   to hold them (rows, iterations in the exact mode, positions) within the memory budget: a
+   request that would take it past waits for rows to leave, one that can never fit fails
+   (CacheBudgetError); when the batch empties the cache shrinks back. Cancelled requests leave;
 2. one prefill forward over the rows still reading their prompt, each feeding up to
    prefill_chunk more prompt tokens (padded to the longest chunk; the padding is never
    attended to and is overwritten later), so a long prompt delays the running rows by one
@@ -117,6 +119,10 @@ class Reply:
         self.forced.extend([self.ids.output_start, *output_ids, self.ids.output_end])
 
 
+class CacheBudgetError(RuntimeError):
+    """A request that cannot fit the scheduler's KV cache budget even alone."""
+
+
 class Request:
     """The replies to one submission: prompts x n rows. Iterate it (or `steps(until)`) for Steps
     as they come; the iteration ends when every row has ended and raises if generation failed.
@@ -127,6 +133,7 @@ class Request:
         self.prompts, self.n, self.r, self.max_tokens = prompts, n, r, max_tokens
         self.temperature, self.top_k, self.exit_threshold, self.filler = temperature, top_k, exit_threshold, filler
         self.size = len(prompts) * n
+        self.length = max(len(p) for p in prompts) + max_tokens  # positions a row of it may fill
         draw = random.Random(seed)
         self.seeds = [seed] + [draw.getrandbits(63) for _ in range(self.size - 1)]
         self._events = [deque() for _ in range(self.size)]  # per row: (token, depth, sampled, done)
@@ -217,20 +224,26 @@ class _Row:
 
 class Scheduler:
     def __init__(self, model, tokenizer, max_rows=16, prefill_chunk=256, cache_mode="exact", max_len=1024,
-                 tool=run_python, tool_threads=4, exit_criterion="kl", warm_start=False):
+                 tool=run_python, tool_threads=4, exit_criterion="kl", warm_start=False, cache_budget=None):
         """max_rows: replies decoded together (more wait in a queue). prefill_chunk: prompt tokens
-        per row per step. max_len: positions per row allocated at first (grows on demand up to the
-        model's rotary table). tool: code (str) -> output (str), or None to disable tool use.
-        exit_criterion "kl" | "state": how a request with an exit_threshold stops early.
-        warm_start: a decoded token starts from the previous token's final state (KVCache)."""
+        per row per step. max_len: positions per row allocated at first (the cache grows on
+        demand up to the model's rotary table). tool: code (str) -> output (str), or None to
+        disable tool use. exit_criterion "kl" | "state": how a request with an exit_threshold
+        stops early. warm_start: a decoded token starts from the previous token's final state
+        (KVCache). cache_budget: bytes the KV cache may hold (None = no limit): a request that
+        would take it past waits for rows to leave, one that can never fit fails with
+        CacheBudgetError (`admissible` tells beforehand)."""
         if not (isinstance(max_rows, int) and max_rows >= 1 and isinstance(prefill_chunk, int) and prefill_chunk >= 1):
             raise ValueError(f"Scheduler: max_rows={max_rows!r}, prefill_chunk={prefill_chunk!r}: expected ints >= 1")
         self.model, self.tokenizer, self.tool = model, tokenizer, tool
         self.max_rows, self.prefill_chunk, self.looped = max_rows, prefill_chunk, model.config.arch != "gpt"
         self.exit_criterion, self.warm_start = exit_criterion, warm_start
         self.device = model.lm_head.weight.device
-        self.cache = KVCache(model, max_rows, min(max_len, model.rotary_len), max_r=1, mode=cache_mode,
-                             warm_start=warm_start, exit_criterion=exit_criterion)  # validates the options
+        self.initial_len, self.cache_budget = min(max_len, model.rotary_len), cache_budget
+        if cache_budget is not None:  # the idle cache (one row at r 1) fits the budget as well
+            self.initial_len = max(1, min(self.initial_len, cache_budget // KVCache.bytes_for(model, 1, 1, 1, cache_mode)))
+        self.cache = KVCache(model, 1, self.initial_len, max_r=1, mode=cache_mode, warm_start=warm_start,
+                             exit_criterion=exit_criterion)  # validates the options; rows are added on demand
         self.chat_tokens = ChatTokens(tokenizer)
         self.rows = [None] * max_rows  # cache row -> _Row
         self.waiting = deque()
@@ -265,6 +278,18 @@ class Scheduler:
             self.waiting.append(req)
             self.cond.notify()
         return req
+
+    def admissible(self, n_rows, r, length):
+        """None if a request of n_rows replies at r, needing `length` positions, fits the cache
+        budget on its own; else why not (one line)."""
+        need = KVCache.bytes_for(self.model, n_rows, length, r, self.cache.mode)
+        if self.cache_budget is None or need <= self.cache_budget:
+            return None
+        return (f"the reply needs {need / 2**30:.2f} GiB of KV cache ({n_rows} row(s) x {length} positions x r {r}), over "
+                f"this server's budget of {self.cache_budget / 2**30:.2f} GiB: lower recur, max_tokens or n")
+
+    def _fits(self, rows, r, length):
+        return self.cache_budget is None or KVCache.bytes_for(self.model, rows, length, r, self.cache.mode) <= self.cache_budget
 
     def start(self):
         self.thread = threading.Thread(target=self._loop, daemon=True, name=f"scheduler-{self.device}")
@@ -327,12 +352,29 @@ class Scheduler:
             if row is not None and row.req.cancelled:
                 self._finish(b)
         with self.cond:
-            while self.waiting and (self.waiting[0].cancelled or self.rows.count(None) >= self.waiting[0].size):
-                req = self.waiting.popleft()
+            while self.waiting:
+                req = self.waiting[0]
+                free = [b for b, row in enumerate(self.rows) if row is None]
+                if not req.cancelled and len(free) < req.size:
+                    break
                 if req.cancelled:
-                    req._close()
+                    self.waiting.popleft()._close()
                     continue
-                self.cache.grow(max_r=req.r, max_len=max(len(p) for p in req.prompts) + req.max_tokens)
+                # the cache for the live rows and these: as it is where that fits the budget, else
+                # only what they need (rows that left give theirs back); else wait, or fail alone
+                live = self._live()
+                need = (max([b for b, row in enumerate(self.rows) if row is not None] + free[:req.size]) + 1,
+                        max([row.req.r for row in live] + [req.r]), max([row.req.length for row in live] + [req.length]))
+                size = tuple(max(a, b) for a, b in zip((self.cache.batch_size, self.cache.max_r, self.cache.max_len), need))
+                if not self._fits(*size):
+                    size = need
+                    if not self._fits(*size):
+                        if live:
+                            break  # waits for rows to leave
+                        self.waiting.popleft()._close(CacheBudgetError(self.admissible(req.size, req.r, req.length)))
+                        continue
+                self.waiting.popleft()
+                self.cache.resize(*size)
                 leaders = {}
                 for b in range(req.size):
                     slot, row = self.rows.index(None), _Row(req, b, self.chat_tokens, self.device)
@@ -389,7 +431,7 @@ class Scheduler:
                           key=lambda row: self.cache.lengths[self.rows.index(row)]):
             T = max([min(len(g.pending), self.prefill_chunk) for g in group + [row]])
             L = self.cache.lengths[self.rows.index(row)]
-            if group and max(end, L) + T > self.model.rotary_len:
+            if group and max(end, L) + T > self.cache.max_len:  # what a padded chunk may fill
                 break
             group.append(row)
             end = max(end, L)
@@ -414,7 +456,6 @@ class Scheduler:
         self.cache.select(lo, lo + len(rows), caps=caps if min(caps) < r else None, exit_criterion=criterion,
                           thresholds=thresholds if criterion else None)
         self.cache.warm_start = self.warm_start and decode  # a prompt starts as in training
-        self.cache.grow(max_len=max(self.cache.lengths[lo:lo + len(rows)]) + ids.size(1))
         return self.model(ids, r=r, kv_cache=self.cache)
 
     def _decode(self, rows):
@@ -449,6 +490,8 @@ class Scheduler:
         row.req.rows_left -= 1
         if row.req.rows_left == 0:
             row.req._close()
+        if not self._live():  # a burst is over: give its memory back
+            self.cache.resize(1, 1, self.initial_len)
 
     def _fail_all(self, error):
         for b, row in enumerate(self.rows):

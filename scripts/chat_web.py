@@ -58,10 +58,33 @@ parser.add_argument("--max-batch", type=int, default=16,
                     help="replies each worker decodes together (continuous batching; 1 = one request at a time)")
 parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
                     help="KV cache across recurrences: exact (the trained function) or shared (memory independent of r)")
+parser.add_argument("--cache-memory", type=str, default="0.25",
+                    help="KV cache budget of each worker: a fraction of its device's memory (0.25), or a size (512M, "
+                         "40G); a request that would pass it waits, one that never fits gets 503")
 parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY", ""),
                     help="shared secret for /chat/completions and /stats (default $NANOCHAT_API_KEY; empty = none)")
 
 UI_HTML = os.path.join(os.path.dirname(chat_api.__file__), "ui.html")
+
+
+def cache_budget(memory, device):
+    """--cache-memory as bytes: a size with M or G, else that fraction of the device's memory (a
+    GPU's, or the machine's RAM for cpu and mps)."""
+    units = {"M": 2**20, "G": 2**30}
+    try:
+        value = float(memory[:-1] if memory[-1:].upper() in units else memory)
+    except ValueError:
+        value = -1.0
+    if memory[-1:].upper() in units and value > 0:
+        return int(value * units[memory[-1:].upper()])
+    if not 0 < value <= 1:
+        raise errors.UserError(f"--cache-memory={memory}: expected a fraction in (0, 1] of the device's memory, "
+                               f"or a size like 512M or 40G")
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(value * total)
 
 
 def load_workers(args):
@@ -82,8 +105,11 @@ def load_workers(args):
     for device in devices:
         model, tokenizer, meta = load_model(args.source, args.model_tag or None, None if args.step < 0 else args.step,
                                             torch.device(device))
-        workers.append(Worker(model, tokenizer, device, max_rows=args.max_batch, cache_mode=args.cache_mode))
-        print(f"worker {len(workers) - 1}: {args.source} step {meta['step']} on {device}", flush=True)
+        budget = cache_budget(args.cache_memory, device)
+        workers.append(Worker(model, tokenizer, device, max_rows=args.max_batch, cache_mode=args.cache_mode,
+                              cache_budget=budget))
+        print(f"worker {len(workers) - 1}: {args.source} step {meta['step']} on {device}, KV cache budget "
+              f"{budget / 2**30:.2f} GiB", flush=True)
     return workers, meta
 
 
@@ -156,6 +182,7 @@ def create_app(workers, defaults, api_key="", model_name="nanochat"):
         try:
             req = validate_request(parse_body(await read_body(request)), defaults)
             ids = render_prompt(tokenizer, req, model)
+            chat_api.check_capacity(pool, req, ids)
         except RequestError as e:
             return reject(e.status, str(e))
 

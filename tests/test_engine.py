@@ -71,16 +71,16 @@ def test_exact_cache_gpt_arch():
 
 @torch.no_grad()
 def test_rows_of_different_lengths_decode_exactly():
-    """Prompts of different lengths, each prefilled at batch 1 and inserted into one batch:
+    """Prompts of different lengths, each prefilled in its own row, then decoded as one batch:
     per-row positions, masks and windows."""
     model = looped(init_state="randn")
     r, lengths, steps = 2, [3, 11, 6], 14
     seqs = [tokens(1, L + steps, seed=i)[0] for i, L in enumerate(lengths)]
     cache = KVCache(model, 3, max(lengths) + steps, max_r=r)
     for b, (seq, L) in enumerate(zip(seqs, lengths)):
-        prefill = KVCache(model, 1, L, max_r=r)
-        model(seq[None, :L], r=r, kv_cache=prefill)
-        cache.insert([b], prefill)
+        cache.select(b, b + 1)
+        model(seq[None, :L], r=r, kv_cache=cache)
+    cache.select(0, 3)
     outs = [model(torch.stack([s[L + t] for s, L in zip(seqs, lengths)])[:, None], r=r, kv_cache=cache)
             for t in range(steps)]
     outs = torch.cat(outs, dim=1)  # (3, steps, V)

@@ -76,6 +76,11 @@ def test_concurrent_replies_equal_solo(tokenizer, adaptive, cache_mode, chunk):
     submit = lambda i: sched.submit(prompts[i], r=REQUESTS[i][1], max_tokens=REQUESTS[i][2],
                                     temperature=REQUESTS[i][3], top_k=20, seed=REQUESTS[i][4],
                                     exit_threshold=0.0 if adaptive else None)
+    peak, resize = {"r": 0, "len": 0}, sched.cache.resize
+    def watched(batch_size=None, max_r=None, max_len=None):
+        peak["r"], peak["len"] = max(peak["r"], max_r or 0), max(peak["len"], max_len or 0)
+        resize(batch_size, max_r, max_len)
+    sched.cache.resize = watched
     reqs = [submit(i) for i in (0, 1, 6, 3)]
     for _ in range(4):
         sched.step()
@@ -92,8 +97,9 @@ def test_concurrent_replies_equal_solo(tokenizer, adaptive, cache_mode, chunk):
         calls += not all(expected[2])
         stops += len(got[0]) < REQUESTS[i][2]
     assert calls >= 3 and stops >= 2, (calls, stops)  # tool calls and early stops were exercised
-    assert sched.cache.max_r == (4 if cache_mode == "exact" else 1) and sched.cache.max_len > 16  # it grew
+    assert peak["r"] == 4 and peak["len"] > 16  # it grew
     assert all(row is None for row in sched.rows) and not sched.waiting
+    assert (sched.cache.batch_size, sched.cache.max_r, sched.cache.max_len) == (1, 1, 16)  # and gave it back
     assert sched.decode_rows / sched.steps > 2  # rows really shared the decode forwards
 
 
@@ -160,7 +166,7 @@ def test_cache_move_rows_and_grow_keep_decoding_exact():
     cache = KVCache(model, 4, 10, max_r=2)
     cache.select(1, 4)
     model(idx[:, :6], r=2, kv_cache=cache)  # rows 1..3 at r=2, cap 2
-    cache.grow(max_r=3, max_len=20)
+    cache.resize(max_r=3, max_len=20)
     cache.move_rows([1, 2, 3], [2, 3, 0])  # a permutation: rows now 2, 3, 0 hold sequences 0, 1, 2
     assert cache.max_r == 3 and cache.max_len == 20 and [cache.lengths[b] for b in (0, 2, 3)] == [6, 6, 6]
     # the first 6 tokens ran 2 iterations, so compare with the decode of a cache filled the same way
@@ -227,3 +233,33 @@ def test_n_replies_share_one_prefill_and_row_0_is_the_single_reply(tokenizer):
     assert len({tuple(reply(steps, b)[0]) for b in range(3)}) == 3
     with pytest.raises(ValueError, match="max_rows"):
         sched.submit(prompt, n=5)
+
+
+def test_cache_budget_admits_waits_refuses_and_shrinks(tokenizer):
+    """Under a KV cache budget of two rows at r 2: two requests decode together, a third waits for
+    a row to leave and still completes, one that can never fit fails with one clear line (and
+    `admissible` says so beforehand), the cache never exceeds the budget and shrinks after."""
+    from nanochat.scheduler import CacheBudgetError
+    model = looped(vocab_size=512)
+    length = 6 + 10
+    budget = KVCache.bytes_for(model, 2, length, 2)
+    sched = Scheduler(model, tokenizer, max_rows=4, tool=None, max_len=8, cache_budget=budget)
+    sizes, resize = [], sched.cache.resize
+    def watched(batch_size=None, max_r=None, max_len=None):
+        resize(batch_size, max_r, max_len)
+        sizes.append(sched.cache.nbytes)
+    sched.cache.resize = watched
+    reqs = [sched.submit(tokens(1, 6, seed=s)[0].tolist(), r=2, max_tokens=10, temperature=0) for s in range(3)]
+    sched.step()
+    assert sum(row is not None for row in sched.rows) == 2 and len(sched.waiting) == 1  # the third waits
+    sched.run()
+    for s, req in enumerate(reqs):
+        assert reply(list(req))[0] == solo(model, tokenizer, tokens(1, 6, seed=s)[0].tolist(), 2, 10, 0.0, 0, False,
+                                           "exact")[0]
+    assert max(sizes) <= budget and sched.cache.nbytes < budget / 4  # within the budget, and given back after
+    assert sched.admissible(1, 8, length) and "over this server's budget" in sched.admissible(1, 8, length)
+    assert sched.admissible(2, 2, length) is None
+    big = sched.submit(tokens(1, 6)[0].tolist(), r=8, max_tokens=10, temperature=0)
+    sched.run()
+    with pytest.raises(CacheBudgetError, match="lower recur, max_tokens or n"):
+        list(big)

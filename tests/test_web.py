@@ -423,3 +423,34 @@ def test_worker_steps_reproduce_the_engine_and_the_seed(tokenizer):
         assert len({tuple(s.tokens[b] for s in first) for b in range(3)}) == 3  # distinct seeds, distinct replies
     finally:
         worker.scheduler.stop()
+
+
+def test_kv_cache_budget_refuses_what_never_fits_and_stats_report_it(tokenizer):
+    """A request whose KV cache would pass the worker's budget even alone gets 503 on both chat
+    routes, with the reason; one that fits is served; /stats reports the cache's bytes and budget."""
+    from nanochat.kv_cache import KVCache
+    model = chat_model()
+    budget = KVCache.bytes_for(model, 1, 64, 4)
+    worker = Worker(model, tokenizer, "cpu", max_rows=2, cache_budget=budget)
+    try:
+        with TestClient(create_app([worker], dict(temperature=0.0, top_k=50, max_tokens=10, recur=2))) as client:
+            big = {"messages": HELLO, "recur": 64, "max_tokens": 40}
+            native = client.post("/chat/completions", json=big)
+            openai = client.post("/v1/chat/completions", json={**big, "model": "nanochat"})
+            for response in (native, openai):
+                assert response.status_code == 503 and "over this server's budget" in response.text, response.text
+            ok = client.post("/v1/chat/completions", json={"messages": HELLO, "model": "nanochat", "max_tokens": 5})
+            assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["role"] == "assistant"
+            stats = client.get("/stats").json()
+            assert stats["kv_cache_budget_bytes"] == [budget] and 0 < stats["kv_cache_bytes"][0] <= budget
+    finally:
+        worker.scheduler.stop()
+
+
+def test_cache_memory_flag():
+    from scripts.chat_web import cache_budget
+    assert cache_budget("2G", "cpu") == 2 * 2**30 and cache_budget("512m", "cpu") == 2**29
+    assert 0 < cache_budget("0.25", "cpu") == pytest.approx(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4, 1)
+    for bad in ("0", "2", "lots", "-1G"):
+        with pytest.raises(Exception, match="--cache-memory"):
+            cache_budget(bad, "cpu")
