@@ -226,7 +226,7 @@ class WorkerPool:
     def __init__(self, workers):
         self.workers = list(workers)
         self.in_flight = {id(w): 0 for w in self.workers}
-        self.served = self.failed = self.rejected = 0
+        self.served = self.failed = self.rejected = self.disconnected = 0
 
     @property
     def max_rows(self):
@@ -246,19 +246,23 @@ class WorkerPool:
 
     def stats(self):
         """busy/free: workers with/without requests in flight; served: replies sent to the end;
-        failed: generation errors and replies abandoned by their client; rejected: 4xx (counted by the server)."""
+        failed: generation errors; disconnected: replies whose client left first (their rows are
+        cancelled); rejected: 4xx and 503 (counted by the server)."""
         busy = sum(n > 0 for n in self.in_flight.values())
         return {"workers": len(self.workers), "busy": busy, "free": len(self.workers) - busy,
                 "requests_in_flight": sum(self.in_flight.values()),
                 "requests_served": self.served, "requests_failed": self.failed, "requests_rejected": self.rejected,
+                "requests_disconnected": self.disconnected,
                 "devices": [w.device for w in self.workers],
                 "kv_cache_bytes": [w.scheduler.cache.nbytes for w in self.workers],
                 "kv_cache_budget_bytes": [w.cache_budget for w in self.workers]}
 
-    def count(self, ok):
-        """A reply's outcome, counted by whoever sends it (only it knows if the client got it all)."""
-        self.served += ok
-        self.failed += not ok
+    def count(self, ok, gone=False):
+        """A reply's outcome, counted by whoever sends it (only it knows if the client got it all):
+        served, failed (a generation error), or gone (the client left before the end)."""
+        self.disconnected += gone
+        self.served += ok and not gone
+        self.failed += not ok and not gone
 
     async def generate(self, ids, req):
         """Async iterator of engine Steps for one request. The least-loaded worker takes it; a thread
@@ -305,7 +309,7 @@ class WorkerPool:
 async def events(pool, ids, req, tokenizer):
     """The page's event stream (module docstring) for one reply: row 0 of pool.generate, each
     piece typed (text, python, python_output) and numbered by part."""
-    decoder, depths, ok = ReplyDecoder(tokenizer), [], False
+    decoder, depths, ok, gone = ReplyDecoder(tokenizer), [], False, False
 
     def pieces(found, depth):
         return [{"token": text, "depth": depth, "type": kind, "part": part} for kind, text, part in found]
@@ -325,6 +329,9 @@ async def events(pool, ids, req, tokenizer):
         ok = True
     except GenerationError as e:
         yield {"error": str(e)}
+    except (asyncio.CancelledError, GeneratorExit):  # the client left: the stream is closed under us
+        gone = True
+        raise
     finally:
         await steps.aclose()
-        pool.count(ok)
+        pool.count(ok, gone)

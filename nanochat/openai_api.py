@@ -25,10 +25,11 @@ Differences from OpenAI, each one explicit:
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 bad request (a
 prompt too long for the model: code "context_length_exceeded"), 401 missing or wrong API key,
 404 unknown model or endpoint, 405 wrong method, 413 body or message over a size limit, 500
-generation failed.
+generation failed, 503 a reply that needs more KV cache than the server's budget even alone.
 Generation goes through WorkerPool.generate (nanochat/chat_api.py) and nothing else.
 """
 
+import asyncio
 import json
 import time
 import uuid
@@ -42,13 +43,14 @@ from nanochat.chat_api import (MAX_MESSAGE_CHARS, GenerationError, RequestError,
 from nanochat.reply import PART_TYPES, ReplyDecoder
 
 MAX_N = 8                 # replies per request
+DISCONNECT_POLL = 0.25    # seconds between checks that a non-streamed request's client is still there
 MAX_STOPS, MAX_STOP_CHARS = 4, 100
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")  # no effect on the reply
 NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False}  # accepted at this value (or null) only
 KNOWN = ("model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
          "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive")
 FENCES = {"python": "```python\n", "python_output": "```output\n"}
-STATUS_TYPES = {500: "server_error"}  # every other status is the client's: "invalid_request_error"
+STATUS_TYPES = {500: "server_error", 503: "server_error"}  # every other status is the client's: "invalid_request_error"
 
 
 def error_response(status, message, param=None, code=None):
@@ -297,7 +299,7 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
             return StreamingResponse(sse(pool, head, events, req.n, len(ids), opts.include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await whole(pool, head, events, req.n, len(ids))
+        return await whole(pool, head, events, req.n, len(ids), request)
 
     @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown(path: str, request: Request):
@@ -310,17 +312,32 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
     return api
 
 
-async def whole(pool, head, events, n, prompt_tokens):
-    """The non-streamed response: the same events as the stream, joined per choice."""
+async def whole(pool, head, events, n, prompt_tokens, request):
+    """The non-streamed response: the same events as the stream, joined per choice. A client that
+    leaves before the end (checked every DISCONNECT_POLL seconds) cancels its rows."""
     texts, depths, reasons = [""] * n, [[] for _ in range(n)], [None] * n
-    try:
+
+    async def collect():
         async for i, text, d, reason in events:
             texts[i] += text
             depths[i] += d
             reasons[i] = reason or reasons[i]
+
+    task = asyncio.ensure_future(collect())
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=DISCONNECT_POLL)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()  # unwinds the events, whose pool.generate takes the rows out of the batch
+                await asyncio.gather(task, return_exceptions=True)
+                pool.count(False, gone=True)
+                return error_response(499, "the client closed the request")
+        task.result()
     except GenerationError as e:
         pool.count(False)
         return error_response(500, str(e))
+    finally:
+        await events.aclose()
     pool.count(True)
     choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
                 "logprobs": None, "depths": depths[i]} for i in range(n)]
@@ -337,7 +354,7 @@ async def sse(pool, head, events, n, prompt_tokens, include_usage):
     def choice(i, delta, reason=None, depths=()):
         return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None, "depths": list(depths)}
 
-    ok, depths = False, [[] for _ in range(n)]
+    ok, gone, depths = False, False, [[] for _ in range(n)]
     try:
         for i in range(n):
             yield chunk([choice(i, {"role": "assistant", "content": ""})])
@@ -354,9 +371,12 @@ async def sse(pool, head, events, n, prompt_tokens, include_usage):
     except GenerationError as e:
         yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
                                                "code": None}}) + "\n\n"
+    except (asyncio.CancelledError, GeneratorExit):  # the client left: the stream is closed under us
+        gone = True
+        raise
     finally:
         await events.aclose()
-        pool.count(ok)
+        pool.count(ok, gone)
 
 
 def usage(prompt_tokens, depths):

@@ -319,10 +319,32 @@ def test_real_server_streams_and_survives_a_client_that_leaves(server):
     while (stats := httpx.get(server + "/stats").json())["free"] != 1:
         assert time.time() < deadline, stats
         time.sleep(0.05)
-    assert stats["requests_failed"] == before["requests_failed"] + 1  # abandoned, not completed
-    assert stats["requests_served"] == before["requests_served"]
+    assert stats["requests_disconnected"] == before["requests_disconnected"] + 1  # abandoned, not completed
+    assert stats["requests_served"] == before["requests_served"] and stats["requests_failed"] == before["requests_failed"]
     evs = events(httpx.post(server + "/chat/completions", json={**body, "max_tokens": 5}, timeout=60).text)
     assert evs[-1]["done"] and httpx.get(server + "/stats").json()["requests_served"] == before["requests_served"] + 1
+
+
+def test_non_streamed_request_stops_when_its_client_leaves(server):
+    """/v1/chat/completions without stream: a client that hangs up before the reply is whole
+    cancels its rows (the worker is free long before the reply would have ended)."""
+    body = json.dumps({"model": "nanochat-sft-tiny-7", "messages": HELLO, "max_tokens": 280, "recur": 64, "n": 4,
+                       "temperature": 1.0}).encode()
+    before = httpx.get(server + "/stats").json()
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.time() + 30
+        while httpx.get(server + "/stats").json()["free"] != 0:  # generating
+            assert time.time() < deadline
+            time.sleep(0.05)
+    left = time.time()
+    while (stats := httpx.get(server + "/stats").json())["free"] != 1:
+        assert time.time() < left + 10, stats
+        time.sleep(0.05)
+    assert stats["requests_disconnected"] == before["requests_disconnected"] + 1
+    assert stats["requests_served"] == before["requests_served"]
 
 
 def test_page_in_headless_chromium(server, tmp_path):
