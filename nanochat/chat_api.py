@@ -61,7 +61,12 @@ class ChatRequest:
 
 async def read_body(request, limit=MAX_BODY_BYTES):
     """The raw body, read chunk by chunk and abandoned (413) as soon as it passes `limit`, so an
-    oversized upload is never held in memory; a declared Content-Length over it is refused unread."""
+    oversized upload is never held in memory; a declared Content-Length over it is refused unread.
+    Only `Content-Type: application/json` is read (415 otherwise): a page of another site can send
+    a text/plain or form POST without asking, but not a JSON one (the browser asks first, CORS)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise RequestError(415, "body", f"Content-Type {media or '(none)'}: send application/json")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, "body", f"{int(declared)} bytes, at most {limit}")

@@ -15,6 +15,7 @@ the folder into place (an atomic rename), so a run that crashes mid-write leaves
 checkpoint as the latest one, and a `.tmp` folder that loaders ignore.
 """
 
+import dataclasses
 import json
 import os
 import pickle
@@ -97,17 +98,23 @@ def load_file(checkpoint_dir, step, name, device="cpu"):
     path = os.path.join(step_dir(checkpoint_dir, step), name)
     if not os.path.exists(path):
         raise MissingInput(f"checkpoint file missing: {path}")
-    fix = f"restore it, or delete {os.path.dirname(path)} to fall back to the checkpoint before it"
+    return load_tensors(path, device, "checkpoint file",
+                        f"restore it, or delete {os.path.dirname(path)} to fall back to the checkpoint before it")
+
+
+def load_tensors(path, device, what, fix):
+    """torch.load of tensors and plain data only (weights_only: nothing in the file can run code);
+    a corrupt or crafted file ends in one line naming it (`what`) and the `fix`."""
     if not zipfile.is_zipfile(path):  # torch.save writes a zip; random or truncated bytes would unpickle into nonsense
-        raise UserError(f"corrupt checkpoint file {path}: not the zip archive torch.save writes; {fix}")
+        raise UserError(f"corrupt {what} {path}: not the zip archive torch.save writes; {fix}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):  # an object that is not a tensor or plain data: never unpickled
-            raise UserError(f"refused checkpoint file {path}: {_refusal(e)}") from None
-        raise UserError(f"corrupt checkpoint file {path} ({short(e)}); {fix}") from e
+            raise UserError(f"refused {what} {path}: {_refusal(e)}") from None
+        raise UserError(f"corrupt {what} {path} ({short(e)}); {fix}") from e
     except (RuntimeError, EOFError, OSError, IndexError, KeyError) as e:
-        raise UserError(f"corrupt checkpoint file {path} ({short(e)}); {fix}") from e
+        raise UserError(f"corrupt {what} {path} ({short(e)}); {fix}") from e
 
 
 def _refusal(error):
@@ -121,6 +128,12 @@ def build_model(checkpoint_dir, step=None, device="cpu"):
     """Rebuild the model from a checkpoint: (model, meta). The config in meta is all it needs."""
     from nanochat.gpt import GPT, GPTConfig
     step, meta = load_meta(checkpoint_dir, step)
+    known = {f.name for f in dataclasses.fields(GPTConfig)}
+    unknown = sorted(set(meta.get("model_config", {})) - known)
+    if unknown or "model_config" not in meta:
+        raise UserError(f"{os.path.join(step_dir(checkpoint_dir, step), 'meta.json')}: "
+                        + (f"model_config has unknown field(s) {', '.join(unknown)}: written by another version of "
+                           "this code? load it with that version" if unknown else "no model_config"))
     config = GPTConfig(**meta["model_config"])
     with torch.device("meta"):
         model = GPT(config)

@@ -24,7 +24,8 @@ Differences from OpenAI, each one explicit:
   (user, metadata, store, ...); penalties and logprobs are accepted at their neutral values only.
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 bad request (a
 prompt too long for the model: code "context_length_exceeded"), 401 missing or wrong API key,
-404 unknown model or endpoint, 405 wrong method, 413 body or message over a size limit, 500
+404 unknown model or endpoint, 405 wrong method, 413 body or message over a size limit, 415 a
+body that is not application/json, 500
 generation failed, 503 a reply that needs more KV cache than the server's budget even alone.
 Generation goes through WorkerPool.generate (nanochat/chat_api.py) and nothing else.
 """
@@ -304,6 +305,8 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
     @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown(path: str, request: Request):
         allowed = {"models": "GET", "chat/completions": "POST"}.get(path.strip("/"))
+        if allowed == request.method:  # the route with a trailing slash
+            return await (models(request) if allowed == "GET" else chat_completions(request))
         if allowed:
             return reject(405, f"{request.method} /v1/{path}: use {allowed}", code="method_not_allowed")
         return reject(404, f"unknown endpoint {request.method} /v1/{path} (this server has GET /v1/models and "

@@ -265,7 +265,8 @@ def get_token_bytes(directory=None, device="cpu"):
     path = os.path.join(directory or os.path.join(get_base_dir(), "tokenizer"), TOKEN_BYTES_FILE)
     if not os.path.exists(path):
         raise MissingInput(f"no {TOKEN_BYTES_FILE} at {path}: train the tokenizer first (python -m scripts.tok_train)")
-    return torch.load(path, map_location=device, weights_only=True)
+    from nanochat.checkpoint_manager import load_tensors
+    return load_tensors(path, device, "tokenizer file", "retrain the tokenizer (python -m scripts.tok_train)")
 
 
 def convert_pickled_tokenizer(directory):

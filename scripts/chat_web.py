@@ -31,6 +31,8 @@ import sys
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from nanochat import chat_api, errors, openai_api
@@ -61,6 +63,12 @@ parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact",
 parser.add_argument("--cache-memory", type=str, default="0.25",
                     help="KV cache budget of each worker: a fraction of its device's memory (0.25), or a size (512M, "
                          "40G); a request that would pass it waits, one that never fits gets 503")
+parser.add_argument("--allowed-hosts", type=str, default="",
+                    help="Host header values answered, comma-separated, besides localhost and --host (guards against "
+                         "DNS rebinding; '*' = any)")
+parser.add_argument("--cors-origins", type=str, default="",
+                    help="web origins (https://app.example) whose pages may call this server, comma-separated "
+                         "(default none: a page of another site cannot)")
 parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY", ""),
                     help="shared secret for /chat/completions and /stats (default $NANOCHAT_API_KEY; empty = none)")
 
@@ -127,11 +135,27 @@ def model_id(args, meta):
     return f"nanochat-{args.source}-{tag}-{meta['step']}"
 
 
-def create_app(workers, defaults, api_key="", model_name="nanochat"):
+def allowed_hosts(host, extra):
+    """The Host header values the server answers: localhost's names, the bound address unless it
+    is every interface, and --allowed-hosts. A page on another site that re-points its own name at
+    this machine (DNS rebinding) sends its name and is refused."""
+    hosts = ["localhost", "127.0.0.1", "[::1]"] + [h.strip() for h in extra.split(",") if h.strip()]
+    if host not in ("0.0.0.0", "::", ""):
+        hosts.append(host)
+    return sorted(set(hosts))
+
+
+def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",), cors_origins=()):
     """The FastAPI app over a list of Workers (all holding the same model) and request defaults;
     with an api_key, the chat, stats and /v1 endpoints need `Authorization: Bearer <api_key>`.
-    model_name: the model's id in the OpenAI-compatible API."""
-    app = FastAPI(title="looped nanochat")
+    model_name: the model's id in the OpenAI-compatible API. hosts: the Host header values answered
+    (allowed_hosts; "*" = any). cors_origins: web origins whose pages may call it. No docs page is
+    served (it would load scripts from a CDN, and show the API without the key)."""
+    app = FastAPI(title="looped nanochat", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     pool = WorkerPool(workers)
     app.state.pool, app.state.model_name = pool, model_name
     model, tokenizer = workers[0].model, workers[0].tokenizer
@@ -180,8 +204,14 @@ def create_app(workers, defaults, api_key="", model_name="nanochat"):
         if denied := unauthorized(request):
             return denied
         try:
-            req = validate_request(parse_body(await read_body(request)), defaults)
+            body = parse_body(await read_body(request))
+            req = validate_request(body, defaults)
+            given = isinstance(body, dict) and body.get("max_tokens") is not None
+            if not given:
+                req.max_tokens = 1  # the default is cut to what the prompt leaves of the positions, below
             ids = render_prompt(tokenizer, req, model)
+            if not given:
+                req.max_tokens = min(defaults["max_tokens"], model.rotary_len - len(ids))
             chat_api.check_capacity(pool, req, ids)
         except RequestError as e:
             return reject(e.status, str(e))
@@ -204,11 +234,15 @@ if __name__ == "__main__":
     print(describe_sandbox(), flush=True)
     try:
         workers, meta = load_workers(args)
-        app = create_app(workers, defaults_from(args, meta), args.api_key, model_id(args, meta))
+        hosts = ["*"] if args.allowed_hosts.strip() == "*" else allowed_hosts(args.host, args.allowed_hosts)
+        origins = [o.strip() for o in args.cors_origins.split(",") if o.strip()]
+        app = create_app(workers, defaults_from(args, meta), args.api_key, model_id(args, meta), hosts, origins)
     except (FileNotFoundError, ValueError) as e:  # a missing checkpoint or a bad flag: one line, exit code 2
         print(errors.report(e), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     print(f"serving on http://{args.host}:{args.port} with {len(workers)} worker(s)"
           + (", API key required" if args.api_key else ", no API key")
           + f"; OpenAI-compatible API at http://{args.host}:{args.port}/v1, model {app.state.model_name!r}", flush=True)
+    print(f"answering Host: {', '.join(hosts)}" + (f"; pages of {', '.join(origins)} may call it" if origins else ""),
+          flush=True)
     uvicorn.run(app, host=args.host, port=args.port)

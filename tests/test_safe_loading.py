@@ -99,3 +99,21 @@ def test_crafted_pickled_tokenizer_is_refused(tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert str(tmp_path / "tokenizer.pkl") in out.stderr and "refused" in out.stderr
     assert not marker.exists() and not (tmp_path / "tokenizer.json").exists()
+
+
+def test_crafted_token_bytes_and_unknown_meta_fields_are_one_line(tmp_path):
+    """A crafted token_bytes.pt is refused without running it, and a meta.json whose model_config
+    has a field this code does not know names the file, not a TypeError."""
+    from nanochat.checkpoint_manager import build_model
+    from nanochat.tokenizer import TOKEN_BYTES_FILE, get_token_bytes
+    marker = tmp_path / "ran"
+    torch.save({"bytes": torch.ones(2), "evil": Payload(marker)}, tmp_path / TOKEN_BYTES_FILE)
+    with pytest.raises(ValueError) as e:
+        get_token_bytes(str(tmp_path))
+    _one_line_naming(str(e.value), tmp_path / TOKEN_BYTES_FILE)
+    assert "refused tokenizer file" in str(e.value) and not marker.exists()
+    save_checkpoint(str(tmp_path / "ck"), 1, {"w": torch.ones(2)}, {}, {}, {"model_config": {"n_embd": 64, "n_wings": 2}})
+    with pytest.raises(ValueError) as e:
+        build_model(str(tmp_path / "ck"), 1)
+    _one_line_naming(str(e.value), os.path.join(step_dir(str(tmp_path / "ck"), 1), "meta.json"))
+    assert "unknown field(s) n_wings" in str(e.value)

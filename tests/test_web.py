@@ -185,7 +185,7 @@ def test_body_is_capped_while_it_is_read():
     sent = []
 
     class Upload:
-        headers = {}
+        headers = {"content-type": "application/json"}
 
         async def stream(self):
             while True:  # endless: a reader that waits for the end would never return
@@ -333,7 +333,7 @@ def test_non_streamed_request_stops_when_its_client_leaves(server):
     before = httpx.get(server + "/stats").json()
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         deadline = time.time() + 30
         while httpx.get(server + "/stats").json()["free"] != 0:  # generating
@@ -476,3 +476,58 @@ def test_cache_memory_flag():
     for bad in ("0", "2", "lots", "-1G"):
         with pytest.raises(Exception, match="--cache-memory"):
             cache_budget(bad, "cpu")
+
+
+def test_cross_site_and_rebinding_are_refused(server):
+    """A page of another site cannot drive the server: a text/plain or form POST (which a browser
+    sends without asking) gets 415, a Host the server does not answer to (DNS rebinding) gets 400,
+    and without --cors-origins a preflight gets no CORS grant. No docs page is served."""
+    chat = {"messages": HELLO, "max_tokens": 2}
+    for path in ("/chat/completions", "/v1/chat/completions"):
+        plain = httpx.post(server + path, content=json.dumps({**chat, "model": "nanochat-sft-tiny-7"}),
+                           headers={"Content-Type": "text/plain", "Origin": "http://evil.example"})
+        assert plain.status_code == 415 and "application/json" in plain.text
+    rebound = httpx.get(server + "/stats", headers={"Host": "rebind.evil.example"})
+    assert rebound.status_code == 400
+    preflight = httpx.options(server + "/v1/chat/completions", headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+    for docs in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(server + docs).status_code == 404
+    slash = httpx.post(server + "/v1/chat/completions/", json={**chat, "model": "nanochat-sft-tiny-7"}, timeout=60)
+    assert slash.status_code == 200 and slash.json()["object"] == "chat.completion"
+
+
+def test_cors_origins_and_allowed_hosts(base_dir):
+    from scripts.chat_web import allowed_hosts
+    assert allowed_hosts("0.0.0.0", "chat.example, 10.0.0.5") == ["10.0.0.5", "127.0.0.1", "[::1]", "chat.example",
+                                                                 "localhost"]
+    assert "192.168.1.9" in allowed_hosts("192.168.1.9", "")
+    args = parser.parse_args(["--device-type", "cpu", "--max-new-tokens", "8"])
+    workers, meta = load_workers(args)
+    app = create_app(workers, defaults_from(args, meta), hosts=["testserver"], cors_origins=["https://app.example"])
+    try:
+        with TestClient(app) as client:
+            ok = client.options("/v1/chat/completions", headers={"Origin": "https://app.example",
+                                                                 "Access-Control-Request-Method": "POST",
+                                                                 "Access-Control-Request-Headers": "content-type"})
+            assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
+            other = client.options("/v1/chat/completions", headers={"Origin": "https://evil.example",
+                                                                    "Access-Control-Request-Method": "POST"})
+            assert "access-control-allow-origin" not in other.headers
+    finally:
+        for w in workers:
+            w.scheduler.stop()
+
+
+def test_default_max_tokens_is_cut_to_the_positions_left(tokenizer):
+    """A native request without max_tokens on a model whose positions are fewer than the default
+    (here 320 < 512) is served with what the prompt leaves, not refused."""
+    worker = Worker(chat_model(), tokenizer, "cpu", max_rows=2)
+    try:
+        app = create_app([worker], dict(temperature=0.0, top_k=50, max_tokens=512, recur=2))
+        with TestClient(app) as client:
+            res = client.post("/chat/completions", json={"messages": HELLO})
+            assert res.status_code == 200 and events(res.text)[-1]["done"]
+    finally:
+        worker.scheduler.stop()
