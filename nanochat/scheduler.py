@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nanochat.kv_cache import KVCache
+from nanochat.kv_cache import EXIT_CRITERIA, KVCache
 from nanochat.python_tool import run_python
 
 PAD_ID = 0              # fills the short rows of a prefill chunk; never attended to
@@ -242,8 +242,10 @@ class Scheduler:
         self.initial_len, self.cache_budget = min(max_len, model.rotary_len), cache_budget
         if cache_budget is not None:  # the idle cache (one row at r 1) fits the budget as well
             self.initial_len = max(1, min(self.initial_len, cache_budget // KVCache.bytes_for(model, 1, 1, 1, cache_mode)))
-        self.cache = KVCache(model, 1, self.initial_len, max_r=1, mode=cache_mode, warm_start=warm_start,
-                             exit_criterion=exit_criterion)  # validates the options; rows are added on demand
+        if exit_criterion not in EXIT_CRITERIA:
+            raise ValueError(f"exit_criterion={exit_criterion!r}: expected one of {EXIT_CRITERIA}")
+        self.cache = KVCache(model, 1, self.initial_len, max_r=1, mode=cache_mode,
+                             warm_start=warm_start)  # validates the options; rows are added on demand
         self.chat_tokens = ChatTokens(tokenizer)
         self.rows = [None] * max_rows  # cache row -> _Row
         self.waiting = deque()

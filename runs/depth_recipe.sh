@@ -21,7 +21,7 @@
 # Settings (environment): ARMS, SEEDS (42 7), TASK (pointer_chase or var_chase: tasks/<TASK>.py,
 # written by dev/make_<TASK>.py), N_SYMBOLS (24 letters or variables per problem), QUERIES (8 per
 # training document), MAX_DEPTH (4), TEST_DEPTHS (1..MAX_DEPTH, 2x and 4x it; the generator checks
-# that the table holds them), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems per test depth, -1 = all
+# that the table holds them), EVAL_RECUR (r values of the eval, 1,2,4,8,16,32), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems per test depth, -1 = all
 # 300; fewer makes the eval of a 2/4/2 model at r up to 32 quicker), NANOCHAT_BASE_DIR (out/depth;
 # shares data and tokenizer with runs/depth_cpu.sh, so give another TASK or MAX_DEPTH its own). A run
 # whose checkpoint exists is skipped; each arm's depth_eval goes to <base>/depth_eval_<tag>.{md,json,png}.
@@ -34,6 +34,7 @@ SEEDS=${SEEDS:-42 7}
 TASK=${TASK:-pointer_chase}
 N_SYMBOLS=${N_SYMBOLS:-24}
 QUERIES=${QUERIES:-8}
+EVAL_RECUR=${EVAL_RECUR:-1,2,4,8,16,32}
 MAX_DEPTH=${MAX_DEPTH:-4}
 TEST_DEPTHS=${TEST_DEPTHS:-$(seq -s, 1 "$MAX_DEPTH"),$((2 * MAX_DEPTH)),$((4 * MAX_DEPTH))}
 BUDGET=${BUDGET:-7e13}
@@ -45,6 +46,7 @@ for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a n
 [[ $TEST_DEPTHS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "TEST_DEPTHS: '$TEST_DEPTHS' is not a comma-separated list of depths"
 [[ $N_SYMBOLS =~ ^[0-9]+$ ]] && [ "$N_SYMBOLS" -le 52 ] || die "N_SYMBOLS: '$N_SYMBOLS' must be an integer <= 52"
 [[ $QUERIES =~ ^[1-9][0-9]*$ ]] || die "QUERIES: '$QUERIES' is not a positive integer"
+[[ $EVAL_RECUR =~ ^[0-9]+(,[0-9]+)*$ ]] || die "EVAL_RECUR: '$EVAL_RECUR' is not a comma-separated list of r values"
 [[ $EVAL_PROBLEMS =~ ^(-1|[1-9][0-9]*)$ ]] || die "EVAL_PROBLEMS: '$EVAL_PROBLEMS' is not -1 or a positive integer"
 [[ $BUDGET =~ ^[0-9]+(\.[0-9]+)?e[0-9]+$ ]] || die "BUDGET: '$BUDGET' is not like 3e13"
 arm_flags() {
@@ -89,7 +91,7 @@ for seed in $SEEDS; do
             run python -m scripts.base_train "${COMMON[@]}" $(arm_flags "$arm") --seed "$seed" --model-tag "$tag"
         fi
         [ -e "$NANOCHAT_BASE_DIR/depth_eval_$tag.md" ] && continue
-        run python -m scripts.depth_eval --task "$TASK" --model-tags "$tag" --data-dir "$DATA_DIR" --recur 1,2,4,8,16,32 \
-            --max-problems "$EVAL_PROBLEMS" --out "$NANOCHAT_BASE_DIR/depth_eval_$tag"
+        run python -m scripts.depth_eval --task "$TASK" --model-tags "$tag" --data-dir "$DATA_DIR" --recur "$EVAL_RECUR" \
+            --exit-cap "${EVAL_RECUR##*,}" --max-problems "$EVAL_PROBLEMS" --out "$NANOCHAT_BASE_DIR/depth_eval_$tag"
     done
 done

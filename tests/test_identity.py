@@ -68,4 +68,4 @@ def test_default_sft_mixture_reads_it_twice():
     with open(os.path.join(ROOT, "scripts", "chat_sft.py")) as f:
         source = f.read()
     assert 'IDENTITY = os.path.join(REPO, "dev", "identity_conversations.jsonl")' in source
-    assert re.search(r'"--identity-epochs", type=int, default=2\b', source)
+    assert re.search(r'"identity": \(-1, 2\)', source)  # MIXTURE: all of them, two passes
