@@ -41,7 +41,7 @@ def timed(scheduler, totals):
                 key = phase(*args, **kwargs) if phase else name
                 totals[key] += time.perf_counter() - t0
         setattr(scheduler, name, run)
-    wrap("_forward", scheduler._forward, lambda ids, lo, rows, decode: "decode forward" if decode else "prefill forward")
+    wrap("_forward", scheduler._forward, lambda ids, lo, rows, decode, at=None: "decode forward" if decode else "prefill forward")
     wrap("_pick", scheduler._pick, lambda rows: "pick tokens")
     wrap("_arrange", scheduler._arrange, lambda order: "move rows")
 

@@ -485,18 +485,22 @@ class GPT(nn.Module):
         """One pass of the loop: s_i = recur(inject(concat(e, s_{i-1})))."""
         return self._run_recur(self.inject(torch.cat([e, s], dim=-1)), cos_sin, ves, kvs)  # (B, T, 2C) -> (B, T, C)
 
-    def _head(self, y):
-        logits = self.lm_head(self.norm_f(y))[..., :self.config.vocab_size].float()  # (B, T, V) fp32
+    def _head(self, y, at=None):
+        """Logits (B, T, V) fp32; at: None, or (B,) positions, one per row: only those (B, 1, V)."""
+        if at is not None:
+            y = y[torch.arange(y.size(0), device=y.device), at].unsqueeze(1)
+        logits = self.lm_head(self.norm_f(y))[..., :self.config.vocab_size].float()
         return self.config.softcap * torch.tanh(logits / self.config.softcap)
 
-    def _coda_head(self, s, cos_sin, kvs=None):
-        """Logits from a final recurrent state: norm_r, the coda, the head."""
+    def _coda_head(self, s, cos_sin, kvs=None, at=None):
+        """Logits from a final recurrent state: norm_r, the coda (every position: its keys and
+        values are cached), the head (at `at` only, see _head)."""
         y = self.norm_r(s)
         for i, block in enumerate(self.coda):
             y = block(y, cos_sin, kv=None if kvs is None else kvs[i])
-        return self._head(y)
+        return self._head(y, at)
 
-    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None):
+    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None, logits_at=None):
         """Logits (B, T, vocab_size) in fp32, always.
 
         idx (B, T) token ids. r: loop iterations (default: the recipe's eval r, 4, for "looped";
@@ -505,13 +509,17 @@ class GPT(nn.Module):
         (the prelude and inject still get gradients through e). generator: a torch.Generator
         on idx's device for init_state="randn"; None uses fixed noise, so the same input
         always gives the same logits. kv_cache: a kv_cache.KVCache for inference (prefill or
-        decode, see _forward_cached); None is the training path."""
+        decode, see _forward_cached); None is the training path. logits_at (with kv_cache only):
+        None, or a (B,) long tensor of positions, one per row: the head runs there only and the
+        logits are (B, 1, V) (a prefill that generates needs only each row's last token's)."""
         cfg = self.config
         r = self._default_r(r)
         if kv_cache is not None:
             if bptt_k is not None:
                 raise ValueError("forward: bptt_k is a training option; it cannot be combined with kv_cache")
-            return self._forward_cached(idx, r, generator, kv_cache)
+            return self._forward_cached(idx, r, generator, kv_cache, logits_at)
+        if logits_at is not None:
+            raise ValueError("forward: logits_at is an inference option; it needs a kv_cache")
         if bptt_k is not None and not (isinstance(bptt_k, int) and bptt_k >= 1):
             raise ValueError(f"bptt_k={bptt_k!r}: expected None or an int >= 1")
         B, T = idx.shape
@@ -533,7 +541,7 @@ class GPT(nn.Module):
             s = self._iterate(e, s, cos_sin, ves)
         return self._coda_head(s, cos_sin)
 
-    def _forward_cached(self, idx, r, generator, cache):
+    def _forward_cached(self, idx, r, generator, cache, at=None):
         """forward with a KV cache: each row of idx continues where the cache left it
         (rotary, fixed noise and windows at absolute positions) and its keys and values are
         written into the cache. Inference options read from the cache: warm_start (a lone new
@@ -552,7 +560,7 @@ class GPT(nn.Module):
         if self.config.arch == "gpt":
             y = self._run_recur(x, cos_sin, ves, cache.recur_layers(0))
             cache.end(None, depth + 1, 1)
-            return self._head(y)
+            return self._head(y, at)
         e = x
         for block, kv in zip(self.prelude, cache.prelude_layers):
             e = block(e, cos_sin, kv=kv)
@@ -581,7 +589,9 @@ class GPT(nn.Module):
                 if not active.any():
                     break
         cache.end(s[:, -1], depth, it + 1)
-        return self._coda_head(s, cos_sin, cache.coda_layers) if logits is None else logits
+        if logits is None:
+            return self._coda_head(s, cos_sin, cache.coda_layers, at)
+        return logits if at is None else logits[torch.arange(B, device=logits.device), at].unsqueeze(1)
 
     def loss(self, idx, targets, r=None, bptt_k=None, reduction="mean", generator=None):
         """Cross-entropy in fp32, targets -1 ignored. reduction "mean" | "sum" | "none"

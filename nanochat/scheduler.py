@@ -450,7 +450,7 @@ class Scheduler:
         self.cache.move_rows(src, dst)
         self.rows = order + [None] * (self.max_rows - len(order))
 
-    def _forward(self, ids, lo, rows, decode):
+    def _forward(self, ids, lo, rows, decode, at=None):
         caps = [row.req.r for row in rows]
         r = max(caps)
         thresholds = [row.threshold for row in rows] if decode else None
@@ -458,7 +458,7 @@ class Scheduler:
         self.cache.select(lo, lo + len(rows), caps=caps if min(caps) < r else None, exit_criterion=criterion,
                           thresholds=thresholds if criterion else None)
         self.cache.warm_start = self.warm_start and decode  # a prompt starts as in training
-        return self.model(ids, r=r, kv_cache=self.cache)
+        return self.model(ids, r=r, kv_cache=self.cache, logits_at=at)
 
     def _decode(self, rows):
         ids = torch.tensor([[row.input] for row in rows], dtype=torch.long, device=self.device)  # (d, 1)
@@ -474,12 +474,13 @@ class Scheduler:
         T = max(len(c) for c in chunks)
         ids = torch.tensor([c + [PAD_ID] * (T - len(c)) for c in chunks], dtype=torch.long, device=self.device)
         starts = self.cache.lengths[lo:lo + len(rows)]
-        logits = self._forward(ids, lo, rows, decode=False)  # (p, T, V)
+        last = torch.tensor([len(c) - 1 for c in chunks], device=self.device)
+        logits = self._forward(ids, lo, rows, decode=False, at=last)  # (p, 1, V): the head at each chunk's end only
         for b, (row, chunk) in enumerate(zip(rows, chunks)):
             self.cache.lengths[lo + b] = starts[b] + len(chunk)  # drop the padding
             row.pending = row.pending[len(chunk):]
             if not row.pending:
-                row.logits, row.depth = logits[b:b + 1, len(chunk) - 1], row.req.r
+                row.logits, row.depth = logits[b:b + 1, 0], row.req.r
                 if row.followers:  # the prompt's other replies start from this prefill
                     self.cache.move_rows([lo + b] * len(row.followers), [self.rows.index(f) for f in row.followers])
                     for f in row.followers:

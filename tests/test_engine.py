@@ -62,6 +62,24 @@ def test_exact_cache_decode_equals_full_forward(r, init_state):
 
 
 @torch.no_grad()
+def test_prefill_head_only_where_logits_are_used():
+    """logits_at: the head runs at one position per row, and those logits are the full
+    forward's; the cache is filled as by a prefill of every position (decoding goes on exactly)."""
+    for model in (looped(init_state="randn"), build(tiny(arch="gpt"))):
+        r = 3 if model.config.arch == "looped" else 1
+        idx = tokens(3, 20)
+        full = model(idx, r=r)
+        cache = KVCache(model, 3, 20, max_r=r)
+        at = torch.tensor([15, 9, 15])
+        got = model(idx[:, :16], r=r, kv_cache=cache, logits_at=at)
+        assert got.shape == (3, 1, full.size(-1)) and max_err(got[:, 0], full[torch.arange(3), at]) < ATOL
+        after = model(idx[:, 16:], r=r, kv_cache=cache)
+        assert max_err(after, full[:, 16:]) < ATOL
+    with pytest.raises(ValueError, match="kv_cache"):
+        model(idx, logits_at=at)
+
+
+@torch.no_grad()
 def test_exact_cache_gpt_arch():
     model = build(tiny(arch="gpt", n_kv_head=2, value_embeds=True))
     idx = tokens(2, 24)
@@ -279,8 +297,8 @@ def test_samples_share_one_prefill_and_are_reproducible(tokenizer, monkeypatch):
 class ScriptedModel(GPT):
     """A real tiny GPT (so the cache runs) whose logits follow a script: write a python block,
     then once the tool's <|output_end|> is in the context, write "ok" and stop."""
-    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None):
-        logits = super().forward(idx, r, bptt_k, generator, kv_cache)
+    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None, logits_at=None):
+        logits = super().forward(idx, r, bptt_k, generator, kv_cache, logits_at)
         self.history = getattr(self, "history", []) + idx[0].tolist()
         if not hasattr(self, "prompt_len"):
             self.prompt_len = len(self.history)

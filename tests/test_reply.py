@@ -24,11 +24,11 @@ EXPECTED_PARTS = [{"type": "text", "text": "Let me compute."}, {"type": "python"
 
 class ToolModel(ScriptedModel):
     """ScriptedModel that starts its script again at each prefill, so it can serve several requests."""
-    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None):
+    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None, logits_at=None):
         if idx.size(1) > 1:
             self.history = []
             del self.prompt_len
-        return super().forward(idx, r, bptt_k, generator, kv_cache)
+        return super().forward(idx, r, bptt_k, generator, kv_cache, logits_at)
 
 
 def tool_model(tokenizer):

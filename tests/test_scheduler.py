@@ -23,10 +23,11 @@ class ScriptedTools(GPT):
     positions: a python block from position TOOL_AT, <|assistant_end|> at STOP_AT. Replies whose
     prompts start early enough call the tool and stop early; the rest run to max_tokens."""
 
-    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None):
+    def forward(self, idx, r=None, bptt_k=None, generator=None, kv_cache=None, logits_at=None):
         start = torch.tensor(kv_cache.lengths[kv_cache.rows])[:, None]  # (B, 1) before this forward
-        logits = super().forward(idx, r, bptt_k, generator, kv_cache)
-        nxt = self.script[start + torch.arange(idx.size(1)) + 1]  # (B, T): the token each position predicts
+        logits = super().forward(idx, r, bptt_k, generator, kv_cache, logits_at)
+        at = torch.arange(idx.size(1))[None] if logits_at is None else logits_at[:, None]  # the positions logits hold
+        nxt = self.script[start + at + 1]  # the token each of them predicts
         bonus = torch.nn.functional.one_hot(nxt.clamp_min(0), logits.size(-1)) * (nxt >= 0)[..., None]
         return logits + 50.0 * bonus
 
@@ -224,7 +225,8 @@ def test_n_replies_share_one_prefill_and_row_0_is_the_single_reply(tokenizer):
     one = sched.submit(prompt, n=1, r=2, max_tokens=8, temperature=1.0, seed=5)
     forwards = []
     real = sched._forward
-    sched._forward = lambda ids, lo, rows, decode: forwards.append((tuple(ids.shape), decode)) or real(ids, lo, rows, decode)
+    sched._forward = lambda ids, lo, rows, decode, at=None: (forwards.append((tuple(ids.shape), decode))
+                                                             or real(ids, lo, rows, decode, at))
     sched.step()  # the prompt read by 2 rows (one per request), then one token decoded by all 4
     assert forwards == [((2, 9), False), ((4, 1), True)] and sched.cache.lengths[:4] == [10] * 4
     sched.run()
