@@ -5,7 +5,9 @@ standard GPT of the same width and the same FLOPs per token (n_prelude + r * n_r
 layers). Random-init weights: throughput does not depend on them, but adaptive exit does: at
 init the identity inject ignores the state, so every token stops at the first check (depth 2,
 the best case); the "kl, threshold 0" row never stops (the worst case: all r iterations plus
-the coda and head at every one). A checkpoint's depths come from scripts/chat_cli.py.
+the coda and head at every one). A checkpoint's depths come from scripts/chat_cli.py. The
+"head last" row prefills as generation does, with the head at the last position only (the
+other rows score every position, as an eval does).
 
     python -m scripts.infer_bench                               # s4, r=4 on CPU
     python -m scripts.infer_bench --size 20 --batch 1,32        # on a GPU
@@ -65,9 +67,10 @@ print(f"looped s{args.size}: width {looped_cfg.n_embd}, {looped_cfg.n_prelude}+{
       f"blocks, {looped.forward_flops(r) / 1e6:.1f} MFLOP/token; "
       f"gpt d{depth} same width: {gpt.forward_flops() / 1e6:.1f} MFLOP/token")
 
-runs = [  # (name, model, r, cache options)
+runs = [  # (name, model, r, cache options); "head last": the prefill's head at the last position only, as generation runs it
     (f"gpt d{depth}", gpt, 1, dict()),
     (f"looped r={r}", looped, r, dict(mode="exact")),
+    (f"looped r={r} head last", looped, r, dict(mode="exact", head="last")),
     (f"looped r={r}", looped, r, dict(mode="shared")),
     (f"looped r<={r} kl 0", looped, r, dict(mode="exact", exit_criterion="kl", exit_threshold=0.0)),
     (f"looped r<={r} kl 1e-3", looped, r, dict(mode="exact", exit_criterion="kl", exit_threshold=1e-3)),
@@ -80,13 +83,15 @@ runs = [  # (name, model, r, cache options)
 def bench(model, B, r, options, prompt_len, decode_tokens):
     """(prefill tok/s, decode tok/s, mean decode depth, cache bytes). The prefill runs r
     iterations (as the engine's does); adaptive exit applies to decoding."""
+    options = dict(options)
+    at = torch.full((B,), prompt_len - 1, device=device) if options.pop("head", "all") == "last" else None
     cache = KVCache(model, B, prompt_len + decode_tokens, max_r=r, **options)
     ids = torch.randint(model.config.vocab_size, (B, prompt_len), device=device,
                         generator=torch.Generator(device=device).manual_seed(1))
     cache.exit_criterion = None
     synchronize(device)
     t0 = clock()
-    logits = model(ids, r=r, kv_cache=cache)
+    logits = model(ids, r=r, kv_cache=cache, logits_at=at)
     synchronize(device)
     t_prefill = clock() - t0
     cache.exit_criterion = options.get("exit_criterion")
