@@ -66,6 +66,10 @@ def _sdpa(q, k, v, window):
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     if Tq == Tk and (window is None or window >= Tk):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    elif Tq == 1:  # one query (decoding) sees every key, or the window's last ones: no mask to build
+        if window is not None and window < Tk:
+            k, v = k[:, :, Tk - window:], v[:, :, Tk - window:]
+        y = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     else:
         build = _build_mask if torch.compiler.is_compiling() else causal_mask  # a graph can't keep a Python cache
         mask = build(Tq, Tk, window, q.device)
