@@ -146,8 +146,8 @@ def test_looped_matches_step_by_step_reference():
 @torch.no_grad()
 def test_sdpa_attention_matches_reference():
     g = torch.Generator().manual_seed(0)
-    for Tq, Tk, H, Hkv, window in [(16, 16, 4, 4, None), (16, 16, 4, 2, 5), (4, 16, 4, 1, 6), (1, 16, 4, 2, None), (1, 16, 4, 2, 5),
-                                   (3, 16, 4, 4, None), (16, 16, 4, 4, 40)]:
+    for Tq, Tk, H, Hkv, window in [(16, 16, 4, 4, None), (16, 16, 4, 2, 5), (4, 16, 4, 1, 6), (1, 16, 4, 2, None),
+                                   (1, 16, 4, 2, 5), (3, 16, 4, 4, None), (16, 16, 4, 4, 40)]:
         q = torch.randn(2, Tq, H, 8, generator=g)
         k, v = torch.randn(2, Tk, Hkv, 8, generator=g), torch.randn(2, Tk, Hkv, 8, generator=g)
         torch.testing.assert_close(flash_attention.attention(q, k, v, window), ref_attention(q, k, v, window),
