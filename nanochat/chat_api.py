@@ -21,9 +21,11 @@ below engine.GREEDY_BELOW samples greedily.
 """
 
 import asyncio
+import contextlib
 import json
 import random
 import threading
+import types
 from dataclasses import dataclass, field
 
 from nanochat.reply import PART_TYPES, ReplyDecoder
@@ -262,6 +264,19 @@ class WorkerPool:
                 "kv_cache_bytes": [w.scheduler.cache.nbytes for w in self.workers],
                 "kv_cache_budget_bytes": [w.cache_budget for w in self.workers]}
 
+    @contextlib.contextmanager
+    def counting(self):
+        """Count the outcome of the reply sent inside: served if the code set `outcome.ok`,
+        disconnected if the client left (the stream was closed under it), else failed."""
+        outcome, gone = types.SimpleNamespace(ok=False), False
+        try:
+            yield outcome
+        except (asyncio.CancelledError, GeneratorExit):
+            gone = True
+            raise
+        finally:
+            self.count(outcome.ok, gone)
+
     def count(self, ok, gone=False):
         """A reply's outcome, counted by whoever sends it (only it knows if the client got it all):
         served, failed (a generation error), or gone (the client left before the end)."""
@@ -314,29 +329,26 @@ class WorkerPool:
 async def events(pool, ids, req, tokenizer):
     """The page's event stream (module docstring) for one reply: row 0 of pool.generate, each
     piece typed (text, python, python_output) and numbered by part."""
-    decoder, depths, ok, gone = ReplyDecoder(tokenizer), [], False, False
+    decoder, depths = ReplyDecoder(tokenizer), []
 
     def pieces(found, depth):
         return [{"token": text, "depth": depth, "type": kind, "part": part} for kind, text, part in found]
 
     steps = pool.generate(ids, req)
-    try:
-        async for step in steps:
-            if step.done[0]:
-                break
-            depths.append(step.depths[0])
-            for event in pieces(decoder.feed(step.tokens[0]), depths[-1]):
+    with pool.counting() as outcome:
+        try:
+            async for step in steps:
+                if step.done[0]:
+                    break
+                depths.append(step.depths[0])
+                for event in pieces(decoder.feed(step.tokens[0]), depths[-1]):
+                    yield event
+            for event in pieces(decoder.finish(), depths[-1] if depths else 0):
                 yield event
-        for event in pieces(decoder.finish(), depths[-1] if depths else 0):
-            yield event
-        yield {"done": True, "mean_depth": sum(depths) / len(depths) if depths else 0.0, "tokens": len(depths),
-               "r": req.recur}
-        ok = True
-    except GenerationError as e:
-        yield {"error": str(e)}
-    except (asyncio.CancelledError, GeneratorExit):  # the client left: the stream is closed under us
-        gone = True
-        raise
-    finally:
-        await steps.aclose()
-        pool.count(ok, gone)
+            yield {"done": True, "mean_depth": sum(depths) / len(depths) if depths else 0.0, "tokens": len(depths),
+                   "r": req.recur}
+            outcome.ok = True
+        except GenerationError as e:
+            yield {"error": str(e)}
+        finally:
+            await steps.aclose()

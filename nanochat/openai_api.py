@@ -357,29 +357,26 @@ async def sse(pool, head, events, n, prompt_tokens, include_usage):
     def choice(i, delta, reason=None, depths=()):
         return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None, "depths": list(depths)}
 
-    ok, gone, depths = False, False, [[] for _ in range(n)]
-    try:
-        for i in range(n):
-            yield chunk([choice(i, {"role": "assistant", "content": ""})])
-        async for i, text, d, reason in events:
-            depths[i] += d
-            if text:
-                yield chunk([choice(i, {"content": text}, depths=d)])
-            if reason:
-                yield chunk([choice(i, {}, reason, () if text else d)])
-        if include_usage:
-            yield chunk([], usage=usage(prompt_tokens, depths))
-        yield "data: [DONE]\n\n"
-        ok = True
-    except GenerationError as e:
-        yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
-                                               "code": None}}) + "\n\n"
-    except (asyncio.CancelledError, GeneratorExit):  # the client left: the stream is closed under us
-        gone = True
-        raise
-    finally:
-        await events.aclose()
-        pool.count(ok, gone)
+    depths = [[] for _ in range(n)]
+    with pool.counting() as outcome:
+        try:
+            for i in range(n):
+                yield chunk([choice(i, {"role": "assistant", "content": ""})])
+            async for i, text, d, reason in events:
+                depths[i] += d
+                if text:
+                    yield chunk([choice(i, {"content": text}, depths=d)])
+                if reason:
+                    yield chunk([choice(i, {}, reason, () if text else d)])
+            if include_usage:
+                yield chunk([], usage=usage(prompt_tokens, depths))
+            yield "data: [DONE]\n\n"
+            outcome.ok = True
+        except GenerationError as e:
+            yield "data: " + json.dumps({"error": {"message": str(e), "type": "server_error", "param": None,
+                                                   "code": None}}) + "\n\n"
+        finally:
+            await events.aclose()
 
 
 def usage(prompt_tokens, depths):
