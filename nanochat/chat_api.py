@@ -37,10 +37,11 @@ MAX_TOTAL_CHARS = 32000           # characters over the whole conversation
 MAX_BODY_BYTES = 512 * 1024       # request body (32000 characters JSON-escaped fit with room)
 TEMPERATURE_RANGE = (0.0, 2.0)
 TOP_K_RANGE = (1, 200)
+TOP_P_RANGE = (1e-6, 1.0)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
 ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold (KL in nats); 0 == fixed r
-FIELDS = ("messages", "temperature", "top_k", "max_tokens", "recur", "adaptive", "seed")
+FIELDS = ("messages", "temperature", "top_k", "top_p", "max_tokens", "recur", "adaptive", "seed")
 
 
 class RequestError(ValueError):
@@ -59,6 +60,7 @@ class ChatRequest:
     adaptive: float | None  # None = fixed r
     seed: int
     n: int = 1              # replies (rows) sampled from the one prompt
+    top_p: float = 1.0      # nucleus sampling (1 = off)
 
 
 async def read_body(request, limit=MAX_BODY_BYTES):
@@ -158,6 +160,7 @@ def validate_request(body, defaults):
         recur=_number(body, "recur", *RECUR_RANGE, True, defaults["recur"]),
         adaptive=None if adaptive is None else float(_number(body, "adaptive", *ADAPTIVE_RANGE, False, None)),
         seed=_number(body, "seed", 0, 2**63 - 1, True, random.getrandbits(32)),
+        top_p=float(_number(body, "top_p", *TOP_P_RANGE, False, 1.0)),
     )
 
 
@@ -215,7 +218,7 @@ class Worker:
         set (sync: runs on a thread); the request leaves the batch after."""
         request = self.scheduler.submit(ids, n=req.n, r=req.recur, max_tokens=req.max_tokens,  # recur: 1 without a loop
                                         temperature=req.temperature, top_k=req.top_k, seed=req.seed,
-                                        exit_threshold=req.adaptive)
+                                        exit_threshold=req.adaptive, top_p=req.top_p)
         try:
             yield from request.steps(until=stop)
         finally:

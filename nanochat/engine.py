@@ -46,7 +46,7 @@ class Engine:
         KVCache(model, 1, 1, max_r=self.r, mode=cache_mode, warm_start=warm_start, exit_criterion=exit_criterion,
                 exit_threshold=exit_threshold)  # validates the options now
 
-    def generate(self, tokens, num_samples=1, max_tokens=256, temperature=1.0, top_k=None, seed=42):
+    def generate(self, tokens, num_samples=1, max_tokens=256, temperature=1.0, top_k=None, seed=42, top_p=None):
         """Stream Steps. tokens: one prompt (a list of ids) or several (a list of lists)."""
         prompts = [tokens] if tokens and isinstance(tokens, list) and isinstance(tokens[0], int) else tokens
         if not (isinstance(prompts, list) and prompts and all(isinstance(p, list) and p for p in prompts)):
@@ -59,7 +59,7 @@ class Engine:
                           tool=self.tool, exit_criterion=self.exit_criterion or "kl", warm_start=self.warm_start)
         threshold = self.exit_threshold if self.exit_criterion is not None else None
         req = sched.submit(prompts, n=num_samples, r=self.r, max_tokens=max_tokens, temperature=temperature,
-                           top_k=top_k, seed=seed, exit_threshold=threshold)
+                           top_k=top_k, seed=seed, exit_threshold=threshold, top_p=top_p)
         try:
             while True:
                 while (step := req.poll()) is not None:

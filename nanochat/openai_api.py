@@ -12,7 +12,7 @@ looped model:
                                       "adaptive" (exit threshold, KL in nats; recur is then the cap)}
 
 Differences from OpenAI, each one explicit:
-- Sampling is temperature + top_k; top_p is accepted only at 1 (send top_k instead).
+- Sampling is temperature, top_p (nucleus) and the extension top_k; seed -1 means no seed.
 - Messages: an optional leading system (or developer) message, then user/assistant alternating,
   ending with user. Content is a string or a list of {"type": "text", "text"} parts; an assistant
   message may also hold the reply's {"type": "python" | "python_output"} parts (nanochat/reply.py).
@@ -21,7 +21,8 @@ Differences from OpenAI, each one explicit:
 - Extensions in the reply: each choice has "depths" (the loop iterations run for each completion
   token, streamed with the chunk that carries its text); "recurrence" says the r and threshold used.
 - Unknown fields are refused (400) rather than ignored, except a few that cannot change the reply
-  (user, metadata, store, ...); penalties and logprobs are accepted at their neutral values only.
+  (user, metadata, store, ...); penalties, logprobs, tools, tool_choice, response_format and
+  logit_bias are accepted at the values clients send when they mean "none" (NEUTRAL).
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 bad request (a
 prompt too long for the model: code "context_length_exceeded"), 401 missing or wrong API key,
 404 unknown model or endpoint, 405 wrong method, 413 body or message over a size limit, 415 a
@@ -47,7 +48,10 @@ MAX_N = 8                 # replies per request
 DISCONNECT_POLL = 0.25    # seconds between checks that a non-streamed request's client is still there
 MAX_STOPS, MAX_STOP_CHARS = 4, 100
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")  # no effect on the reply
-NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False}  # accepted at this value (or null) only
+# accepted at these values (or null) only: what clients send by default when they mean "nothing"
+NEUTRAL = {"frequency_penalty": (0,), "presence_penalty": (0,), "logprobs": (False,), "top_logprobs": (0,),
+           "tools": ([],), "tool_choice": ("none", "auto"), "parallel_tool_calls": (True, False),
+           "response_format": ({"type": "text"},), "logit_bias": ({},), "reasoning_effort": ()}
 KNOWN = ("model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
          "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive")
 FENCES = {"python": "```python\n", "python_output": "```output\n"}
@@ -109,15 +113,16 @@ def parse_request(body, defaults, model_id):
         if field not in KNOWN + IGNORED + tuple(NEUTRAL):
             raise RequestError(400, field, "unrecognized request argument")
     for field, neutral in NEUTRAL.items():
-        if body.get(field) not in (None, neutral):
-            raise RequestError(400, field, f"not supported: only {json.dumps(neutral)} (or null)")
+        if body.get(field) is not None and body[field] not in neutral:
+            allowed = " or ".join(json.dumps(v) for v in neutral)
+            raise RequestError(400, field, f"not supported: only {allowed + ' (or null)' if allowed else 'null'}")
     if "model" not in body:
         raise RequestError(400, "model", "required: the id that GET /v1/models lists")
     if body["model"] != model_id:
         raise RequestError(404, "model", f"the model {body['model']!r} does not exist: this server has {model_id!r}")
-    if body.get("top_p") not in (None, 1, 1.0):
-        raise RequestError(400, "top_p", "only 1 is supported: sample with temperature and top_k (an extension field)")
     given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as OpenAI reads it
+    if given.get("seed") == -1:  # some clients send -1 for "no seed"
+        del given["seed"]
     req = _chat_request(_messages(body.get("messages")), given, defaults)
     req.n, opts = _options(given)
     return req, opts
@@ -127,7 +132,7 @@ def _chat_request(messages, given, defaults):
     """chat_api's checks and defaults (the page's endpoint runs the same), with a system message in front."""
     system = messages[:1] if messages[0]["role"] == "system" else []
     native = {"messages": messages[len(system):]}
-    for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("recur", "recur"),
+    for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"), ("recur", "recur"),
                          ("adaptive", "adaptive"), ("seed", "seed"), ("max_tokens", "max_completion_tokens"),
                          ("max_tokens", "max_tokens")):
         if theirs in given:

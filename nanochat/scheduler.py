@@ -61,16 +61,25 @@ POLL = 0.05             # seconds a reader waits between looks at its `until` ev
 GREEDY_BELOW = 1e-3     # temperatures under this sample greedily (logits / 1e-45 overflow to inf, then nan)
 
 
-def sample_next_token(logits, rng, temperature=1.0, top_k=None):
+def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """(B, V) fp32 logits -> (B,) token ids. temperature 0 (or under GREEDY_BELOW) is argmax;
-    top_k samples among the k most likely tokens; rng is a torch.Generator on the logits' device."""
+    top_k samples among the k most likely tokens; top_p (nucleus) among the most likely tokens
+    whose probabilities first reach p (the most likely always stays); rng is a torch.Generator on
+    the logits' device."""
     if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     if top_k is not None and top_k > 0:
-        values, ids = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)  # (B, k)
-        choice = torch.multinomial(F.softmax(values / temperature, dim=-1), 1, generator=rng)
-        return ids.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=rng).squeeze(-1)
+        values, ids = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)  # (B, k), sorted
+    elif top_p is not None and top_p < 1:
+        values, ids = torch.sort(logits, dim=-1, descending=True)
+    else:
+        return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=rng).squeeze(-1)
+    probs = F.softmax(values / temperature, dim=-1)
+    if top_p is not None and top_p < 1:
+        before = probs.cumsum(dim=-1) - probs  # the mass of the tokens more likely than each
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    choice = torch.multinomial(probs, 1, generator=rng)
+    return ids.gather(-1, choice).squeeze(-1)
 
 
 @dataclass
@@ -129,8 +138,8 @@ class Request:
     The scheduler puts each row's tokens as they are picked; a Step goes out once every row
     has its next token or has ended (an ended row shows `filler`, marked done)."""
 
-    def __init__(self, prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, filler):
-        self.prompts, self.n, self.r, self.max_tokens = prompts, n, r, max_tokens
+    def __init__(self, prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, filler, top_p=None):
+        self.prompts, self.n, self.r, self.max_tokens, self.top_p = prompts, n, r, max_tokens, top_p
         self.temperature, self.top_k, self.exit_threshold, self.filler = temperature, top_k, exit_threshold, filler
         self.size = len(prompts) * n
         self.length = max(len(p) for p in prompts) + max_tokens  # positions a row of it may fill
@@ -258,7 +267,8 @@ class Scheduler:
     # -------------------------------------------------------------------------
     # the client side (any thread)
 
-    def submit(self, tokens, n=1, r=4, max_tokens=256, temperature=1.0, top_k=None, seed=42, exit_threshold=None):
+    def submit(self, tokens, n=1, r=4, max_tokens=256, temperature=1.0, top_k=None, seed=42, exit_threshold=None,
+               top_p=None):
         """tokens: one prompt (a list of ids) or several (a list of such lists); n replies to each."""
         prompts = [tokens] if tokens and isinstance(tokens, list) and isinstance(tokens[0], int) else tokens
         if not (isinstance(prompts, list) and prompts and
@@ -275,7 +285,9 @@ class Scheduler:
             raise ValueError(f"submit: {longest} prompt + {max_tokens} new tokens > {self.model.rotary_len} positions")
         if temperature < 0 or (exit_threshold is not None and not exit_threshold >= 0):
             raise ValueError(f"submit: temperature={temperature}, exit_threshold={exit_threshold}: expected >= 0")
-        req = Request(prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, self.chat_tokens.end)
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"submit: top_p={top_p}: expected 0 < top_p <= 1")
+        req = Request(prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, self.chat_tokens.end, top_p)
         with self.cond:
             self.waiting.append(req)
             self.cond.notify()
@@ -399,7 +411,7 @@ class Scheduler:
         if not ready:
             return
         req = [row.req for row in ready]
-        sampled = torch.stack([sample_next_token(row.logits, row.rng, q.temperature, q.top_k)[0]
+        sampled = torch.stack([sample_next_token(row.logits, row.rng, q.temperature, q.top_k, q.top_p)[0]
                                for row, q in zip(ready, req)]).tolist()
         for row, s in zip(ready, sampled):
             self._advance(row, s)

@@ -252,6 +252,10 @@ def test_sample_next_token():
     assert set(top2.tolist()) == {1, 2}
     assert set(sample_next_token(logits, rng(), temperature=100.0).tolist()) == {0, 1, 2, 3}
     assert torch.equal(sample_next_token(logits, rng(), 1.0, 3), sample_next_token(logits, rng(), 1.0, 3))
+    # nucleus: p(1) = 0.97, so top_p 0.9 keeps token 1 alone; 0.99 adds token 2 (0.018), never 0 or 3
+    assert (sample_next_token(logits, rng(), 1.0, top_p=0.9) == 1).all()
+    assert set(sample_next_token(logits, rng(), 1.0, top_p=0.99).tolist()) == {1, 2}
+    assert set(sample_next_token(logits, rng(), 1.0, top_k=3, top_p=0.99).tolist()) == {1, 2}
 
 
 def test_engine_greedy_equals_naive_generate(tokenizer):

@@ -91,7 +91,8 @@ BAD = [  # (create() arguments, the client's error class, the param named)
      openai.BadRequestError, "messages[1].role"),
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
      openai.BadRequestError, "messages[0].content"),
-    (dict(top_p=0.5), openai.BadRequestError, "top_p"),
+    (dict(top_p=0), openai.BadRequestError, "top_p"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), openai.BadRequestError, "tools"),
     (dict(n=9), openai.BadRequestError, "n"),
     (dict(stop=["a", "b", "c", "d", "e"]), openai.BadRequestError, "stop"),
     (dict(max_tokens=0), openai.BadRequestError, "max_tokens"),
@@ -151,3 +152,15 @@ def test_api_key_failure_and_tool_calls(tokenizer, monkeypatch):
         assert "simulated device failure" in e.value.message
         with pytest.raises(openai.APIError, match="simulated device failure"):
             list(client.chat.completions.create(model="tool", messages=question, stream=True))
+
+
+def test_what_clients_send_by_default_is_accepted(client):
+    """The fields langchain, litellm and the openai SDK send when they mean "none", and top_p."""
+    neutral = dict(tools=[], tool_choice="none", top_logprobs=None, response_format={"type": "text"}, logit_bias={},
+                   parallel_tool_calls=False, reasoning_effort=None, seed=-1, frequency_penalty=0)
+    reply = chat(client, max_tokens=4, **{k: v for k, v in neutral.items() if k != "reasoning_effort"},
+                 extra_body={"reasoning_effort": None})
+    assert reply.choices[0].message.role == "assistant"
+    nucleus = [chat(client, max_tokens=8, temperature=1.0, top_p=1e-6, seed=s).choices[0].message.content for s in (1, 2)]
+    greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
+    assert nucleus == [greedy, greedy]  # a nucleus this small holds the most likely token only
