@@ -194,8 +194,10 @@ class Request:
         for b, q in enumerate(self._events):
             token, depth, sampled, done = q.popleft() if q else (self.filler, self._depths[b], False, True)
             self._depths[b] = depth
-            for column, value in zip((step.tokens, step.depths, step.sampled, step.done), (token, depth, sampled, done)):
-                column.append(value)
+            step.tokens.append(token)
+            step.depths.append(depth)
+            step.sampled.append(sampled)
+            step.done.append(done)
         return step
 
     def steps(self, until=None):
@@ -250,7 +252,8 @@ class Scheduler:
         self.device = model.lm_head.weight.device
         self.initial_len, self.cache_budget = min(max_len, model.rotary_len), cache_budget
         if cache_budget is not None:  # the idle cache (one row at r 1) fits the budget as well
-            self.initial_len = max(1, min(self.initial_len, cache_budget // KVCache.bytes_for(model, 1, 1, 1, cache_mode)))
+            per_position = KVCache.bytes_for(model, 1, 1, 1, cache_mode)
+            self.initial_len = max(1, min(self.initial_len, cache_budget // per_position))
         if exit_criterion not in EXIT_CRITERIA:
             raise ValueError(f"exit_criterion={exit_criterion!r}: expected one of {EXIT_CRITERIA}")
         self.cache = KVCache(model, 1, self.initial_len, max_r=1, mode=cache_mode,
@@ -277,7 +280,8 @@ class Scheduler:
         if not all(isinstance(v, int) and v >= 1 for v in (n, r, max_tokens)):
             raise ValueError(f"submit: n={n!r}, r={r!r}, max_tokens={max_tokens!r}: expected ints >= 1")
         if len(prompts) * n > self.max_rows:
-            raise ValueError(f"submit: {len(prompts)} prompt(s) x n={n} replies > max_rows={self.max_rows} of this scheduler")
+            raise ValueError(f"submit: {len(prompts)} prompt(s) x n={n} replies > max_rows={self.max_rows} of this "
+                             f"scheduler")
         if not self.looped and (r != 1 or exit_threshold is not None):
             raise ValueError("submit: arch='gpt' has no loop: r must be 1 and exit_threshold None")
         longest = max(len(p) for p in prompts)
@@ -299,11 +303,13 @@ class Scheduler:
         need = KVCache.bytes_for(self.model, n_rows, length, r, self.cache.mode)
         if self.cache_budget is None or need <= self.cache_budget:
             return None
-        return (f"the reply needs {need / 2**30:.2f} GiB of KV cache ({n_rows} row(s) x {length} positions x r {r}), over "
-                f"this server's budget of {self.cache_budget / 2**30:.2f} GiB: lower recur, max_tokens or n")
+        return (f"the reply needs {need / 2**30:.2f} GiB of KV cache ({n_rows} row(s) x {length} positions x r {r}), "
+                f"over this server's budget of {self.cache_budget / 2**30:.2f} GiB: lower recur, max_tokens or n")
 
     def _fits(self, rows, r, length):
-        return self.cache_budget is None or KVCache.bytes_for(self.model, rows, length, r, self.cache.mode) <= self.cache_budget
+        if self.cache_budget is None:
+            return True
+        return KVCache.bytes_for(self.model, rows, length, r, self.cache.mode) <= self.cache_budget
 
     def start(self):
         self.thread = threading.Thread(target=self._loop, daemon=True, name=f"scheduler-{self.device}")
@@ -378,8 +384,10 @@ class Scheduler:
                 # only what they need (rows that left give theirs back); else wait, or fail alone
                 live = self._live()
                 need = (max([b for b, row in enumerate(self.rows) if row is not None] + free[:req.size]) + 1,
-                        max([row.req.r for row in live] + [req.r]), max([row.req.length for row in live] + [req.length]))
-                size = tuple(max(a, b) for a, b in zip((self.cache.batch_size, self.cache.max_r, self.cache.max_len), need))
+                        max([row.req.r for row in live] + [req.r]),
+                        max([row.req.length for row in live] + [req.length]))
+                now = (self.cache.batch_size, self.cache.max_r, self.cache.max_len)
+                size = tuple(max(a, b) for a, b in zip(now, need))
                 if not self._fits(*size):
                     size = need
                     if not self._fits(*size):
