@@ -84,7 +84,8 @@ def hf_tokenizer(tokenizer, max_length):
                                                         special_tokens=[("<|bos|>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=rust, bos_token="<|bos|>", eos_token="<|assistant_end|>",
                                    pad_token="<|assistant_end|>", chat_template=chat_template(),
-                                   model_input_names=["input_ids", "attention_mask"], model_max_length=max_length)
+                                   model_input_names=["input_ids", "attention_mask"], model_max_length=max_length,
+                                   padding_side="left")  # a padded batch for generate: the prompts end together
 
 
 def tokenizer_from_folder(path):
@@ -120,6 +121,7 @@ def hf_config(config, recur, tokenizer, step=None):
                      "AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.LoopedNanochatForCausalLM"},
         "bos_token_id": tokenizer.get_bos_token_id(), "eos_token_id": stop, "pad_token_id": stop[0],
         "tie_word_embeddings": False, "dtype": "float32",
+        "max_position_embeddings": config.sequence_len,  # the context it trained on (lm-eval and others read it)
     }
 
 

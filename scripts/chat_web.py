@@ -130,7 +130,10 @@ def defaults_from(args, meta):
 
 
 def model_id(args, meta):
-    """The name /v1/models gives the served checkpoint: nanochat-<source>-<tag>-<step>."""
+    """The name /v1/models gives the served checkpoint: nanochat-<source>-<tag>-<step>, or for an
+    exported folder nanochat-<folder name>."""
+    if os.path.isdir(args.source):
+        return f"nanochat-{os.path.basename(os.path.normpath(args.source))}"
     tag = os.path.basename(find_checkpoint_dir(args.source, args.model_tag or None))
     return f"nanochat-{args.source}-{tag}-{meta['step']}"
 

@@ -329,3 +329,32 @@ def test_export_script_then_chat_cli_on_the_folder(tokenizer, tmp_path):
                "--temperature", "0")
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert "step 5" in chat.stdout and "r=2" in chat.stdout and chat.stdout.split("Assistant: ", 1)[1].strip()
+
+
+def test_chat_web_serves_an_exported_folder(exported):
+    """chat_web --source <exported folder>: the folder's own model and tokenizer, named after it."""
+    from fastapi.testclient import TestClient
+    from scripts.chat_web import create_app, defaults_from, load_workers, model_id, parser
+    _, path, _ = exported
+    args = parser.parse_args(["--source", str(path), "--device-type", "cpu", "--max-new-tokens", "4"])
+    workers, meta = load_workers(args)
+    try:
+        name = model_id(args, meta)
+        assert name == f"nanochat-{os.path.basename(path)}"
+        with TestClient(create_app(workers, defaults_from(args, meta), model_name=name, hosts=["testserver"])) as client:
+            assert client.get("/v1/models").json()["data"][0]["id"] == name
+            reply = client.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "hi"}]})
+            assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        for w in workers:
+            w.scheduler.stop()
+
+
+def test_exported_folder_pads_left_and_states_its_context(exported):
+    """What generation-side clients read: left padding by default (a padded batch's prompts end
+    together), and max_position_embeddings (the trained context)."""
+    _, path, hf = exported
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.padding_side == "left" and hf.config.max_position_embeddings == hf.config.sequence_len
+    batch = tok(["hi", "a longer prompt here"], padding=True, return_tensors="pt")
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1
