@@ -13,8 +13,9 @@ looped model:
 
 Differences from OpenAI, each one explicit:
 - Sampling is temperature, top_p (nucleus) and the extension top_k; seed -1 means no seed.
-- Messages: an optional leading system (or developer) message, then user/assistant alternating,
-  ending with user. Content is a string or a list of {"type": "text", "text"} parts; an assistant
+- Messages: an optional leading system (or developer) message, then user/assistant, ending with
+  user; consecutive messages of one role are joined, and a later system message reads as the
+  user's. Content is a string or a list of {"type": "text", "text"} parts; an assistant
   message may also hold the reply's {"type": "python" | "python_output"} parts (nanochat/reply.py).
 - The model's python tool runs on the server: a reply's tool call and its output appear in its
   content as ```python and ```output blocks.
@@ -83,26 +84,47 @@ def _text_of(content, field):
                                    "(images and other parts are not supported)")
 
 
+NULLABLE = ("tool_calls", "refusal", "annotations", "audio", "function_call")  # a model_dump()'d reply sends them null
+
+
 def _messages(messages):
-    """OpenAI messages -> chat_api's {role, content}: a leading system/developer message kept as
-    "system" (the tokenizer folds it into the first user message), text parts joined."""
+    """OpenAI messages -> (chat_api's {role, content} list, the client's index of each). A leading
+    system/developer message stays "system" (the tokenizer folds it into the first user message);
+    a later one is read as the user's (RAG front-ends put context there); consecutive messages of
+    one role are joined with a blank line (two user turns in a row); text parts are joined."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "messages", "expected a non-empty list of {role, content}")
-    out = []
+    out, where = [], []
     for i, m in enumerate(messages):
         field = f"messages[{i}]"
-        if not isinstance(m, dict) or "role" not in m or "content" not in m or set(m) - {"role", "content", "name"}:
+        extra = set(m) - {"role", "content", "name"} if isinstance(m, dict) else set()
+        if (not isinstance(m, dict) or "role" not in m or "content" not in m
+                or any(k not in NULLABLE or m[k] is not None for k in extra)):
             raise RequestError(400, field, "expected an object with 'role' and 'content' (and optionally 'name')")
         role = "system" if m["role"] == "developer" else m["role"]
-        if role == "system" and i > 0:
-            raise RequestError(400, f"{field}.role", "a system message may only come first")
         if role == "assistant" and isinstance(m["content"], list) and any(
                 isinstance(p, dict) and p.get("type") in PART_TYPES[1:] for p in m["content"]):
             content = m["content"]  # a reply with its tool calls, as the stream gave it
+        elif role == "assistant" and m["content"] is None:
+            content = ""  # a reply that was only tool calls (none here) or a refusal
         else:
             content = _text_of(m["content"], f"{field}.content") if role in ("user", "system", "assistant") else None
+        if role == "system" and i > 0:
+            role = "user"
+        if out and out[-1]["role"] == role and role != "system":
+            out[-1]["content"] = _join(out[-1]["content"], content)
+            continue
         out.append({"role": role, "content": content})
-    return out
+        where.append(i)
+    return out, where
+
+
+def _join(a, b):
+    """Two contents of one role as one: strings with a blank line between, else the parts in order."""
+    if isinstance(a, str) and isinstance(b, str):
+        return f"{a}\n\n{b}" if a and b else a or b
+    parts = lambda c: [{"type": "text", "text": c}] if isinstance(c, str) else list(c)  # noqa: E731
+    return parts(a) + [{"type": "text", "text": "\n\n"}] + parts(b)
 
 
 def parse_request(body, defaults, model_id):
@@ -123,13 +145,14 @@ def parse_request(body, defaults, model_id):
     given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as OpenAI reads it
     if given.get("seed") == -1:  # some clients send -1 for "no seed"
         del given["seed"]
-    req = _chat_request(_messages(body.get("messages")), given, defaults)
+    req = _chat_request(*_messages(body.get("messages")), given, defaults)
     req.n, opts = _options(given)
     return req, opts
 
 
-def _chat_request(messages, given, defaults):
-    """chat_api's checks and defaults (the page's endpoint runs the same), with a system message in front."""
+def _chat_request(messages, where, given, defaults):
+    """chat_api's checks and defaults (the page's endpoint runs the same), with a system message in
+    front; where[j]: the client's index of messages[j], for the errors."""
     system = messages[:1] if messages[0]["role"] == "system" else []
     native = {"messages": messages[len(system):]}
     for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"), ("recur", "recur"),
@@ -139,10 +162,10 @@ def _chat_request(messages, given, defaults):
             native[ours] = given[theirs]
     try:
         req = validate_request(native, defaults)
-    except RequestError as e:  # the client's indices count the system message too
-        if system and e.field.startswith("messages["):
+    except RequestError as e:  # the client's indices: the system message, and messages joined
+        if e.field.startswith("messages["):
             i = int(e.field[len("messages["):].split("]")[0])
-            raise RequestError(e.status, f"messages[{i + 1}]" + e.field.split("]", 1)[1],
+            raise RequestError(e.status, f"messages[{where[i + len(system)]}]" + e.field.split("]", 1)[1],
                                str(e).split(": ", 1)[1]) from None
         raise
     if system:

@@ -164,3 +164,17 @@ def test_what_clients_send_by_default_is_accepted(client):
     nucleus = [chat(client, max_tokens=8, temperature=1.0, top_p=1e-6, seed=s).choices[0].message.content for s in (1, 2)]
     greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
     assert nucleus == [greedy, greedy]  # a nucleus this small holds the most likely token only
+
+
+def test_message_shapes_of_rag_and_agent_front_ends(client):
+    """Two user messages in a row, a system message after the first turn, and an assistant message
+    passed back as message.model_dump() (its tool_calls, refusal and annotations null) are read."""
+    first = chat(client, max_tokens=4, temperature=0)
+    history = [{"role": "user", "content": "context: the loop"}, {"role": "user", "content": "hello there"},
+               first.choices[0].message.model_dump(), {"role": "system", "content": "Answer briefly."},
+               {"role": "user", "content": "and again?"}]
+    reply = client.chat.completions.create(model=MODEL, messages=history, max_tokens=4, temperature=0)
+    assert reply.choices[0].message.role == "assistant" and reply.usage.prompt_tokens > first.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError, match="messages\\[2\\]"):  # a real tool call is still refused
+        client.chat.completions.create(model=MODEL, max_tokens=2, messages=history[:2] + [
+            {"role": "assistant", "content": "x", "tool_calls": [{"id": "1", "type": "function"}]}] + history[3:])
