@@ -125,6 +125,10 @@ class LossLog:
         self.train_seconds = 0.0
 
     def record_step(self, step, loss, lrm, r, dt):
+        """Log one optimizer step; the debiased EMA of the loss. A non-finite loss ends the run here
+        (the weights it produced are already bad; the last checkpoint saved before is not)."""
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {step}: loss is {loss} (r={r}); the last checkpoint is intact")
         self.ema = self.beta * self.ema + (1 - self.beta) * loss
         self.n += 1
         if self.n > 5:  # the first steps compile and warm up: not part of the time per step

@@ -306,8 +306,6 @@ while True:
     dt = time.time() - t0
     step += 1
 
-    if not math.isfinite(train_loss):
-        raise FloatingPointError(f"step {step}: loss is {train_loss} (r={r}); the last checkpoint is intact")
     smooth = loss_log.record_step(step, train_loss, lrm, r, dt)
     tok_per_s = total_batch / dt
     step_flops = model.estimate_flops(r, bptt_k) if config.arch == "looped" else flops_per_token  # this step's r

@@ -468,8 +468,6 @@ while True:
     dt = time.time() - t0
     step += 1
 
-    if not math.isfinite(train_loss):
-        raise FloatingPointError(f"step {step}: loss is {train_loss} (r={r}); the last checkpoint is intact")
     smooth = loss_log.record_step(step, train_loss, lrm, r, dt)
     horizon = f"/{num_steps}" + (f" ({100 * step / epoch_steps:.1f}% of the epoch)" if args.num_iterations <= 0 else "")
     eta = loss_log.mean_step_seconds() * (num_steps - step)  # as base_train: the mean step after the warm-up ones

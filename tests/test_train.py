@@ -289,3 +289,15 @@ def test_resume_refuses_a_changed_schedule(base_dir, shard_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "recurrence bptt_k is 2 here but 4, optimizer matrix_lr is 0.03 here but 0.02" in last
     assert "rerun with --set bptt_k=4 --set matrix_lr=0.02" in last, last
+
+
+def test_non_finite_loss_ends_the_run_in_one_line():
+    """The loss log of base_train and chat_sft stops at a nan or inf loss, naming the step and r,
+    before the step is recorded (the checkpoint saved before it stays the last)."""
+    from nanochat.training import LossLog
+    log = LossLog()
+    log.record_step(1, 2.5, 1.0, 4, 0.1)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(FloatingPointError, match="step 2: loss is .* \\(r=6\\); the last checkpoint is intact"):
+            log.record_step(2, bad, 1.0, 6, 0.1)
+    assert len(log.steps) == 1
