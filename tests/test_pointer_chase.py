@@ -209,29 +209,37 @@ def test_micro_run_and_depth_eval(tmp_path):
     assert (tmp_path / "eval.png").stat().st_size > 1000
 
 
+def dry_env(tmp_path, **settings):
+    """The environment of a runs/ script's DRY_RUN: a stand-in venv, a base folder, the settings."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "venv" / "bin" / "activate").write_text("")
+    return {**os.environ, "DRY_RUN": "1", "VENV": str(tmp_path / "venv"), "NANOCHAT_BASE_DIR": str(tmp_path / "base"),
+            **settings}
+
+
+def dry_run(script, env):
+    """(the finished process, the commands it printed) of runs/<script> under env."""
+    out = subprocess.run(["bash", f"runs/{script}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    return out, [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+
+
 def test_depth_cpu_dry_run(tmp_path):
     """runs/depth_cpu.sh: data, tokenizer, looped and GPT runs per seed at one FLOPs budget, the eval."""
-    (tmp_path / "venv" / "bin").mkdir(parents=True)
-    (tmp_path / "venv" / "bin" / "activate").write_text("")
-    env = {**os.environ, "DRY_RUN": "1", "VENV": str(tmp_path / "venv"), "NANOCHAT_BASE_DIR": str(tmp_path / "base"),
-           "SEEDS": "1 2", "BUDGET": "1e12"}
-    out = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    env = dry_env(tmp_path, SEEDS="1 2", BUDGET="1e12")
+    out, cmds = dry_run("depth_cpu.sh", env)
     assert out.returncode == 0, out.stderr
-    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
     assert "dev.make_pointer_chase" in cmds[0] and "--test-depths 1,2,3,4,8,16" in cmds[0] and "--vocab-size 265" in cmds[1]
     trains = [c for c in cmds if "scripts.base_train" in c]
     assert [c.split("--model-tag ")[1] for c in trains] == ["loop_s1", "gpt8_s1", "loop_s2", "gpt8_s2"]
     assert all("--target-flops 1e12" in c and "--max-seq-len 95" in c and "--n-head 4" in c for c in trains)
     assert "--n-prelude 1 --n-recur 1 --n-coda 1" in trains[0] and "--arch gpt --n-recur 8" in trains[1]
     assert "--model-tags loop_s1,gpt8_s1,loop_s2,gpt8_s2" in cmds[-1] and "--recur 1,2,4,8,16,32" in cmds[-1]
-    bad = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env={**env, "SEEDS": "x"}, capture_output=True, text=True)
+    bad, _ = dry_run("depth_cpu.sh", {**env, "SEEDS": "x"})
     assert bad.returncode != 0 and "SEEDS: 'x'" in bad.stderr
     # 8x the trained depth: 52-letter tables, the sequence length following them, the looped model only
-    big = {**env, "N_SYMBOLS": "52", "TEST_DEPTHS": "1,4,8,32", "ARCHS": "looped", "EVAL_RECUR": "1,32,64",
-           "NANOCHAT_BASE_DIR": str(tmp_path / "big")}
-    out = subprocess.run(["bash", "runs/depth_cpu.sh"], cwd=ROOT, env=big, capture_output=True, text=True)
+    out, cmds = dry_run("depth_cpu.sh", {**env, "N_SYMBOLS": "52", "TEST_DEPTHS": "1,4,8,32", "ARCHS": "looped",
+                                         "EVAL_RECUR": "1,32,64", "NANOCHAT_BASE_DIR": str(tmp_path / "big")})
     assert out.returncode == 0, out.stderr
-    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
     assert "--n-symbols 52 --test-depths 1,4,8,32" in cmds[0]
     assert [c.split("--model-tag ")[1] for c in cmds if "base_train" in c] == ["loop_s1", "loop_s2"]
     assert all("--max-seq-len 179 " in c for c in cmds if "base_train" in c)  # 3 x 52 + 24 - 1
@@ -241,13 +249,9 @@ def test_depth_cpu_dry_run(tmp_path):
 def test_depth_recipe_dry_run(tmp_path):
     """runs/depth_recipe.sh: one-change arms from base_train's defaults, each trained then
     evaluated; the task, the table size and the questions set the sequence length."""
-    (tmp_path / "venv" / "bin").mkdir(parents=True)
-    (tmp_path / "venv" / "bin" / "activate").write_text("")
-    env = {**os.environ, "DRY_RUN": "1", "VENV": str(tmp_path / "venv"), "NANOCHAT_BASE_DIR": str(tmp_path / "base"),
-           "SEEDS": "1", "ARMS": "default sum b111"}
-    out = subprocess.run(["bash", "runs/depth_recipe.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    env = dry_env(tmp_path, SEEDS="1", ARMS="default sum b111")
+    out, cmds = dry_run("depth_recipe.sh", env)
     assert out.returncode == 0, out.stderr
-    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
     assert "dev.make_pointer_chase" in cmds[0] and "--test-depths 1,2,3,4,8,16 --n-symbols 24 --queries 8" in cmds[0]
     trains = [c for c in cmds if "scripts.base_train" in c]
     assert [c.split("--model-tag ")[1] for c in trains] == ["default_s1", "sum_s1", "b111_s1"]
@@ -255,12 +259,11 @@ def test_depth_recipe_dry_run(tmp_path):
     assert "--set" not in trains[0] and "--set inject_init=sum" in trains[1] and "--n-prelude 1" in trains[2]
     evals = [c for c in cmds if "scripts.depth_eval" in c]
     assert len(evals) == 3 and all("--task pointer_chase" in c for c in evals)
-    var = {**env, "TASK": "var_chase", "N_SYMBOLS": "16", "QUERIES": "12", "TEST_DEPTHS": "1,2,4,8", "ARMS": "b111",
-           "NANOCHAT_BASE_DIR": str(tmp_path / "var")}
-    out = subprocess.run(["bash", "runs/depth_recipe.sh"], cwd=ROOT, env=var, capture_output=True, text=True)
-    cmds = [line[2:] for line in out.stdout.splitlines() if line.startswith("+ ")]
+    out, cmds = dry_run("depth_recipe.sh", {**env, "TASK": "var_chase", "N_SYMBOLS": "16", "QUERIES": "12",
+                                            "TEST_DEPTHS": "1,2,4,8", "ARMS": "b111",
+                                            "NANOCHAT_BASE_DIR": str(tmp_path / "var")})
     assert out.returncode == 0 and "dev.make_var_chase" in cmds[0] and "--n-symbols 16 --queries 12" in cmds[0]
     assert "--max-seq-len 131 " in cmds[2] and "--task var_chase" in cmds[3]  # 6 x 16 + 3 x 12 - 1
     for bad, message in (({"TASK": "sudoku"}, "TASK: 'sudoku'"), ({"ARMS": "big"}, "unknown arm 'big'")):
-        out = subprocess.run(["bash", "runs/depth_recipe.sh"], cwd=ROOT, env={**env, **bad}, capture_output=True, text=True)
+        out, _ = dry_run("depth_recipe.sh", {**env, **bad})
         assert out.returncode != 0 and message in out.stderr
