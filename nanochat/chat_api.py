@@ -164,15 +164,18 @@ def validate_request(body, defaults):
     )
 
 
-def render_prompt(tokenizer, req, model):
+def render_prompt(tokenizer, req, model, default_max_tokens=None):
     """The prompt ids (ending in <|assistant_start|>), after the checks that need the model: 413 if
     prompt + max_tokens exceeds its positions, 400 for adaptive exit on a model without a loop
-    (whose requests run at recur 1, as the Engine does)."""
+    (whose requests run at recur 1, as the Engine does). default_max_tokens: the client gave no
+    max_tokens, so req.max_tokens becomes this default cut to the positions the prompt leaves."""
     if model.config.arch == "gpt":
         if req.adaptive is not None:
             raise RequestError(400, "adaptive", "this model (arch 'gpt') has no loop to exit early from")
         req.recur = 1
     ids = tokenizer.render_for_completion({"messages": req.messages + [{"role": "assistant", "content": ""}]})
+    if default_max_tokens is not None:
+        req.max_tokens = max(1, min(default_max_tokens, model.rotary_len - len(ids)))
     if len(ids) + req.max_tokens > model.rotary_len:
         raise RequestError(413, "messages", f"the conversation is {len(ids)} tokens; with max_tokens="
                                             f"{req.max_tokens} that exceeds the model's {model.rotary_len} positions")

@@ -310,11 +310,7 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
             return no
         try:
             req, opts = parse_request(parse_body(await read_body(request)), defaults, model_id)
-            if not opts.max_tokens_given:
-                req.max_tokens = 1  # checked below against what is left of the model's positions
-            ids = render_prompt(tokenizer, req, model)
-            if not opts.max_tokens_given:
-                req.max_tokens = min(defaults["max_tokens"], model.rotary_len - len(ids))
+            ids = render_prompt(tokenizer, req, model, None if opts.max_tokens_given else defaults["max_tokens"])
             check_capacity(pool, req, ids)
         except RequestError as e:
             if e.status == 413 and "positions" in str(e):

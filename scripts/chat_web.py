@@ -210,11 +210,7 @@ def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",
             body = parse_body(await read_body(request))
             req = validate_request(body, defaults)
             given = isinstance(body, dict) and body.get("max_tokens") is not None
-            if not given:
-                req.max_tokens = 1  # the default is cut to what the prompt leaves of the positions, below
-            ids = render_prompt(tokenizer, req, model)
-            if not given:
-                req.max_tokens = min(defaults["max_tokens"], model.rotary_len - len(ids))
+            ids = render_prompt(tokenizer, req, model, None if given else defaults["max_tokens"])
             chat_api.check_capacity(pool, req, ids)
         except RequestError as e:
             return reject(e.status, str(e))
