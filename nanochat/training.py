@@ -1,7 +1,8 @@
 """
 Training-loop helpers shared by the training scripts: the lr and momentum schedules, the
 device's bf16 peak for MFU, a loss log that survives resume and draws the loss curve, the
-one check every stage makes before it resumes, and the recipe a later stage starts from.
+one check every stage makes before it resumes, the recipe a later stage starts from, and the
+weights a curriculum's next stage starts from.
 """
 
 import csv
@@ -52,6 +53,38 @@ def check_resume(args, meta, model_config, checkpoint_dir, recurrence, optimizer
         raise UserError(f"--resume: the model differs from the one in {checkpoint_dir} in "
                         + ", ".join(f"{k} ({here!r} here, {was!r} there)" for k, (here, was) in differ.items())
                         + ": use the tokenizer it was trained with, or start a new --model-tag")
+
+
+def load_init_weights(model, source, model_config, device):
+    """Load another base checkpoint's weights into a fresh run: the next stage of a curriculum
+    (say, bigger tables after smaller ones), whose optimizer, step and data start over. source:
+    a tag under $NANOCHAT_BASE_DIR/base_checkpoints or a checkpoint folder. Refused in one line
+    when the model differs (only the context length may: the rotary tables are rebuilt) or when
+    the source's tokenizer, found beside its base_checkpoints folder, is not this run's.
+    model_config: this run's, as a dict. Returns (folder, step) of the weights loaded."""
+    from nanochat.checkpoint_manager import find_checkpoint_dir, load_file, load_meta
+    from nanochat.common import get_base_dir
+    from nanochat.tokenizer import TOKENIZER_FILE
+    folder = source if os.sep in source or os.path.isdir(source) else find_checkpoint_dir("base", source)
+    step, meta = load_meta(folder)
+    differ = {k: (v, meta["model_config"].get(k)) for k, v in model_config.items()
+              if k != "sequence_len" and meta["model_config"].get(k) != v}
+    if differ:
+        raise UserError(f"--init-from {source}: the model differs from the one in {folder} in "
+                        + ", ".join(f"{k} ({here!r} here, {was!r} there)" for k, (here, was) in differ.items())
+                        + ": pass the flags it was trained with")
+    theirs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(folder))), "tokenizer", TOKENIZER_FILE)
+    ours = os.path.join(get_base_dir(), "tokenizer", TOKENIZER_FILE)
+    if os.path.exists(theirs) and os.path.exists(ours) and not _same_file(theirs, ours):
+        raise UserError(f"--init-from {source}: {theirs} is not this run's tokenizer ({ours}); copy it here "
+                        f"before training, since token ids must mean the same in both runs")
+    model.load_state_dict(load_file(folder, step, "model.pt", device))
+    return folder, step
+
+
+def _same_file(a, b):
+    with open(a, "rb") as f, open(b, "rb") as g:
+        return f.read() == g.read()
 
 
 def later_stage_specs(meta, sets):

@@ -16,6 +16,8 @@
 #   ARMS="default sum" SEEDS=42 bash runs/depth_recipe.sh
 #   TASK=var_chase ARMS=b111 NANOCHAT_BASE_DIR=out/var bash runs/depth_recipe.sh   # the second family
 #   MAX_DEPTH=2 TEST_DEPTHS=1,2,4,8,16 NANOCHAT_BASE_DIR=out/depth2 bash runs/depth_recipe.sh  # 8x
+#   N_SYMBOLS=40 TEST_DEPTHS=1,2,3,4,8,16,32 ARMS=b111 INIT_FROM=out/depth NANOCHAT_BASE_DIR=out/depth40c \
+#       bash runs/depth_recipe.sh                       # a curriculum: 40-letter tables after 24
 #   DRY_RUN=1 bash runs/depth_recipe.sh                 # print every command
 #
 # Settings (environment): ARMS, SEEDS (42 7), TASK (pointer_chase or var_chase: tasks/<TASK>.py,
@@ -23,7 +25,9 @@
 # training document), MAX_DEPTH (4), TEST_DEPTHS (1..MAX_DEPTH, 2x and 4x it; the generator checks
 # that the table holds them), EVAL_RECUR (r values of the eval, 1,2,4,8,16,32), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems per test depth, -1 = all
 # 300; fewer makes the eval of a 2/4/2 model at r up to 32 quicker), NANOCHAT_BASE_DIR (out/depth;
-# shares data and tokenizer with runs/depth_cpu.sh, so give another TASK or MAX_DEPTH its own). A run
+# shares data and tokenizer with runs/depth_cpu.sh, so give another TASK or MAX_DEPTH its own), INIT_FROM
+# (empty, or an earlier run's NANOCHAT_BASE_DIR: each arm and seed starts from its own checkpoint there,
+# with that run's tokenizer, and BUDGET counts this stage's FLOPs only). A run
 # whose checkpoint exists is skipped; each arm's depth_eval goes to <base>/depth_eval_<tag>.{md,json,png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +43,7 @@ MAX_DEPTH=${MAX_DEPTH:-4}
 TEST_DEPTHS=${TEST_DEPTHS:-$(seq -s, 1 "$MAX_DEPTH"),$((2 * MAX_DEPTH)),$((4 * MAX_DEPTH))}
 BUDGET=${BUDGET:-7e13}
 EVAL_PROBLEMS=${EVAL_PROBLEMS:--1}
+INIT_FROM=${INIT_FROM:-}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/depth}
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
 [[ $TASK =~ ^(pointer_chase|var_chase)$ ]] || die "TASK: '$TASK' is not pointer_chase or var_chase"
@@ -70,7 +75,12 @@ if [ ! -e "$DATA_DIR/test_d$MAX_DEPTH.jsonl" ]; then
     will_make "$DATA_DIR"
 fi
 need_shards "$DATA_DIR"
-if [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
+if [ -n "$INIT_FROM" ]; then
+    for seed in $SEEDS; do for arm in $ARMS; do
+        need_checkpoint "$INIT_FROM/base_checkpoints/${arm}_s$seed" "INIT_FROM: train arm $arm, seed $seed there first"
+    done; done
+    [ -e "$NANOCHAT_BASE_DIR/tokenizer" ] || run cp -r "$INIT_FROM/tokenizer" "$NANOCHAT_BASE_DIR/tokenizer"
+elif [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
     run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # byte level: every letter one token
 fi
 # one document per row, T + 1 tokens with BOS: N entries of 3 (pointer chase) or 6 (var chase)
@@ -84,11 +94,13 @@ COMMON=(--size 2 --n-head 4 --max-seq-len "$T" --device-batch-size "$DOCS" --tot
 for seed in $SEEDS; do
     for arm in $ARMS; do
         tag=${arm}_s$seed
+        init=()
+        [ -n "$INIT_FROM" ] && init=(--init-from "$INIT_FROM/base_checkpoints/$tag")
         if compgen -G "$NANOCHAT_BASE_DIR/base_checkpoints/$tag/step_*/meta.json" >/dev/null; then
             echo "skip training $tag: it already has a checkpoint"
         else
             # shellcheck disable=SC2046  # arm_flags prints separate words on purpose
-            run python -m scripts.base_train "${COMMON[@]}" $(arm_flags "$arm") --seed "$seed" --model-tag "$tag"
+            run python -m scripts.base_train "${COMMON[@]}" $(arm_flags "$arm") --seed "$seed" --model-tag "$tag" "${init[@]}"
         fi
         [ -e "$NANOCHAT_BASE_DIR/depth_eval_$tag.md" ] && continue
         run python -m scripts.depth_eval --task "$TASK" --model-tags "$tag" --data-dir "$DATA_DIR" --recur "$EVAL_RECUR" \

@@ -33,8 +33,8 @@ from nanochat.optim import OptimizerSpec
 from nanochat.recurrence import RecurrenceSpec
 from nanochat.report import get_report
 from nanochat.tokenizer import get_token_bytes, get_tokenizer
-from nanochat.training import (LossLog, apply_schedule, check_resume, gpu_peak_flops, init_wandb, lr_multiplier,
-                               maybe_compile, sample_greedy, stream_seed)
+from nanochat.training import (LossLog, apply_schedule, check_resume, gpu_peak_flops, init_wandb, load_init_weights,
+                               lr_multiplier, maybe_compile, sample_greedy, stream_seed)
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
 
@@ -74,6 +74,8 @@ parser.add_argument("--eval-bundle", type=str, default="", help="CORE eval bundl
 parser.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
 parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder name (default s<size> / d<size>)")
 parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of --model-tag")
+parser.add_argument("--init-from", type=str, default="", help="start from this base checkpoint's weights (a tag or a "
+                    "folder), with a fresh optimizer, step and data: a curriculum's next stage")
 parser.add_argument("--run", type=str, default="", help="wandb run name (empty = no wandb)")
 # machine and data
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu | mps (empty = autodetect)")
@@ -211,8 +213,12 @@ if args.resume:
     loss_log.load_state_dict(meta["loop_state"])
     start_step = step
     print0(f"resumed from {checkpoint_dir} at step {step}")
-elif last_step(checkpoint_dir) is not None:
-    print0(f"note: {checkpoint_dir} already has checkpoints; this run will add to them (use --resume to continue)")
+else:
+    if last_step(checkpoint_dir) is not None:
+        print0(f"note: {checkpoint_dir} already has checkpoints; this run will add to them (use --resume to continue)")
+    if args.init_from:
+        source_dir, source_step = load_init_weights(model, args.init_from, dataclasses.asdict(config), device)
+        print0(f"weights from {source_dir} at step {source_step} (--init-from); optimizer, step and data start fresh")
 train_loader = DataLoader(tokenizer, data_dir, "train", args.device_batch_size, T, rank, world_size, device, state=loader_state)
 
 

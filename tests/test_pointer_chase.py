@@ -264,6 +264,16 @@ def test_depth_recipe_dry_run(tmp_path):
                                             "NANOCHAT_BASE_DIR": str(tmp_path / "var")})
     assert out.returncode == 0 and "dev.make_var_chase" in cmds[0] and "--n-symbols 16 --queries 12" in cmds[0]
     assert "--max-seq-len 131 " in cmds[2] and "--task var_chase" in cmds[3]  # 6 x 16 + 3 x 12 - 1
+    first = tmp_path / "first"  # a curriculum: each arm starts from its checkpoint in an earlier base dir
+    curriculum = {**env, "ARMS": "b111", "INIT_FROM": str(first), "NANOCHAT_BASE_DIR": str(tmp_path / "c")}
+    out, _ = dry_run("depth_recipe.sh", curriculum)
+    assert out.returncode != 0 and f"no checkpoint in {first}/base_checkpoints/b111_s1" in out.stderr
+    (first / "base_checkpoints" / "b111_s1" / "step_000010").mkdir(parents=True)
+    (first / "base_checkpoints" / "b111_s1" / "step_000010" / "meta.json").write_text("{}")
+    out, cmds = dry_run("depth_recipe.sh", curriculum)
+    assert out.returncode == 0, out.stderr
+    assert cmds[1] == f"cp -r {first}/tokenizer {tmp_path}/c/tokenizer" and not any("tok_train" in c for c in cmds)
+    assert cmds[2].endswith(f"--model-tag b111_s1 --init-from {first}/base_checkpoints/b111_s1")
     for bad, message in (({"TASK": "sudoku"}, "TASK: 'sudoku'"), ({"ARMS": "big"}, "unknown arm 'big'")):
         out, _ = dry_run("depth_recipe.sh", {**env, **bad})
         assert out.returncode != 0 and message in out.stderr

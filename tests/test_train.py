@@ -301,3 +301,33 @@ def test_non_finite_loss_ends_the_run_in_one_line():
         with pytest.raises(FloatingPointError, match="step 2: loss is .* \\(r=6\\); the last checkpoint is intact"):
             log.record_step(2, bad, 1.0, 6, 0.1)
     assert len(log.steps) == 1
+
+
+def test_init_from_loads_weights_and_refuses_another_model(base_dir, shard_dir, monkeypatch):
+    """--init-from: a curriculum's next stage starts from another checkpoint's weights (another
+    context length allowed), and a different model or tokenizer is refused in one line."""
+    from nanochat.errors import UserError
+    from nanochat.training import load_init_weights
+    run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "2", "--eval-every", "-1", "--model-tag", "first")
+    out = run_train(base_dir, "--data-dir", shard_dir, "--num-iterations", "1", "--eval-every", "-1",
+                    "--model-tag", "next", "--init-from", "first")
+    assert "weights from" in out and "first at step 2 (--init-from)" in out
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(base_dir))
+    folder = base_dir / "base_checkpoints" / "first"
+    _, meta = load_meta(folder)
+    config = GPTConfig(**{**meta["model_config"], "sequence_len": 32})
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device="cpu")
+    model.init_weights()
+    assert load_init_weights(model, "first", config.__dict__, "cpu") == (str(folder), 2)
+    saved = load_file(folder, 2, "model.pt")
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(UserError, match=r"the model differs from the one in .*first in n_head \(4 here, "):
+        load_init_weights(model, str(folder), {**config.__dict__, "n_head": 4}, "cpu")
+    other = base_dir.parent / "other"  # the same checkpoint beside another tokenizer
+    shutil.copytree(folder, other / "base_checkpoints" / "first")
+    (other / "tokenizer").mkdir()
+    (other / "tokenizer" / "tokenizer.json").write_text("{}")
+    with pytest.raises(UserError, match="is not this run's tokenizer"):
+        load_init_weights(model, str(other / "base_checkpoints" / "first"), config.__dict__, "cpu")
