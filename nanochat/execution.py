@@ -21,12 +21,23 @@ The parent holds the wall-clock limit and kills bwrap's process group at the end
 bwrap's init is pid 1 of the sandbox, so its death takes every process inside with it (a
 setsid daemon cannot outlive the call).
 
-Results the code cannot forge: stdout, stderr and a report pipe are read by the parent, each
-with a byte cap (the rest is drained and dropped, so a flood never grows the parent). Success
-needs exit status 0 *and* a report carrying a per-call nonce that the runner reads from its own
-pipe only after the code returned; a program that exits early or writes a made-up report gets
-an error. (Code that deliberately reads the runner's nonce pipe before finishing could still
-claim success; it cannot touch anything outside the sandbox either way.)
+Verdicts the code cannot forge. Inside the sandbox a supervisor forks the program off as its
+child before it reads anything, runs it under the program's own uid (as root: 65534, while the
+supervisor drops to 65533; in a user namespace, where both are 65534, the supervisor makes
+itself non-dumpable, which closes its /proc files), and alone holds the pipe of the report the
+parent reads. stdout, stderr and the report are read by the parent, each with a byte cap (the
+rest is drained and dropped, so a flood never grows the parent).
+- A plain call (a tool call) succeeds when the program ran to its end: the child says so on its
+  own pipe and exits 0. This is the program's own account: code that means to can claim it (as
+  it can always catch its own exceptions); an early os._exit(0) or sys.exit() is not success.
+- A graded call (HumanEval) succeeds only when the tests pass, and the tests run in the
+  supervisor, which never shares an interpreter with the program: each `candidate(...)` sends
+  its arguments to the child and takes back what the function returned or raised, as plain data
+  (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset, by exact
+  type). Patching builtins, a tracer, a thread or the runner's frames all act on the child
+  only, and the child never holds the tests (the supervisor reads them after the fork). An
+  answer object whose __eq__ always returns True, the one hole OpenAI's harness leaves open
+  (there test and answer share a process), cannot cross the pipe: only plain data does.
 
 Without working namespaces (macOS, locked-down containers) tool calls are refused with one line
 saying why, unless NANOCHAT_UNSAFE_SANDBOX=1 opts into the same runner without bwrap, guarded
@@ -36,7 +47,6 @@ only in-process (warned once, loudly).
 import functools
 import os
 import platform
-import secrets
 import selectors
 import shutil
 import signal
@@ -49,85 +59,262 @@ from dataclasses import dataclass
 
 TRUNCATED = "\n[output truncated]"
 UNSAFE_ENV = "NANOCHAT_UNSAFE_SANDBOX"
-SANDBOX_UID = 65534                 # nobody
-REPORT_CAP = 4096                   # bytes of the runner's report read by the parent
+SANDBOX_UID = 65534                 # nobody: the program
+SUPERVISOR_UID = 65533              # the supervisor beside it (as root only; in a user namespace both are 65534)
+REPORT_CAP = 4096                   # bytes of the supervisor's report read by the parent
+REPLY_CAP = 1 << 20                 # bytes of one graded call's reply read by the supervisor
 
-# runs in the child: argv[1] holds the parameters (JSON), the code arrives on stdin
-_RUNNER = r'''
-import os, sys
-cfg = __import__("json").loads(sys.argv[1])
-if cfg["drop"]:                          # root without a user namespace: become nobody for real
-    os.setgroups([])
-    os.setresgid(cfg["drop"], cfg["drop"], cfg["drop"])
-    os.setresuid(cfg["drop"], cfg["drop"], cfg["drop"])
-import builtins, resource, signal
-report_fd, nonce_fd = cfg["report_fd"], cfg["nonce_fd"]
-chunks = []
-while True:
-    chunk = os.read(0, 1 << 16)
-    if not chunk:
-        break
-    chunks.append(chunk)
-code = b"".join(chunks).decode("utf-8", errors="replace")
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.close(null)
-mem = cfg["max_memory"]
-for limit, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, cfg["max_file"]), (resource.RLIMIT_CORE, 0),
-                     (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, cfg["max_procs"])):
-    resource.setrlimit(limit, (value, value))
-resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1))
-signal.alarm(cfg["cpu_seconds"] + 1)     # a backstop should the parent die
+# runs inside the sandbox: argv[1] holds the parameters (JSON); stdin the program, then (when it is graded)
+# the tests. This process, the supervisor, forks the program off as a child before it reads either, so the
+# child never holds the tests, and only the supervisor holds the report fd. The child runs the program and
+# tells the supervisor how it ended on its own pipe; graded, it then serves calls of the graded function.
+# The supervisor runs the tests itself, calling the child through a pipe with plain data only, and writes
+# the verdict. In the child, the guards of the second layer are applied before the program runs.
+_RUNNER = r"""
+import os, sys, json
+cfg = json.loads(sys.argv[1])
+report_fd, entry = cfg["report_fd"], cfg["entry"]
+write, exit_now = os.write, os._exit
 
-write, read, exit_now = os.write, os.read, os._exit   # the runner's own
-def disabled(name):
-    def refuse(*args, **kwargs):
-        raise PermissionError(f"{name} is disabled in the sandbox")
-    return refuse
-for name in ("system", "popen", "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace",
-             "truncate", "ftruncate", "kill", "killpg", "fork", "forkpty", "chmod", "fchmod", "chown", "fchown",
-             "lchown", "chroot", "setuid", "seteuid", "setgid", "link", "symlink",
-             "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve",
-             "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp",
-             "startfile", "plock", "abort"):
-    if hasattr(os, name):
-        setattr(os, name, disabled("os." + name))
-import shutil, socket, subprocess
-for name in ("rmtree", "move", "chown", "copytree", "copyfile", "copy", "copy2"):
-    setattr(shutil, name, disabled("shutil." + name))
-for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-    setattr(subprocess, name, disabled("subprocess." + name))
-class NoSocket(socket.socket):           # a class, so that modules subclassing socket still import
-    def __init__(self, *args, **kwargs):
-        raise PermissionError("socket.socket is disabled in the sandbox")
-socket.socket = NoSocket
-for name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo"):
-    setattr(socket, name, disabled("socket." + name))
+def encode(x):  # plain data only, by exact type: a subclass (say, one whose __eq__ is always True) is refused
+    t = type(x)
+    if x is None or t in (bool, int, str):
+        return x
+    if t is float:
+        return {"n": repr(x)} if x != x or x in (float("inf"), float("-inf")) else x
+    if t in (list, tuple, set, frozenset):
+        return {{list: "l", tuple: "t", set: "s", frozenset: "f"}[t]: [encode(v) for v in x]}
+    if t is dict:
+        return {"d": [[encode(k), encode(v)] for k, v in x.items()]}
+    if t is bytes:
+        return {"b": x.hex()}
+    if t is complex:
+        return {"c": [x.real, x.imag]}
+    raise TypeError(f"a {t.__name__} cannot leave the sandbox (plain data only)")
 
-def finish(report, status):
-    for stream in (sys.stdout, sys.stderr):
+def decode(x):
+    if type(x) is not dict:
+        return x
+    (tag, v), = x.items()
+    if tag == "n":
+        return float(v)
+    if tag == "d":
+        return {decode(k): decode(w) for k, w in v}
+    if tag == "b":
+        return bytes.fromhex(v)
+    if tag == "c":
+        return complex(*v)
+    return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](decode(w) for w in v)
+
+code_r, code_w = os.pipe()      # supervisor -> child: the program
+status_r, status_w = os.pipe()  # child -> supervisor: "ready", "ok", "memory" or "error <line>"
+call_r, call_w = os.pipe()      # supervisor -> child: calls of the graded function
+reply_r, reply_w = os.pipe()    # child -> supervisor: what they returned or raised
+child = os.fork()
+if child == 0:
+    keep = {1, 2, code_r, status_w} | ({call_r, reply_w} if entry else set())
+    for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    null = os.open(os.devnull, os.O_RDONLY)
+    if null != 0:
+        os.dup2(null, 0)
+        os.close(null)
+    if cfg["drop"]:                      # root without a user namespace: become the call's program uid for real
+        os.setgroups([])
+        os.setresgid(cfg["drop"][0], cfg["drop"][0], cfg["drop"][0])
+        os.setresuid(cfg["drop"][0], cfg["drop"][0], cfg["drop"][0])
+    chunks = []
+    while True:
+        chunk = os.read(code_r, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(code_r)
+    code = b"".join(chunks).decode("utf-8", errors="replace")
+    import builtins, resource, signal
+    mem = cfg["max_memory"]
+    for limit, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, cfg["max_file"]),
+                         (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, cfg["max_procs"])):
+        resource.setrlimit(limit, (value, value))
+    resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1))
+    signal.alarm(cfg["cpu_seconds"] + 1)     # a backstop should the parent die
+
+    def disabled(name):
+        def refuse(*args, **kwargs):
+            raise PermissionError(f"{name} is disabled in the sandbox")
+        return refuse
+    for name in ("system", "popen", "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace",
+                 "truncate", "ftruncate", "kill", "killpg", "fork", "forkpty", "chmod", "fchmod", "chown", "fchown",
+                 "lchown", "chroot", "setuid", "seteuid", "setgid", "link", "symlink",
+                 "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve",
+                 "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp",
+                 "startfile", "plock", "abort"):
+        if hasattr(os, name):
+            setattr(os, name, disabled("os." + name))
+    import shutil, socket, subprocess
+    for name in ("rmtree", "move", "chown", "copytree", "copyfile", "copy", "copy2"):
+        setattr(shutil, name, disabled("shutil." + name))
+    for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
+        setattr(subprocess, name, disabled("subprocess." + name))
+    class NoSocket(socket.socket):           # a class, so that modules subclassing socket still import
+        def __init__(self, *args, **kwargs):
+            raise PermissionError("socket.socket is disabled in the sandbox")
+    socket.socket = NoSocket
+    for name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo"):
+        setattr(socket, name, disabled("socket." + name))
+
+    def finish(status, code):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
         try:
-            stream.flush()
-        except BaseException:
+            write(status_w, status[:2000].encode("utf-8", errors="replace") + b"\n")
+        except OSError:                  # the supervisor has its verdict and is gone
             pass
-    write(report_fd, report[:2000].encode("utf-8", errors="replace"))
-    exit_now(status)
+        exit_now(code)
 
-try:
-    exec(compile(code, "<code>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
-except MemoryError:
-    finish("memory", 1)
-except SystemExit as e:                  # even sys.exit(0): the code did not run to its end (HumanEval's tests)
-    finish(f"error SystemExit: {e.code} (the program exited before its end)", 1)
-except BaseException as e:
+    def error_line(e):
+        return f"error {type(e).__name__}: {e}".splitlines()[0] if str(e) else f"error {type(e).__name__}"
+
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
     try:
-        import traceback
-        sys.stderr.write("".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)))  # minus our frame
-        finish(f"error {type(e).__name__}: {e}".splitlines()[0] if str(e) else f"error {type(e).__name__}", 1)
+        exec(compile(code, "<code>", "exec"), namespace)
     except MemoryError:
         finish("memory", 1)
-finish("ok " + read(nonce_fd, 64).decode(), 0)   # the nonce is read only now that the code has returned
-'''
+    except SystemExit as e:              # even sys.exit(0): the code did not run to its end
+        finish(f"error SystemExit: {e.code} (the program exited before its end)", 1)
+    except BaseException as e:
+        try:
+            import traceback
+            sys.stderr.write("".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next)))
+            finish(error_line(e), 1)
+        except MemoryError:
+            finish("memory", 1)
+    if entry is None:
+        finish("ok", 0)
+    if not callable(namespace.get(entry)):
+        finish(f"error NameError: the program defines no function {entry}", 1)
+    write(status_w, b"ready\n")
+    calls = os.fdopen(call_r, "rb")
+    for line in calls:
+        try:
+            args, kwargs = decode(json.loads(line))
+            reply = {"v": encode(namespace[entry](*args, **kwargs))}
+        except MemoryError:
+            finish("memory", 1)
+        except BaseException as e:
+            reply = {"x": [type(e).__name__, str(e)[:500]]}
+        try:
+            write(reply_w, json.dumps(reply).encode() + b"\n")
+        except OSError:                  # the supervisor has its verdict and is gone
+            exit_now(0)
+    finish("ok", 0)
+
+for fd in (code_r, status_w, call_r, reply_w):
+    os.close(fd)
+if cfg["drop"]:                      # a uid of its own: the program cannot signal, trace or read it
+    os.setgroups([])
+    os.setresgid(cfg["drop"][1], cfg["drop"][1], cfg["drop"][1])
+    os.setresuid(cfg["drop"][1], cfg["drop"][1], cfg["drop"][1])
+else:                                # the program's uid (a user namespace): not dumpable, so its /proc
+    try:                             # files (fds, memory) are closed to the program
+        import ctypes
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)   # PR_SET_DUMPABLE 0
+    except Exception:
+        pass
+import resource, signal
+resource.setrlimit(resource.RLIMIT_AS, (cfg["max_memory"], cfg["max_memory"]))
+resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1))
+signal.alarm(cfg["cpu_seconds"] + 1)
+
+def verdict(report):
+    write(report_fd, report[:2000].encode("utf-8", errors="replace"))
+    exit_now(0)
+
+def read_exactly(n):
+    data = bytearray()
+    while len(data) < n:
+        chunk = os.read(0, min(1 << 16, n - len(data)))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+program = read_exactly(cfg["code_bytes"])
+try:
+    view = memoryview(program)
+    while view:
+        view = view[os.write(code_w, view[:1 << 16]):]
+except OSError:                      # the child is gone: its status says why
+    pass
+os.close(code_w)
+del program, view
+
+def read_line(fd, cap=4096):
+    # one status line (without its newline), b"" at the end of the pipe; bytes past cap are dropped
+    line = bytearray()
+    while True:
+        byte = os.read(fd, 1)
+        if not byte or byte == b"\n":
+            return bytes(line[:cap])
+        line += byte
+
+def ended(seen=b""):
+    # how the child ended: its last status line (the pipe drained to its end, so a flood cannot
+    # block it) and its exit status
+    tail = seen
+    while True:
+        chunk = os.read(status_r, 1 << 16)
+        if not chunk:
+            break
+        tail = (tail + chunk)[-(1 << 14):]
+    _, wstatus = os.waitpid(child, 0)
+    if os.WIFSIGNALED(wstatus):
+        return f"signal {os.WTERMSIG(wstatus)}"
+    lines = tail.decode("utf-8", errors="replace").splitlines()
+    last = lines[-1] if lines else ""
+    if last == "ok" and os.WEXITSTATUS(wstatus) == 0:
+        return "ok"
+    if last == "memory" or last.startswith("error "):
+        return last
+    return f"exit {os.WEXITSTATUS(wstatus)}"
+
+if entry is None:
+    verdict(ended())
+tests = read_exactly(1 << 24).decode("utf-8")
+first = read_line(status_r)
+if first != b"ready":                # the program ended before the tests could start: never a pass
+    how = ended(first + b"\n")
+    verdict("exit 0" if how == "ok" else how)
+replies = os.fdopen(reply_r, "rb")
+import builtins
+
+def candidate(*args, **kwargs):
+    write(call_w, json.dumps(encode([list(args), kwargs])).encode() + b"\n")
+    line = replies.readline(cfg["reply_cap"])
+    if not line.endswith(b"\n"):
+        raise RuntimeError("the program ended or replied too much during the tests")
+    reply = json.loads(line)
+    if "x" in reply:
+        name, message = reply["x"]
+        kind = getattr(builtins, name, None)
+        if isinstance(kind, type) and issubclass(kind, Exception):
+            raise kind(message)
+        raise RuntimeError(f"{name}: {message}")
+    return decode(reply["v"])
+
+try:
+    exec(compile(tests, "<tests>", "exec"), {"__name__": "__tests__", "candidate": candidate})
+except BaseException as e:
+    verdict(f"error {type(e).__name__}: {e}".splitlines()[0] if str(e) else f"error {type(e).__name__}")
+verdict("ok")
+"""
 
 
 # seccomp (second kernel layer): calls that would hand the code a new user namespace (where it
@@ -180,7 +367,8 @@ def _interpreter():
 
 
 def _bwrap_command(max_tmp_bytes):
-    """The bwrap argv prefix and the uid the runner must drop to (None when bwrap maps it)."""
+    """The bwrap argv prefix, and whether we are root (then the runner drops to its uids itself;
+    otherwise bwrap maps 65534 onto our uid)."""
     binary, prefix = _interpreter()
     root = os.geteuid() == 0
     cmd = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
@@ -205,7 +393,7 @@ def _bwrap_command(max_tmp_bytes):
             "--perms", "1777", "--size", str(max_tmp_bytes), "--tmpfs", "/dev/shm",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8", "--setenv", "HOME", "/tmp",
             "--setenv", "TMPDIR", "/tmp", "--setenv", "OMP_NUM_THREADS", "1", "--chdir", "/tmp"]
-    return cmd, (SANDBOX_UID if root else None)
+    return cmd, root
 
 
 @functools.lru_cache(maxsize=1)
@@ -247,29 +435,32 @@ def _warn_unsafe_once():
 
 
 def execute_code(code, timeout=5.0, max_memory_bytes=256 * 1024 ** 2, max_output_bytes=16 * 1024,
-                 max_file_bytes=1024 ** 2, max_tmp_bytes=16 * 1024 ** 2, max_procs=32):
+                 max_file_bytes=1024 ** 2, max_tmp_bytes=16 * 1024 ** 2, max_procs=32, tests=None, entry_point=None):
     """Run `code` in the sandbox; see the module docstring. Never raises for anything the code
-    does; returns an ExecutionResult (an error result when no sandbox is available)."""
+    does; returns an ExecutionResult (an error result when no sandbox is available).
+    Graded (tests and entry_point given): success means `tests`, Python that calls `candidate`,
+    ran to its end in the supervisor, where candidate(...) calls entry_point in the program."""
     if not isinstance(code, str):
         raise ValueError(f"execute_code: code must be a str, got {type(code).__name__}")
+    if (tests is None) != (entry_point is None):
+        raise ValueError("execute_code: give tests and entry_point together (grading) or neither")
     mode, _ = sandbox_mode()
     if mode == "unavailable":
         return ExecutionResult(False, error=refusal_line())
     if mode == "unsafe":
         _warn_unsafe_once()
-    return _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes, max_procs)
+    return _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes, max_procs,
+                    tests, entry_point)
 
 
-def _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes, max_procs):
+def _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes, max_procs,
+             tests=None, entry=None):
     binary, _ = _interpreter()
     report_r, report_w = os.pipe()
-    nonce_r, nonce_w = os.pipe()
-    nonce = secrets.token_hex(16)
-    os.write(nonce_w, nonce.encode())
-    os.close(nonce_w)
-    workdir, child_fds = None, [report_w, nonce_r]
+    workdir, child_fds = None, [report_w]
     if mode == "bwrap":
-        prefix, drop = _bwrap_command(max_tmp_bytes)
+        prefix, root = _bwrap_command(max_tmp_bytes)
+        drop = [SANDBOX_UID, SUPERVISOR_UID] if root else None
         cwd, env = "/", {}
         if _seccomp_filter() is not None:
             seccomp_r, seccomp_w = os.pipe()
@@ -281,8 +472,10 @@ def _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_b
         prefix, drop = [], None
         workdir = cwd = tempfile.mkdtemp(prefix="nanochat_exec_")
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "HOME": workdir, "TMPDIR": workdir}
+    program = code.encode("utf-8", errors="replace")
     cfg = dict(max_memory=max_memory_bytes, max_file=max_file_bytes, max_procs=max_procs, drop=drop,
-               cpu_seconds=max(1, int(timeout) + 1), report_fd=report_w, nonce_fd=nonce_r)
+               cpu_seconds=max(1, int(timeout) + 1), report_fd=report_w, entry=entry, code_bytes=len(program),
+               reply_cap=REPLY_CAP)
     import json
     argv = prefix + [binary, "-I", "-S", "-c", _RUNNER, json.dumps(cfg)]
     try:
@@ -300,29 +493,40 @@ def _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_b
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         return ExecutionResult(False, error=error)
+    data = program + (tests.encode("utf-8", errors="replace") if tests is not None else b"")
     try:
-        outputs, timed_out = _communicate(proc, code.encode("utf-8", errors="replace"), report_r, timeout,
+        outputs, timed_out = _communicate(proc, data, report_r, timeout,
                                           {"stdout": max_output_bytes, "stderr": max_output_bytes, "report": REPORT_CAP})
     finally:
         _kill_group(proc)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     stdout, stderr = (_text(*outputs[name]) for name in ("stdout", "stderr"))
-    report = outputs["report"][0].decode("utf-8", errors="replace")
     if timed_out:
         return ExecutionResult(False, stdout, stderr, error=f"timed out after {timeout:g} s", timeout=True)
-    status = proc.returncode
-    if status == 0 and report == "ok " + nonce:
+    return _verdict(outputs["report"][0].decode("utf-8", errors="replace"), proc.returncode, stdout, stderr)
+
+
+def _verdict(report, status, stdout, stderr):
+    """The result the supervisor's report (see _RUNNER) and its exit status give."""
+    if status == 0 and report == "ok":
         return ExecutionResult(True, stdout, stderr)
-    if report == "memory":
+    if status == 0 and report == "memory":
         return ExecutionResult(False, stdout, stderr, error="MemoryError: the code exceeded the memory limit",
                                memory_exceeded=True)
-    if status == 1 and report.startswith("error "):
+    if status == 0 and report.startswith("error "):
         return ExecutionResult(False, stdout, stderr, error=report[len("error "):])
+    if status == 0 and report.startswith("signal "):
+        number = int(report.split()[1])
+        if number in (signal.SIGXCPU, signal.SIGALRM):
+            return ExecutionResult(False, stdout, stderr, error=f"killed by signal {number} (time limit)", timeout=True)
+        return ExecutionResult(False, stdout, stderr, error=f"the program was killed by signal {number}")
+    if status == 0 and report.startswith("exit "):
+        return ExecutionResult(False, stdout, stderr, error=f"the program ended early (exit code {report.split()[1]}) "
+                                                            f"without finishing its code")
     if status in (-signal.SIGXCPU, -signal.SIGALRM, -signal.SIGKILL):
         return ExecutionResult(False, stdout, stderr, error=f"killed by signal {-status} (time limit)", timeout=True)
-    return ExecutionResult(False, stdout, stderr, error=f"the program ended early (exit code {status}) without "
-                                                        f"finishing its code")
+    return ExecutionResult(False, stdout, stderr, error=f"the sandbox ended without a verdict (exit code {status})")
 
 
 def _text(data, total):

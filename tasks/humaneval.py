@@ -1,12 +1,15 @@
 """
 HumanEval: 164 Python functions to complete from a signature and docstring, graded by running
-the dataset's unit tests on the completion in the sandbox (nanochat/execution.py).
-Generative.
+the dataset's unit tests on the completion in the sandbox (nanochat/execution.py): the tests run
+in the sandbox's supervisor and call the completed function in a separate process, so nothing the
+completion does (patching builtins, a tracer, exiting early, an answer equal to everything) can
+change the verdict. Generative.
 
 The user message is the prompt (imports, helper functions, the signature and docstring); the
 reference answer is the prompt plus the canonical body. A completion may be a whole function
 (in a ```python fence or not) or just the body that continues the prompt: either way the
-program run is prompt + completion + tests, so the prompt's imports and helpers are defined.
+program run is prompt + completion, so the prompt's imports and helpers are defined; the tests
+run beside the prompt alone (its helpers, say encode_cyclic, are the dataset's, not the model's).
 
 Local file: chat_data/humaneval/HumanEval.jsonl.gz, rows {"task_id", "prompt",
 "canonical_solution", "test", "entry_point"}.
@@ -31,13 +34,16 @@ def extract_code(completion):
 
 
 def build_program(conversation, completion):
+    """(program, tests): the prompt with the completion, and the prompt with the dataset's tests
+    and the call check(candidate) that grades it."""
     prompt, entry_point = conversation["messages"][0]["content"], conversation["entry_point"]
     code = extract_code(completion)
     if re.search(rf"^def {re.escape(entry_point)}\s*\(", code, re.MULTILINE):
         program = prompt + "\n" + code  # redefines the prompt's stub (a def with only a docstring is valid)
     else:
         program = prompt + code         # a body continuing the prompt's signature
-    return f"{program}\n\n{conversation['test']}\n\ncheck({entry_point})\n"
+    # some tests also call the function by its name (HumanEval/33): that name is the candidate too
+    return program + "\n", f"{prompt}\n\n{conversation['test']}\n\n{entry_point} = candidate\ncheck(candidate)\n"
 
 
 class HumanEval(Task):
@@ -59,6 +65,7 @@ class HumanEval(Task):
                 "task_id": row["task_id"], "entry_point": row["entry_point"], "test": row["test"]}
 
     def evaluate(self, conversation, completion):
-        result = execute_code(build_program(conversation, completion), timeout=self.timeout,
-                              max_memory_bytes=self.max_memory_bytes)
+        program, tests = build_program(conversation, completion)
+        result = execute_code(program, timeout=self.timeout, max_memory_bytes=self.max_memory_bytes, tests=tests,
+                              entry_point=conversation["entry_point"])
         return result.success

@@ -162,7 +162,7 @@ CASES = [
     ("fork_bomb_subprocess", "import importlib, subprocess; importlib.reload(subprocess)\n"
                              "procs = [subprocess.Popen(['sleep', 'MARKER']) for _ in range(1000)]", "error"),
     ("thread_bomb", "import threading, time\nfor _ in range(10000):\n"
-                    "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()", "error"),
+                    "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()", "limit"),
     ("ptrace_parent", "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
                       "assert libc.ptrace(16, os.getppid(), 0, 0) == 0, ctypes.get_errno()", "error"),
     ("ptrace_host_pid", "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
@@ -205,6 +205,9 @@ def _check(result, expect):
     if expect == "any":
         return
     assert not result.success and result.error and "\n" not in result.error, result
+    if expect == "limit":  # the process or the memory limit, whichever the kernel meets first
+        assert not result.timeout, result
+        return
     assert result.timeout == (expect == "timeout"), result
     assert result.memory_exceeded == (expect == "memory"), result
 
@@ -257,18 +260,78 @@ def test_parallel_calls_do_not_interfere(host):
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(8)]
 
 
-def test_a_wrong_humaneval_solution_cannot_pass_by_exiting_early(host):
+# Wrong answers to add(a, b) that try to pass anyway: each returns 0 (or a thing that is not a sum)
+# and attacks the verdict. Graded, the tests run in the supervisor; none of these may pass.
+FORGERIES = [
+    ("exit_early", "    return 0\nimport os; os._exit(0)\n"),
+    ("posix_exit_early", "    return 0\nimport posix; posix._exit(0)\n"),
+    ("sys_exit", "    return 0\nimport sys; sys.exit(0)\n"),
+    ("raise_system_exit", "    return 0\nraise SystemExit\n"),
+    ("spray_every_fd", "    return 0\nimport os\nfor fd in range(3, 64):\n    for m in (b'ok', b'ok\\n', b'ready\\n'):\n"
+                       "        try:\n            os.write(fd, m)\n        except OSError:\n            pass\nos._exit(0)\n"),
+    ("claim_memory", "    return 0\nimport os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'memory\\n')\n"
+                     "    except OSError:\n        pass\n"),
+    ("skip_the_tests", "    return 0\nimport sys\nsys._getframe(0).f_globals.update(entry=None)\n"
+                       "g = sys._getframe(1).f_globals if sys._getframe(1) else {}\ng['entry'] = None\n"),
+    ("replace_main_finish", "    return 0\nimport sys\nm = sys.modules['__main__']\n"
+                            "m.finish = lambda *a: m.exit_now(0)\nm.entry = None\n"),
+    ("supervisor_fds", "    return 0\nimport os\nd = f'/proc/{os.getppid()}/fd'\n"
+                       "for n in os.listdir(d):\n    open(f'{d}/{n}', 'w').write('ok')\n"),
+    ("supervisor_memory", "    return 0\nimport os\nopen(f'/proc/{os.getppid()}/mem', 'r+b').write(b'ok')\n"),
+    ("kill_supervisor", "    return 0\nimport os, posix\nposix.kill(os.getppid(), 9)\n"),
+    ("thread_forges_while_main_spins",
+     "    return 0\nimport os, threading\ndef forge():\n    for fd in range(3, 64):\n        try:\n"
+     "            os.write(fd, b'ready\\n')\n        except OSError:\n            pass\n    os._exit(0)\n"
+     "threading.Thread(target=forge).start()\nwhile True:\n    pass\n"),
+    ("patch_builtins_abs", "    return 0\nimport builtins\nbuiltins.abs = lambda x: 0\n"),
+    ("tracer_rebinds_check", "    return 0\nimport sys\ndef tracer(frame, event, arg):\n"
+                             "    if callable(frame.f_globals.get('check')):\n"
+                             "        frame.f_globals['check'] = lambda c: None\n    return tracer\n"
+                             "sys.settrace(tracer)\nsys._getframe().f_trace = tracer\n"),
+    ("read_nonce_and_report", "    return 0\nimport json, os, sys\ncfg = json.loads(sys.argv[1])\n"
+                              "nonce = os.read(cfg['nonce_fd'], 64).decode() if 'nonce_fd' in cfg else ''\n"
+                              "os.write(cfg['report_fd'], ('ok ' + nonce).strip().encode())\nos._exit(0)\n"),
+    ("equal_to_everything", "    class Anything:\n        def __eq__(self, other):\n            return True\n"
+                            "        def __sub__(self, other):\n            return self\n"
+                            "        def __abs__(self):\n            return 0\n    return Anything()\n"),
+    ("int_equal_to_everything", "    class I(int):\n        def __eq__(self, other):\n            return True\n"
+                                "        def __sub__(self, other):\n            return 0\n    return I(0)\n"),
+    ("read_the_tests", "    return int(open('/proc/self/cmdline').read().split('candidate(2, 3) - ')[1][:1])\n"),
+]
+ADD = {"messages": [{"role": "user", "content": "def add(a, b):\n    \"\"\"a + b\"\"\"\n"}], "entry_point": "add",
+       "test": "def check(candidate):\n    assert abs(candidate(2, 3) - 5) < 1e-9\n    assert abs(candidate(4, 4) - 8) < 1e-9\n"}
+
+
+def test_a_right_answer_passes_and_the_tests_stay_outside():
     from tasks.humaneval import build_program
-    conversation = {"messages": [{"role": "user", "content": "def add(a, b):\n    \"\"\"a + b\"\"\"\n"}],
-                    "entry_point": "add", "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n"}
-    assert execute_code(build_program(conversation, "    return a + b\n")).success
-    for cheat in ("    return 0\nimport os; os._exit(0)\n", "    return 0\nimport posix; posix._exit(0)\n",
-                  "    return 0\nimport sys; sys.exit(0)\n", "    return 0\nraise SystemExit\n",
-                  "    return 0\nimport sys; sys.stdout.write('{\"error\": \"\"}'); sys.stdout.flush()\n"
-                  "import posix; posix._exit(0)\n"):
-        result = execute_code(build_program(conversation, cheat))
-        assert not result.success and ("ended early" in result.error or "exited before its end" in result.error), result
+    program, tests = build_program(ADD, "    return a + b\n")
+    assert execute_code(program, tests=tests, entry_point="add").success
+    assert "candidate" not in program and "check" not in program
+    result = execute_code(*build_program(ADD, "    return a * b\n")[:1], tests=build_program(ADD, "")[1],
+                          entry_point="add")
+    assert not result.success and result.error == "AssertionError", result
+
+
+@pytest.mark.parametrize("name,completion", FORGERIES, ids=[f[0] for f in FORGERIES])
+def test_a_wrong_humaneval_answer_cannot_forge_a_pass(host, name, completion):
+    from tasks.humaneval import build_program
+    program, tests = build_program(ADD, completion)
+    result = execute_code(program, timeout=1.5, tests=tests, entry_point="add")
+    assert not result.success and result.error and "\n" not in result.error, result
     host.assert_untouched(result)
+
+
+def test_a_plain_call_cannot_reach_the_report():
+    """A plain call's success is the program's own account (it may claim it), but the report the
+    parent reads is the supervisor's: a program that fails after writing to every fd fails."""
+    spray = ("import os\nfor fd in range(3, 64):\n    for m in (b'ok', b'ok\\n'):\n        try:\n"
+             "            os.write(fd, m)\n        except OSError:\n            pass\n")
+    result = execute_code(spray + "raise ValueError('failed after all')")
+    assert not result.success and result.error == "ValueError: failed after all", result
+    result = execute_code(spray + "import os; os._exit(3)")
+    assert not result.success and "exit code 3" in result.error, result
+    result = execute_code(spray + "import time; time.sleep(60)", timeout=1.0)
+    assert result.timeout and not result.success, result
 
 
 def test_the_engine_tool_contains_the_escapes(host):

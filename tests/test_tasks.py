@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from nanochat.execution import sandbox_mode
 from tasks.arc import ARC
 from tasks.common import (Task, TaskMixture, TaskSequence, check_messages, evaluate_mc, mc_conversation,
                           render_mc, resolve_data_file)
@@ -254,11 +255,25 @@ def test_humaneval_program_building():
     assert extract_code("    return 1\n\n") == "    return 1"
     conv = {"messages": [{"role": "user", "content": "import math\n\ndef f(x):\n    \"\"\"doc\"\"\"\n"}],
             "entry_point": "f", "test": "def check(c):\n    assert c(4) == 2\n"}
-    program = build_program(conv, "def f(x):\n    return math.isqrt(x)")
-    assert program.startswith("import math\n") and program.endswith("check(f)\n")
+    program, tests = build_program(conv, "def f(x):\n    return math.isqrt(x)")
+    assert program.startswith("import math\n") and tests.startswith("import math\n")
+    assert "check(candidate)" in tests and "return math.isqrt" not in tests  # the tests never hold the answer
     namespace = {}
     exec(program, namespace)  # the prompt's imports are in scope for a whole-function completion
-    exec(build_program(conv, "    return math.isqrt(x)"), {})
+    exec(tests, {"candidate": namespace["f"]})
+    namespace = {}
+    exec(build_program(conv, "    return math.isqrt(x)")[0], namespace)
+    exec(tests, {"candidate": namespace["f"]})
+
+
+@pytest.mark.skipif(sandbox_mode()[0] == "unavailable", reason=sandbox_mode()[1])
+def test_every_humaneval_reference_passes_its_tests(tasks):
+    """The grader runs the tests apart from the answer (the tests call it through a pipe, with plain
+    data): every one of the 164 reference solutions still passes, and an empty body passes none."""
+    task = tasks["humaneval"]
+    failed = [c["task_id"] for c in task if not task.evaluate(c, c["messages"][1]["content"])]
+    assert failed == []
+    assert sum(task.evaluate(c, "    return None\n") for c in task) == 0
 
 
 def test_spelling_graders_and_content(tasks):
