@@ -11,10 +11,13 @@ when we are not root; inside it a fresh `python -I -S` that:
   namespace: no parent, no host processes), a minimal /dev, and one writable size-capped tmpfs
   (/tmp, also its working directory, and /dev/shm); nothing else of the host's files exists;
 - has only a loopback interface (its own network namespace);
-- runs as uid/gid 65534 (nobody) with no capabilities and no_new_privs: as root we start bwrap
-  without a user namespace and the runner drops to a real unprivileged uid before reading the
-  code (a userns would map the sandbox onto host root); otherwise bwrap maps 65534 onto our uid;
-- has CPU-time, address-space, file-size, open-file and process-count limits (rlimits);
+- runs unprivileged, with no capabilities and no_new_privs: as root we start bwrap without a
+  user namespace (one would map the sandbox onto host root) and the runner drops to real
+  unprivileged uids of the call's own slot before reading the code; otherwise bwrap maps uid
+  65534 (nobody) onto ours;
+- has CPU-time, address-space, file-size, open-file and process-count limits (rlimits), and,
+  where the machine allows, a cgroup of its own that bounds the memory and process count of all
+  of the call's processes together (nanochat/call_limits.py: a slot per concurrent call);
 - keeps today's Python-level guards as a second layer (os.system, os.remove, shutil.rmtree,
   subprocess, socket ... rebound to raise PermissionError).
 The parent holds the wall-clock limit and kills bwrap's process group at the end of every call;
@@ -22,9 +25,9 @@ bwrap's init is pid 1 of the sandbox, so its death takes every process inside wi
 setsid daemon cannot outlive the call).
 
 Verdicts the code cannot forge. Inside the sandbox a supervisor forks the program off as its
-child before it reads anything, runs it under the program's own uid (as root: 65534, while the
-supervisor drops to 65533; in a user namespace, where both are 65534, the supervisor makes
-itself non-dumpable, which closes its /proc files), and alone holds the pipe of the report the
+child before it reads anything, runs it under the program's own uid (as root, the slot's two
+uids differ; in a user namespace, where both are 65534, the supervisor makes itself
+non-dumpable, which closes its /proc files), and alone holds the pipe of the report the
 parent reads. stdout, stderr and the report are read by the parent, each with a byte cap (the
 rest is drained and dropped, so a flood never grows the parent).
 - A plain call (a tool call) succeeds when the program ran to its end: the child says so on its
@@ -57,10 +60,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from nanochat import call_limits
+from nanochat.call_limits import CallSlot
+
 TRUNCATED = "\n[output truncated]"
 UNSAFE_ENV = "NANOCHAT_UNSAFE_SANDBOX"
-SANDBOX_UID = 65534                 # nobody: the program
-SUPERVISOR_UID = 65533              # the supervisor beside it (as root only; in a user namespace both are 65534)
+SANDBOX_UID = 65534                 # nobody: the uid bwrap maps ours onto in a user namespace
+CALL_OVERHEAD_BYTES = 64 * 1024 ** 2  # a call's budget beyond the program's memory and tmpfs: supervisor, bwrap
 REPORT_CAP = 4096                   # bytes of the supervisor's report read by the parent
 REPLY_CAP = 1 << 20                 # bytes of one graded call's reply read by the supervisor
 
@@ -416,7 +422,8 @@ def describe_sandbox():
     """One line for the scripts to print at start."""
     mode, reason = sandbox_mode()
     if mode == "bwrap":
-        return "sandbox: bubblewrap (own mount/pid/net/ipc/uts namespaces, uid 65534, read-only host, rlimits)"
+        return ("sandbox: bubblewrap (own mount/pid/net/ipc/uts namespaces, unprivileged uid, read-only host); "
+                + call_limits.describe())
     if mode == "unsafe":
         return (f"sandbox: WARNING: {UNSAFE_ENV}=1, python tool code runs with in-process guards only, "
                 f"which determined code can undo ({reason})")
@@ -455,12 +462,26 @@ def execute_code(code, timeout=5.0, max_memory_bytes=256 * 1024 ** 2, max_output
 
 def _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes, max_procs,
              tests=None, entry=None):
+    if mode == "bwrap":
+        # the call's own slot: its uids (as root) and, where the machine allows, a cgroup that bounds
+        # the memory (tmpfs included) and process count of all its processes together
+        budget = max_memory_bytes + 2 * max_tmp_bytes + CALL_OVERHEAD_BYTES
+        with CallSlot(budget, max_procs + 4) as slot:  # + bwrap's two, its shell and the supervisor
+            return _run(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes,
+                        max_procs, tests, entry, slot)
+    return _run(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes, max_procs,
+                tests, entry, None)
+
+
+def _run(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes, max_tmp_bytes, max_procs, tests,
+         entry, slot):
     binary, _ = _interpreter()
     report_r, report_w = os.pipe()
     workdir, child_fds = None, [report_w]
     if mode == "bwrap":
         prefix, root = _bwrap_command(max_tmp_bytes)
-        drop = [SANDBOX_UID, SUPERVISOR_UID] if root else None
+        prefix = slot.launcher + prefix
+        drop = list(slot.uids) if root else None
         cwd, env = "/", {}
         if _seccomp_filter() is not None:
             seccomp_r, seccomp_w = os.pipe()
@@ -504,7 +525,11 @@ def _execute(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_b
     stdout, stderr = (_text(*outputs[name]) for name in ("stdout", "stderr"))
     if timed_out:
         return ExecutionResult(False, stdout, stderr, error=f"timed out after {timeout:g} s", timeout=True)
-    return _verdict(outputs["report"][0].decode("utf-8", errors="replace"), proc.returncode, stdout, stderr)
+    result = _verdict(outputs["report"][0].decode("utf-8", errors="replace"), proc.returncode, stdout, stderr)
+    if not result.success and slot is not None and slot.out_of_memory():  # the kernel's account, not the program's
+        return ExecutionResult(False, stdout, stderr, memory_exceeded=True,
+                               error="MemoryError: the call's processes together exceeded its memory budget")
+    return result
 
 
 def _verdict(report, status, stdout, stderr):

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from nanochat.call_limits import UID_BASE, cgroups
 from nanochat.execution import execute_code, sandbox_mode
 
 pytestmark = pytest.mark.skipif(sandbox_mode()[0] != "bwrap",
@@ -229,7 +230,7 @@ def test_there_are_at_least_50_cases():
 
 
 def test_the_sandbox_is_what_it_claims(host):
-    """The view from inside: nobody, no capabilities, only loopback, a private pid namespace and a
+    """The view from inside: an unprivileged uid, no capabilities, only loopback, a private pid namespace and a
     filesystem of /usr, the interpreter, /proc, /dev and a small tmpfs."""
     code = ("import os, socket\nst = open('/proc/self/status').read()\n"
             "print(os.getresuid(), os.getresgid(), [l.split()[1] for l in st.splitlines() if l.startswith('CapEff')])\n"
@@ -238,7 +239,8 @@ def test_the_sandbox_is_what_it_claims(host):
     result = execute_code(code)
     assert result.success, result
     ids, links, pids, fs, tmp_size = result.stdout.splitlines()
-    assert ids == "(65534, 65534, 65534) (65534, 65534, 65534) ['0000000000000000']"
+    uid = UID_BASE if os.geteuid() == 0 else 65534  # as root, the first free slot's program uid
+    assert ids.startswith(f"({uid}, {uid}, {uid}) ({uid}, {uid}, {uid}) ") and ids.endswith(" ['0000000000000000']")
     assert links == "[(1, 'lo')]"
     assert len(eval(pids)) <= 3  # bwrap's init, the runner, listdir's own view
     assert fs.startswith("/tmp ") and "work" not in fs and "home" not in fs and "etc" not in fs
@@ -332,6 +334,57 @@ def test_a_plain_call_cannot_reach_the_report():
     assert not result.success and "exit code 3" in result.error, result
     result = execute_code(spray + "import time; time.sleep(60)", timeout=1.0)
     assert result.timeout and not result.success, result
+
+
+# per-call limits: memory and processes of all of a call's processes together, and calls apart
+
+FORK_HOGS = """import posix, time
+kids = []
+for i in range(8):
+    pid = posix.fork()
+    if pid == 0:
+        x = b'\\1' * (200 << 20)
+        time.sleep(1.5)
+        posix._exit(0)
+    kids.append(pid)
+for pid in kids:
+    assert posix.waitpid(pid, 0)[1] == 0
+print('8 children held 200 MB each')
+"""
+
+
+@pytest.mark.skipif(cgroups()[0] is None, reason=f"no per-call cgroup here: {cgroups()[1]}")
+def test_a_call_memory_budget_covers_its_forked_children(host):
+    """rlimits bound each process (256 MB), so 8 forked children once held 1.6 GB in one call;
+    the call's cgroup bounds them together, and the kernel, not the program, says so."""
+    result = execute_code(FORK_HOGS, timeout=10)
+    assert not result.success and result.memory_exceeded and "memory budget" in result.error, result
+    host.assert_untouched(result)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-call uids need root (in a user namespace every call is 65534)")
+def test_a_fork_flood_does_not_starve_a_concurrent_call(host):
+    """RLIMIT_NPROC counts per uid: with one uid for every call, one call's fork flood made a
+    concurrent call fail to start a thread. Each call now has its own uids (and cgroup)."""
+    results = {}
+
+    def flood():
+        results["flood"] = execute_code("import posix, time\nfor i in range(200):\n    if posix.fork() == 0:\n"
+                                        "        time.sleep(3)\n        posix._exit(0)\n", timeout=5)
+
+    def neighbour():
+        time.sleep(0.5)  # while the flood holds its processes
+        results["neighbour"] = execute_code("import threading\nt = threading.Thread(target=print, args=('ok',))\n"
+                                            "t.start()\nt.join()", timeout=5)
+
+    threads = [threading.Thread(target=flood), threading.Thread(target=neighbour)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not results["flood"].success and "Resource temporarily unavailable" in results["flood"].error
+    assert results["neighbour"].success and results["neighbour"].stdout == "ok\n", results["neighbour"]
+    host.assert_untouched(results["neighbour"])
 
 
 def test_the_engine_tool_contains_the_escapes(host):
