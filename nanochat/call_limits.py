@@ -12,11 +12,12 @@ concurrent call of the same uid. So every call holds a slot while it runs:
         slot.out_of_memory()  # did the kernel's OOM killer act inside this call's cgroup?
 
 Slots are lock files (flock), so concurrent calls in one process or in several never share
-one. Where the machine lets us (root, a writable cgroup v1 memory + pids hierarchy, or a cgroup
-v2 tree with both controllers delegated), each slot is also a cgroup whose memory.max (v1:
-memory.limit_in_bytes) and pids.max bound all of the call's processes together, tmpfs
-included; elsewhere the call keeps its rlimits and, as root, its own uids: `describe()` says
-which in one line.
+one. Where the machine lets us (root, and a writable cgroup v1 memory hierarchy or a cgroup v2
+tree with the memory and pids controllers), each slot is also a cgroup whose memory.max (v1:
+memory.limit_in_bytes) bounds the memory of all of the call's processes together, tmpfs
+included, and (v2) whose pids.max bounds their number; under v1 the slot's own uid bounds it
+(RLIMIT_NPROC). Elsewhere the call keeps its rlimits and, as root, its own uids: `describe()`
+says which in one line.
 """
 
 import fcntl
@@ -43,11 +44,12 @@ def _own_cgroup(controller):
 
 
 class Cgroups:
-    """The slot cgroups of one machine: v1 (a memory and a pids folder per slot) or v2 (one
-    folder per slot). Files are written as named here; `root` is replaceable for tests."""
+    """The slot cgroups of one machine: v1 (a folder per slot in the memory hierarchy) or v2 (a
+    folder per slot with the memory and pids controllers). folders: {"memory": parent folder,
+    and for v2 "pids": the same folder}."""
 
     def __init__(self, version, folders):
-        self.version, self.folders = version, folders  # {"memory": parent folder, "pids": parent folder}
+        self.version, self.folders = version, folders
 
     def slot(self, number):
         return {kind: os.path.join(parent, f"slot_{number}") for kind, parent in self.folders.items()}
@@ -72,7 +74,8 @@ class Cgroups:
             swap = os.path.join(folders["memory"], "memory.swap.max")
             if os.path.exists(swap):
                 _write(swap, 0)
-        _write(os.path.join(folders["pids"], "pids.max"), max_procs)
+        if "pids" in folders:
+            _write(os.path.join(folders["pids"], "pids.max"), max_procs)
         return self.oom_kills(number)
 
     def oom_kills(self, number):
@@ -105,12 +108,14 @@ def cgroups():
         if own is not None:
             parent = os.path.join(CGROUP_ROOT, own.lstrip("/"), GROUP)
             found = Cgroups(2, {"memory": parent, "pids": parent})
-    elif all(os.path.isdir(os.path.join(CGROUP_ROOT, c)) for c in ("memory", "pids")):
-        own = {c: _own_cgroup(c) for c in ("memory", "pids")}
-        if None not in own.values():
-            found = Cgroups(1, {c: os.path.join(CGROUP_ROOT, c, own[c].lstrip("/"), GROUP) for c in own})
+    elif os.path.isdir(os.path.join(CGROUP_ROOT, "memory")):
+        # v1: the memory hierarchy only. Moving a process into a v1 group waits for an RCU grace
+        # period (~10 ms a hierarchy); the process count is bounded per call by the slot's own uid
+        own = _own_cgroup("memory")
+        if own is not None:
+            found = Cgroups(1, {"memory": os.path.join(CGROUP_ROOT, "memory", own.lstrip("/"), GROUP)})
     if found is None:
-        return None, "no cgroup memory and pids controllers found"
+        return None, "no cgroup memory controller found"
     try:
         if found.version == 2:  # both controllers must reach the slots: enable them for GROUP's children
             os.makedirs(found.folders["memory"], exist_ok=True)
@@ -124,6 +129,8 @@ def cgroups():
 def describe():
     """One line: what bounds a call's memory and processes here."""
     groups, why = cgroups()
+    if groups is not None and groups.version == 1:
+        return f"per-call cgroup ({why}: memory of all its processes together) and uid (their process count)"
     if groups is not None:
         return f"per-call cgroup ({why}: memory and process count of all its processes together)"
     if os.geteuid() == 0:

@@ -70,16 +70,16 @@ CALL_OVERHEAD_BYTES = 64 * 1024 ** 2  # a call's budget beyond the program's mem
 REPORT_CAP = 4096                   # bytes of the supervisor's report read by the parent
 REPLY_CAP = 1 << 20                 # bytes of one graded call's reply read by the supervisor
 
-# runs inside the sandbox: argv[1] holds the parameters (JSON); stdin the program, then (when it is graded)
+# runs inside the sandbox: argv holds the parameters (key=value); stdin the program, then (when it is graded)
 # the tests. This process, the supervisor, forks the program off as a child before it reads either, so the
 # child never holds the tests, and only the supervisor holds the report fd. The child runs the program and
 # tells the supervisor how it ended on its own pipe; graded, it then serves calls of the graded function.
 # The supervisor runs the tests itself, calling the child through a pipe with plain data only, and writes
 # the verdict. In the child, the guards of the second layer are applied before the program runs.
 _RUNNER = r"""
-import os, sys, json
-cfg = json.loads(sys.argv[1])
-report_fd, entry = cfg["report_fd"], cfg["entry"]
+import os, sys
+cfg = {k: int(v) if v.isdigit() else v for k, v in (a.split("=", 1) for a in sys.argv[1:])}  # no json: 6 ms of imports
+report_fd, entry = cfg["report_fd"], cfg["entry"] or None
 write, exit_now = os.write, os._exit
 
 def encode(x):  # plain data only, by exact type: a subclass (say, one whose __eq__ is always True) is refused
@@ -129,10 +129,10 @@ if child == 0:
     if null != 0:
         os.dup2(null, 0)
         os.close(null)
-    if cfg["drop"]:                      # root without a user namespace: become the call's program uid for real
+    if cfg["program_uid"]:               # root without a user namespace: become the call's program uid for real
         os.setgroups([])
-        os.setresgid(cfg["drop"][0], cfg["drop"][0], cfg["drop"][0])
-        os.setresuid(cfg["drop"][0], cfg["drop"][0], cfg["drop"][0])
+        os.setresgid(cfg["program_uid"], cfg["program_uid"], cfg["program_uid"])
+        os.setresuid(cfg["program_uid"], cfg["program_uid"], cfg["program_uid"])
     chunks = []
     while True:
         chunk = os.read(code_r, 1 << 16)
@@ -141,13 +141,13 @@ if child == 0:
         chunks.append(chunk)
     os.close(code_r)
     code = b"".join(chunks).decode("utf-8", errors="replace")
-    import builtins, resource, signal
+    import builtins, resource, _signal   # _signal: signal's enums would cost 3 ms of imports
     mem = cfg["max_memory"]
     for limit, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_FSIZE, cfg["max_file"]),
                          (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_NPROC, cfg["max_procs"])):
         resource.setrlimit(limit, (value, value))
     resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1))
-    signal.alarm(cfg["cpu_seconds"] + 1)     # a backstop should the parent die
+    _signal.alarm(cfg["cpu_seconds"] + 1)    # a backstop should the parent die
 
     def disabled(name):
         def refuse(*args, **kwargs):
@@ -161,17 +161,54 @@ if child == 0:
                  "startfile", "plock", "abort"):
         if hasattr(os, name):
             setattr(os, name, disabled("os." + name))
-    import shutil, socket, subprocess
-    for name in ("rmtree", "move", "chown", "copytree", "copyfile", "copy", "copy2"):
-        setattr(shutil, name, disabled("shutil." + name))
-    for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-        setattr(subprocess, name, disabled("subprocess." + name))
-    class NoSocket(socket.socket):           # a class, so that modules subclassing socket still import
-        def __init__(self, *args, **kwargs):
-            raise PermissionError("socket.socket is disabled in the sandbox")
-    socket.socket = NoSocket
-    for name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo"):
-        setattr(socket, name, disabled("socket." + name))
+
+    def guard_shutil(shutil):
+        for name in ("rmtree", "move", "chown", "copytree", "copyfile", "copy", "copy2"):
+            setattr(shutil, name, disabled("shutil." + name))
+
+    def guard_subprocess(subprocess):
+        for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
+            setattr(subprocess, name, disabled("subprocess." + name))
+
+    def guard_socket(socket):
+        class NoSocket(socket.socket):       # a class, so that modules subclassing socket still import
+            def __init__(self, *args, **kwargs):
+                raise PermissionError("socket.socket is disabled in the sandbox")
+        socket.socket = NoSocket
+        for name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo"):
+            setattr(socket, name, disabled("socket." + name))
+
+    # these three are guarded when first imported (by the program or by the standard library), not
+    # imported up front: that would cost every call 8 ms
+    guards = {"shutil": guard_shutil, "subprocess": guard_subprocess, "socket": guard_socket}
+
+    class Guarded:
+        def __init__(self, loader, guard):
+            self.loader, self.guard = loader, guard
+
+        def create_module(self, spec):
+            return self.loader.create_module(spec)
+
+        def exec_module(self, module):
+            self.loader.exec_module(module)
+            self.guard(module)
+
+    class GuardFinder:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name not in guards:
+                return None
+            for finder in sys.meta_path:
+                if finder is not GuardFinder and hasattr(finder, "find_spec"):
+                    spec = finder.find_spec(name, path, target)
+                    if spec is not None:
+                        spec.loader = Guarded(spec.loader, guards[name])
+                        return spec
+            return None
+    sys.meta_path.insert(0, GuardFinder)
+    for name, guard in guards.items():       # already imported (none is, today): guard now
+        if name in sys.modules:
+            guard(sys.modules[name])
 
     def finish(status, code):
         for stream in (sys.stdout, sys.stderr):
@@ -207,6 +244,7 @@ if child == 0:
     if not callable(namespace.get(entry)):
         finish(f"error NameError: the program defines no function {entry}", 1)
     write(status_w, b"ready\n")
+    import json
     calls = os.fdopen(call_r, "rb")
     for line in calls:
         try:
@@ -224,20 +262,20 @@ if child == 0:
 
 for fd in (code_r, status_w, call_r, reply_w):
     os.close(fd)
-if cfg["drop"]:                      # a uid of its own: the program cannot signal, trace or read it
+if cfg["supervisor_uid"]:            # a uid of its own: the program cannot signal, trace or read it
     os.setgroups([])
-    os.setresgid(cfg["drop"][1], cfg["drop"][1], cfg["drop"][1])
-    os.setresuid(cfg["drop"][1], cfg["drop"][1], cfg["drop"][1])
+    os.setresgid(cfg["supervisor_uid"], cfg["supervisor_uid"], cfg["supervisor_uid"])
+    os.setresuid(cfg["supervisor_uid"], cfg["supervisor_uid"], cfg["supervisor_uid"])
 else:                                # the program's uid (a user namespace): not dumpable, so its /proc
     try:                             # files (fds, memory) are closed to the program
         import ctypes
         ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)   # PR_SET_DUMPABLE 0
     except Exception:
         pass
-import resource, signal
+import resource, _signal
 resource.setrlimit(resource.RLIMIT_AS, (cfg["max_memory"], cfg["max_memory"]))
 resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_seconds"], cfg["cpu_seconds"] + 1))
-signal.alarm(cfg["cpu_seconds"] + 1)
+_signal.alarm(cfg["cpu_seconds"] + 1)
 
 def verdict(report):
     write(report_fd, report[:2000].encode("utf-8", errors="replace"))
@@ -299,7 +337,7 @@ if first != b"ready":                # the program ended before the tests could 
     how = ended(first + b"\n")
     verdict("exit 0" if how == "ok" else how)
 replies = os.fdopen(reply_r, "rb")
-import builtins
+import builtins, json
 
 def candidate(*args, **kwargs):
     write(call_w, json.dumps(encode([list(args), kwargs])).encode() + b"\n")
@@ -494,11 +532,11 @@ def _run(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes
         workdir = cwd = tempfile.mkdtemp(prefix="nanochat_exec_")
         env = {"PATH": os.defpath, "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "HOME": workdir, "TMPDIR": workdir}
     program = code.encode("utf-8", errors="replace")
-    cfg = dict(max_memory=max_memory_bytes, max_file=max_file_bytes, max_procs=max_procs, drop=drop,
-               cpu_seconds=max(1, int(timeout) + 1), report_fd=report_w, entry=entry, code_bytes=len(program),
+    cfg = dict(max_memory=max_memory_bytes, max_file=max_file_bytes, max_procs=max_procs,
+               program_uid=drop[0] if drop else 0, supervisor_uid=drop[1] if drop else 0,
+               cpu_seconds=max(1, int(timeout) + 1), report_fd=report_w, entry=entry or "", code_bytes=len(program),
                reply_cap=REPLY_CAP)
-    import json
-    argv = prefix + [binary, "-I", "-S", "-c", _RUNNER, json.dumps(cfg)]
+    argv = prefix + [binary, "-I", "-S", "-c", _RUNNER] + [f"{k}={v}" for k, v in cfg.items()]
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, pass_fds=child_fds,
