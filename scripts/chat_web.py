@@ -35,7 +35,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from nanochat import chat_api, errors, openai_api
+from nanochat import chat_api, errors, http_guard, openai_api
 from nanochat.chat_api import RequestError, Worker, WorkerPool, parse_body, read_body, render_prompt, validate_request
 from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
 from nanochat.common import autodetect_device_type, compute_init
@@ -69,6 +69,10 @@ parser.add_argument("--allowed-hosts", type=str, default="",
 parser.add_argument("--cors-origins", type=str, default="",
                     help="web origins (https://app.example) whose pages may call this server, comma-separated "
                          "(default none: a page of another site cannot)")
+parser.add_argument("--header-timeout", type=float, default=10.0,
+                    help="seconds a connection has to send each request's line and headers, then it is closed")
+parser.add_argument("--max-connections", type=int, default=512,
+                    help="open connections at most; past it, requests get 503 (keep it under `ulimit -n`)")
 parser.add_argument("--api-key", type=str, default=os.environ.get("NANOCHAT_API_KEY", ""),
                     help="shared secret for /chat/completions and /stats (default $NANOCHAT_API_KEY; empty = none)")
 
@@ -227,11 +231,13 @@ def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",
 
 
 if __name__ == "__main__":
-    import uvicorn
     args = parser.parse_args()
     print(f"arguments: {vars(args) | {'api_key': '<set>' if args.api_key else ''}}", flush=True)
     print(describe_sandbox(), flush=True)
     try:
+        if args.header_timeout <= 0 or args.max_connections < 1:
+            raise ValueError(f"--header-timeout {args.header_timeout:g} / --max-connections {args.max_connections}: "
+                             f"both must be positive (e.g. --header-timeout 10 --max-connections 512)")
         workers, meta = load_workers(args)
         hosts = ["*"] if args.allowed_hosts.strip() == "*" else allowed_hosts(args.host, args.allowed_hosts)
         origins = [o.strip() for o in args.cors_origins.split(",") if o.strip()]
@@ -244,4 +250,4 @@ if __name__ == "__main__":
           + f"; OpenAI-compatible API at http://{args.host}:{args.port}/v1, model {app.state.model_name!r}", flush=True)
     print(f"answering Host: {', '.join(hosts)}" + (f"; pages of {', '.join(origins)} may call it" if origins else ""),
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port)
+    http_guard.serve(app, args.host, args.port, args.header_timeout, args.max_connections)

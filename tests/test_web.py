@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -254,14 +255,17 @@ def free_port():
 
 
 @contextlib.contextmanager
-def chat_web_server(base_dir, *flags):
+def chat_web_server(base_dir, *flags, open_files=None):
     """`python -m scripts.chat_web` in a subprocess on a free port of 127.0.0.1, serving the
-    checkpoints under base_dir; yields its URL once /health says ready."""
+    checkpoints under base_dir; yields its URL once /health says ready. open_files: its
+    RLIMIT_NOFILE, soft and hard."""
     port = free_port()
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1"}
     log = open(os.path.join(base_dir, "server.log"), "w")
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))) if open_files else None
     proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "--device-type", "cpu", "--host", "127.0.0.1",
-                             "--port", str(port), *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port), *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=limit)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
@@ -531,3 +535,50 @@ def test_default_max_tokens_is_cut_to_the_positions_left(tokenizer):
             assert res.status_code == 200 and events(res.text)[-1]["done"]
     finally:
         worker.scheduler.stop()
+
+
+def test_slow_clients_are_cut_off_and_a_full_fd_table_logs_one_line(tokenizer, tmp_path):
+    """Connections that never finish their headers (silent, or trickling a byte at a time) are
+    closed after --header-timeout; more of them than the server has file descriptors cost one
+    log line per burst, not a traceback each, and /health answers once they are gone."""
+    base_dir = save_tiny_checkpoint(tokenizer, tmp_path)
+    with chat_web_server(base_dir, "--header-timeout", "1", "--max-connections", "60", open_files=96) as url:
+        port = int(url.rsplit(":", 1)[1])
+        clients = []
+        for i in range(150):
+            c = socket.create_connection(("127.0.0.1", port))
+            if i % 2:
+                c.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+            clients.append(c)
+        closed, deadline = set(), time.time() + 20
+        while len(closed) < len(clients) and time.time() < deadline:
+            for i, c in enumerate(clients):
+                if i in closed:
+                    continue
+                try:
+                    if i % 2:
+                        c.send(b"X")  # a trickle: a byte now and then keeps no connection alive
+                    c.setblocking(False)
+                    if c.recv(1024) == b"":
+                        closed.add(i)
+                except BlockingIOError:
+                    pass
+                except OSError:  # reset or broken: closed by the server
+                    closed.add(i)
+            time.sleep(0.3)
+        assert len(closed) == len(clients), f"{len(clients) - len(closed)} slow connections still open"
+        assert httpx.get(url + "/health", timeout=5).json()["ready"]
+        for c in clients:
+            c.close()
+    log = (base_dir / "server.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    assert 1 <= log.count("cannot accept connections") <= 3, log[-3000:]
+    assert "request heads within 1 s" in log and "open-file limit 96" in log
+
+
+def test_bad_connection_flags_are_one_line(tmp_path):
+    env = {**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "scripts.chat_web", "--header-timeout", "0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--header-timeout 0 / --max-connections 512: both must be positive" in proc.stderr
