@@ -151,12 +151,17 @@ def validate_request(body, defaults):
         raise RequestError(400, "messages", "the conversation must end with a user message")
     if total > MAX_TOTAL_CHARS:
         raise RequestError(413, "messages", f"{total} characters in all, at most {MAX_TOTAL_CHARS}")
+    return ChatRequest(messages=messages, **sampling_fields(body, defaults))
+
+
+def sampling_fields(body, defaults, max_tokens_range=MAX_TOKENS_RANGE):
+    """The ChatRequest fields besides the messages (temperature, top_k, top_p, max_tokens, recur,
+    adaptive, seed), checked against their ranges, with the server's defaults."""
     adaptive = body.get("adaptive")
-    return ChatRequest(
-        messages=messages,
+    return dict(
         temperature=float(_number(body, "temperature", *TEMPERATURE_RANGE, False, defaults["temperature"])),
         top_k=_number(body, "top_k", *TOP_K_RANGE, True, defaults["top_k"]),
-        max_tokens=_number(body, "max_tokens", *MAX_TOKENS_RANGE, True, defaults["max_tokens"]),
+        max_tokens=_number(body, "max_tokens", *max_tokens_range, True, defaults["max_tokens"]),
         recur=_number(body, "recur", *RECUR_RANGE, True, defaults["recur"]),
         adaptive=None if adaptive is None else float(_number(body, "adaptive", *ADAPTIVE_RANGE, False, None)),
         seed=_number(body, "seed", 0, 2**63 - 1, True, random.getrandbits(32)),

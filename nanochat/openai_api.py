@@ -10,6 +10,7 @@ looped model:
                                       "stop": str | [str], "seed": int, "stream_options": {"include_usage": bool},
                                       extensions: "top_k", "recur" (loop iterations per token),
                                       "adaptive" (exit threshold, KL in nats; recur is then the cap)}
+    POST /v1/completions             text in, text out, with echo and logprobs (nanochat/completions_api.py)
 
 Differences from OpenAI, each one explicit:
 - Sampling is temperature, top_p (nucleus) and the extension top_k; seed -1 means no seed.
@@ -43,6 +44,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from nanochat.chat_api import (MAX_MESSAGE_CHARS, GenerationError, RequestError, check_capacity, parse_body, read_body,
                                render_prompt, validate_request)
+from nanochat import completions_api
 from nanochat.reply import PART_TYPES, ReplyDecoder
 
 MAX_N = 8                 # replies per request
@@ -129,12 +131,22 @@ def _join(a, b):
 
 def parse_request(body, defaults, model_id):
     """Parsed JSON -> (chat_api.ChatRequest, Options); RequestError (400, or 404 for another model)."""
+    _check_fields(body, KNOWN, NEUTRAL, model_id)
+    given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as OpenAI reads it
+    req = _chat_request(*_messages(body.get("messages")), given, defaults)
+    req.n, opts = _options(given)
+    return req, opts
+
+
+def _check_fields(body, known, neutral_values, model_id):
+    """A JSON object of known, ignored or neutral fields, naming this server's model (404 for
+    another); a seed of -1 (some clients' "no seed") is dropped in place."""
     if not isinstance(body, dict):
         raise RequestError(400, "body", "expected a JSON object")
     for field in body:
-        if field not in KNOWN + IGNORED + tuple(NEUTRAL):
+        if field not in known + IGNORED + tuple(neutral_values):
             raise RequestError(400, field, "unrecognized request argument")
-    for field, neutral in NEUTRAL.items():
+    for field, neutral in neutral_values.items():
         if body.get(field) is not None and body[field] not in neutral:
             allowed = " or ".join(json.dumps(v) for v in neutral)
             raise RequestError(400, field, f"not supported: only {allowed + ' (or null)' if allowed else 'null'}")
@@ -142,12 +154,8 @@ def parse_request(body, defaults, model_id):
         raise RequestError(400, "model", "required: the id that GET /v1/models lists")
     if body["model"] != model_id:
         raise RequestError(404, "model", f"the model {body['model']!r} does not exist: this server has {model_id!r}")
-    given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as OpenAI reads it
-    if given.get("seed") == -1:  # some clients send -1 for "no seed"
-        del given["seed"]
-    req = _chat_request(*_messages(body.get("messages")), given, defaults)
-    req.n, opts = _options(given)
-    return req, opts
+    if body.get("seed") == -1:
+        del body["seed"]
 
 
 def _chat_request(messages, where, given, defaults):
@@ -176,8 +184,7 @@ def _chat_request(messages, where, given, defaults):
     return req
 
 
-def _options(given):
-    """(n, Options) from the fields that shape the reply rather than the sampling."""
+def _n_and_stops(given):
     n = given.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
         raise RequestError(400, "n", f"expected an integer in [1, {MAX_N}], got {n!r}"[:120])
@@ -187,6 +194,12 @@ def _options(given):
             or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops)):
         raise RequestError(400, "stop", f"expected a string or a list of at most {MAX_STOPS} non-empty strings "
                                         f"of at most {MAX_STOP_CHARS} characters")
+    return n, stops
+
+
+def _options(given):
+    """(n, Options) from the fields that shape the reply rather than the sampling."""
+    n, stops = _n_and_stops(given)
     stream = given.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(400, "stream", "expected true or false")
@@ -326,15 +339,37 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await whole(pool, head, events, req.n, len(ids), request)
 
+    scoring_lock = asyncio.Lock()
+
+    @api.post("/completions")
+    async def completions(request: Request):
+        if no := denied(request):
+            return no
+        try:
+            body = parse_body(await read_body(request))
+            _check_fields(body, completions_api.KNOWN, completions_api.NEUTRAL, model_id)
+            job = completions_api.parse(body, defaults, tokenizer, model, _n_and_stops)
+            for ids in job.prompts:
+                check_capacity(pool, job.req, ids)
+        except RequestError as e:
+            if e.status == 413 and "positions" in str(e):
+                return reject(400, str(e), e.field, "context_length_exceeded")
+            return reject(e.status, str(e), e.field, "model_not_found" if e.status == 404 else None)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id,
+                "recurrence": {"recur": job.req.recur, "adaptive": job.req.adaptive}}
+        task = asyncio.ensure_future(completions_api.respond(pool, model, tokenizer, job, head, scoring_lock))
+        return await _until_done(pool, task, request)
+
     @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def unknown(path: str, request: Request):
-        allowed = {"models": "GET", "chat/completions": "POST"}.get(path.strip("/"))
+        allowed = {"models": "GET", "chat/completions": "POST", "completions": "POST"}.get(path.strip("/"))
         if allowed == request.method:  # the route with a trailing slash
-            return await (models(request) if allowed == "GET" else chat_completions(request))
+            route = {"models": models, "chat/completions": chat_completions, "completions": completions}
+            return await route[path.strip("/")](request)
         if allowed:
             return reject(405, f"{request.method} /v1/{path}: use {allowed}", code="method_not_allowed")
-        return reject(404, f"unknown endpoint {request.method} /v1/{path} (this server has GET /v1/models and "
-                           f"POST /v1/chat/completions)", code="unknown_url")
+        return reject(404, f"unknown endpoint {request.method} /v1/{path} (this server has GET /v1/models, "
+                           f"POST /v1/chat/completions and POST /v1/completions)", code="unknown_url")
 
     return api
 
@@ -349,8 +384,20 @@ async def whole(pool, head, events, n, prompt_tokens, request):
             texts[i] += text
             depths[i] += d
             reasons[i] = reason or reasons[i]
+        choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
+                    "logprobs": None, "depths": depths[i]} for i in range(n)]
+        return {**head, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, depths)}
 
-    task = asyncio.ensure_future(collect())
+    try:
+        return await _until_done(pool, asyncio.ensure_future(collect()), request)
+    finally:
+        await events.aclose()
+
+
+async def _until_done(pool, task, request):
+    """The result of a non-streamed reply's task; a client that leaves first (checked every
+    DISCONNECT_POLL seconds) cancels it, which takes its rows out of the batch. The outcome is
+    counted."""
     try:
         while not task.done():
             await asyncio.wait([task], timeout=DISCONNECT_POLL)
@@ -359,16 +406,12 @@ async def whole(pool, head, events, n, prompt_tokens, request):
                 await asyncio.gather(task, return_exceptions=True)
                 pool.count(False, gone=True)
                 return error_response(499, "the client closed the request")
-        task.result()
+        result = task.result()
     except GenerationError as e:
         pool.count(False)
         return error_response(500, str(e))
-    finally:
-        await events.aclose()
     pool.count(True)
-    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
-                "logprobs": None, "depths": depths[i]} for i in range(n)]
-    return {**head, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, depths)}
+    return result
 
 
 async def sse(pool, head, events, n, prompt_tokens, include_usage):

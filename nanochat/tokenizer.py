@@ -145,6 +145,24 @@ class Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def token_text(self, token_id):
+        """One token as text: its UTF-8, or (a piece of a character) "bytes:" and its bytes escaped,
+        as OpenAI names such tokens, so two tokens never share a name."""
+        raw = self.enc.decode_single_token_bytes(token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    def token_offsets(self, ids):
+        """The character offset at which each token starts in decode(ids): characters are counted as
+        the bytes that do not continue a UTF-8 sequence."""
+        offsets, at = [], 0
+        for t in ids:
+            offsets.append(at)
+            at += sum((b & 0xC0) != 0x80 for b in self.enc.decode_single_token_bytes(t))
+        return offsets
+
     def token_bytes(self):
         """(vocab,) int32: UTF-8 byte length of each token; 0 for special tokens, so they
         are left out of bits-per-byte."""

@@ -258,6 +258,19 @@ samples = [[s["arguments"][i][0], s["arguments"][i][1], s["resps"][i][0][0]]
 print(json.dumps({"acc": out["results"]["nanochat_tiny"]["acc,none"], "samples": samples}))
 """
 
+LM_EVAL_SERVER = """
+import json, sys
+import lm_eval
+from lm_eval.tasks import TaskManager
+out = lm_eval.simple_evaluate(model="local-completions", model_args=dict(
+    base_url=sys.argv[3] + "/v1/completions", model=sys.argv[4], tokenizer=sys.argv[1], tokenizer_backend="huggingface",
+    trust_remote_code=True, add_bos_token=True, batch_size=2, max_retries=1),
+    tasks=["nanochat_tiny"], task_manager=TaskManager(include_path=sys.argv[2], include_defaults=False), log_samples=True)
+samples = [[s["arguments"][i][0], s["arguments"][i][1], s["resps"][i][0][0]]
+           for s in out["samples"]["nanochat_tiny"] for i in range(len(s["arguments"]))]
+print(json.dumps({"acc": out["results"]["nanochat_tiny"]["acc,none"], "samples": samples}))
+"""
+
 TASK_YAML = """task: nanochat_tiny
 dataset_path: json
 dataset_kwargs:
@@ -273,23 +286,31 @@ metric_list:
 """
 
 
+DOCS = [{"question": "The loop state", "choices": ["iterates", "token", "data"], "answer": 0},
+        {"question": "The model thinks", "choices": ["deep", "again"], "answer": 1},
+        {"question": "doc1 the", "choices": ["loop", "shard", "rank"], "answer": 2}]
+
+
+def run_lm_eval(script, tmp_path, *argv):
+    """lm-eval on the 3-question task in a subprocess, offline: {"acc", "samples": [context, choice, ll]}."""
+    data = tmp_path / "tiny.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (tmp_path / "tiny.yaml").write_text(TASK_YAML.format(data=data))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf_home"), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-c", script, argv[0], str(tmp_path), *argv[1:]], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_lm_eval_harness_runs_offline_on_a_local_task(exported, tokenizer, tmp_path):
     """lm-eval's loglikelihoods of a 3-question multiple-choice task equal ours; no network
     (HF_*_OFFLINE), a json task file, the model through `--model hf` + trust_remote_code."""
     model, path, _ = exported
-    docs = [{"question": "The loop state", "choices": ["iterates", "token", "data"], "answer": 0},
-            {"question": "The model thinks", "choices": ["deep", "again"], "answer": 1},
-            {"question": "doc1 the", "choices": ["loop", "shard", "rank"], "answer": 2}]
-    data = tmp_path / "tiny.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    (tmp_path / "tiny.yaml").write_text(TASK_YAML.format(data=data))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_HOME": str(tmp_path / "hf_home"), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", LM_EVAL, path, str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    docs = DOCS
+    result = run_lm_eval(LM_EVAL, tmp_path, path)
     bos, correct = tokenizer.get_bos_token_id(), 0
     assert len(result["samples"]) == 8
     for context, continuation, ll in result["samples"]:  # lm-eval: context + " " + choice, BOS first
@@ -303,6 +324,23 @@ def test_lm_eval_harness_runs_offline_on_a_local_task(exported, tokenizer, tmp_p
         lls = [ll for c, cont, ll in result["samples"] if c == d["question"]]
         correct += max(range(len(lls)), key=lls.__getitem__) == d["answer"]
     assert result["acc"] == pytest.approx(correct / len(docs))
+
+
+@pytest.mark.slow
+def test_lm_eval_through_the_server_equals_lm_eval_on_the_export(exported, tmp_path):
+    """lm-eval's local-completions against chat_web serving the exported folder (/v1/completions
+    with echo and logprobs) gives the loglikelihoods and accuracy of `--model hf` on the folder."""
+    from tests.test_web import chat_web_server
+    _, path, _ = exported
+    for folder in ("hf", "server"):
+        (tmp_path / folder).mkdir()
+    direct = run_lm_eval(LM_EVAL, tmp_path / "hf", path)
+    with chat_web_server(tmp_path / "server", "--source", path, "--recur", "4") as url:
+        served = run_lm_eval(LM_EVAL_SERVER, tmp_path / "server", path, url, f"nanochat-{os.path.basename(path)}")
+    assert len(served["samples"]) == len(direct["samples"]) == 8
+    for (c1, k1, ll1), (c2, k2, ll2) in zip(sorted(direct["samples"]), sorted(served["samples"])):
+        assert (c1, k1) == (c2, k2) and abs(ll1 - ll2) < 1e-4, (c1, k1, ll1, ll2)
+    assert served["acc"] == direct["acc"]
 
 
 # -----------------------------------------------------------------------------

@@ -3,10 +3,15 @@ scripts.chat_web` on 127.0.0.1 serving a tiny random checkpoint made here (and, 
 and a failing generation, the app in an in-process uvicorn). Streamed == whole at temperature 0,
 n, stop, seed, the recurrence extension fields, and each bad request as the client's typed error."""
 
+import os
+
 import openai
 import pytest
+import torch
+import torch.nn.functional as F
 
 from nanochat.chat_api import Worker
+from nanochat.checkpoint_manager import build_model
 from scripts.chat_web import create_app
 from tests.test_reply import tool_model
 from tests.test_web import HELLO, chat_web_server, in_process_server, save_tiny_checkpoint
@@ -15,10 +20,16 @@ MODEL = "nanochat-sft-tiny-7"  # source, tag and step of save_tiny_checkpoint's 
 
 
 @pytest.fixture(scope="module")
-def client(tokenizer, tmp_path_factory):
+def served(tokenizer, tmp_path_factory):
+    """(client, base_dir): the server on the tiny checkpoint saved in base_dir."""
     base_dir = save_tiny_checkpoint(tokenizer, tmp_path_factory.mktemp("openai"))
     with chat_web_server(base_dir, "--max-new-tokens", "16", "--recur", "2") as url:
-        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60), base_dir
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return served[0]
 
 
 def chat(client, **kw):
@@ -178,3 +189,50 @@ def test_message_shapes_of_rag_and_agent_front_ends(client):
     with pytest.raises(openai.BadRequestError, match="messages\\[2\\]"):  # a real tool call is still refused
         client.chat.completions.create(model=MODEL, max_tokens=2, messages=history[:2] + [
             {"role": "assistant", "content": "x", "tool_calls": [{"id": "1", "type": "function"}]}] + history[3:])
+
+
+# /v1/completions: text in and out, and the scores lm-eval's local-completions reads
+
+def test_completions_echo_logprobs_are_the_models_own(served, tokenizer):
+    """echo + logprobs over a prompt of ids: every token's logprob and the top alternatives are the
+    log-softmax of one forward of the saved model at the server's recur (what lm-eval sums for a
+    loglikelihood), the first token has none, and the generated token comes last."""
+    client, base_dir = served
+    model, _ = build_model(os.path.join(base_dir, "chatsft_checkpoints", "tiny"))
+    ids = tokenizer.encode("the loop runs again and again")
+    res = client.completions.create(model=MODEL, prompt=ids, max_tokens=1, echo=True, logprobs=2, temperature=0)
+    lp = res.choices[0].logprobs
+    assert res.object == "text_completion" and len(lp.tokens) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    with torch.no_grad():
+        want = F.log_softmax(model(torch.tensor([ids]), r=2)[0].float(), dim=-1)
+    for i in range(1, len(ids)):
+        assert abs(lp.token_logprobs[i] - want[i - 1, ids[i]].item()) < 1e-4, i
+        assert abs(max(lp.top_logprobs[i].values()) - want[i - 1].max().item()) < 1e-4
+    # temperature 0: the last token is the argmax after the prompt, and its logprob is the top one
+    assert abs(lp.token_logprobs[-1] - want[-1].max().item()) < 1e-4
+    assert res.choices[0].text.startswith(tokenizer.decode(ids)) and lp.text_offset[1] == len(lp.tokens[0])
+    assert res.usage.prompt_tokens == len(ids)
+
+
+def test_completions_text_prompts_batches_and_errors(client):
+    res = client.completions.create(model=MODEL, prompt=["Once upon", "The loop"], max_tokens=4, n=2, temperature=1,
+                                    seed=5)
+    assert [c.index for c in res.choices] == [0, 1, 2, 3] and all(c.finish_reason in ("stop", "length")
+                                                                   for c in res.choices)
+    assert res.usage.completion_tokens == sum(len(c.depths) for c in res.choices)  # one depth per new token
+    again = client.completions.create(model=MODEL, prompt=["Once upon", "The loop"], max_tokens=4, n=2, temperature=1,
+                                      seed=5)
+    assert [c.text for c in again.choices] == [c.text for c in res.choices]  # seeded
+    scored = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=0, echo=True, logprobs=0)
+    lp = scored.choices[0].logprobs
+    assert scored.choices[0].text == "Once upon a time" and "".join(lp.tokens) == "Once upon a time"
+    assert lp.token_logprobs[0] is not None  # a text prompt is read after <|bos|>, which is not shown
+    assert all(t == {} for t in lp.top_logprobs) and all(v <= 0 for v in lp.token_logprobs)
+    for bad, field in ((dict(max_tokens=0), "max_tokens"), (dict(logprobs=6), "logprobs"),
+                       (dict(prompt=[[]]), "prompt[0]"), (dict(prompt=[10 ** 9]), "prompt[0]"),
+                       (dict(best_of=3), "best_of"), (dict(stream=True), "stream"),
+                       (dict(prompt="x " * 400, max_tokens=1), "prompt[0]")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(**{"model": MODEL, "prompt": "Once upon", **bad})
+        assert field in str(e.value), (bad, str(e.value))
