@@ -6,6 +6,7 @@ server (--max-batch 1), both started by this script from the same checkpoint and
 one run, interleaved, so a change in the machine's load hits both alike.
 
     NANOCHAT_BASE_DIR=/tmp/serve_toy python dev/serve_bench.py --source base --model-tag s2
+    git worktree add /tmp/before REV && python dev/serve_bench.py --baseline /tmp/before   # a change, before/after
     python dev/serve_bench.py --concurrency 1,8 --repeats 2 --requests-per-chat 2   # quicker
 
 Each chat is a bounded loop: `--requests-per-chat` requests one after another, each a different
@@ -41,6 +42,9 @@ parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per r
 parser.add_argument("--requests-per-chat", type=int, default=3, help="requests each chat sends, one after another")
 parser.add_argument("--repeats", type=int, default=3, help="rounds per setting (spread = min-max over them)")
 parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (OMP_NUM_THREADS)")
+parser.add_argument("--baseline", type=str, default="",
+                    help="a checkout of another revision (git worktree add DIR REV): its server, at the same --max-batch, "
+                         "replaces the one-request-per-worker server, for a before/after of a change")
 
 
 def free_port():
@@ -49,14 +53,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(args, max_batch):
+def start_server(args, max_batch, repo=REPO):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, "-m", "scripts.chat_web", "--device-type", "cpu", "--source", args.source, "--port",
            str(port), "--max-batch", str(max_batch), "--recur", str(args.recur)]
     if args.model_tag:
         cmd += ["--model-tag", args.model_tag]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -121,7 +125,9 @@ def main():
     print(f"arguments: {vars(args)}", flush=True)
     concurrency = [int(c) for c in args.concurrency.split(",")]
     modes = [("fixed", None)] + ([("adaptive", args.adaptive)] if args.adaptive >= 0 else [])
-    servers = {"batched": start_server(args, args.max_batch), "one-per-worker": start_server(args, 1)}
+    other = (("baseline", start_server(args, args.max_batch, os.path.abspath(args.baseline))) if args.baseline
+             else ("one-per-worker", start_server(args, 1)))
+    servers = {"batched": start_server(args, args.max_batch), other[0]: other[1]}
     results = {}
     try:
         for name, (_, url) in servers.items():  # warm up: first calls allocate and fill caches
@@ -129,7 +135,8 @@ def main():
         for rep in range(args.repeats):
             for chats in concurrency:
                 for mode, adaptive in modes:
-                    for name, (_, url) in servers.items():
+                    order = list(servers.items())  # each repeat the other server goes first: no order bias
+                    for name, (_, url) in (order if rep % 2 == 0 else order[::-1]):
                         res = asyncio.run(round_(url, args, chats, adaptive, seed0=rep))
                         results.setdefault((mode, chats, name), []).append(res)
                         print(f"repeat {rep} | {mode:8s} | {chats:2d} chats | {name:14s} | {res['tok_s']:7.1f} tok/s | "
