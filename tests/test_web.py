@@ -255,10 +255,10 @@ def free_port():
 
 
 @contextlib.contextmanager
-def chat_web_server(base_dir, *flags, open_files=None):
+def chat_web_server(base_dir, *flags, open_files=None, started=None):
     """`python -m scripts.chat_web` in a subprocess on a free port of 127.0.0.1, serving the
     checkpoints under base_dir; yields its URL once /health says ready. open_files: its
-    RLIMIT_NOFILE, soft and hard."""
+    RLIMIT_NOFILE, soft and hard; started(proc) is called with the server's process."""
     port = free_port()
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base_dir), "OMP_NUM_THREADS": "1"}
     log = open(os.path.join(base_dir, "server.log"), "w")
@@ -267,6 +267,8 @@ def chat_web_server(base_dir, *flags, open_files=None):
                              "--port", str(port), *flags], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                             preexec_fn=limit)
     url = f"http://127.0.0.1:{port}"
+    if started:
+        started(proc)
     try:
         deadline = time.time() + 120
         while True:
@@ -582,3 +584,40 @@ def test_bad_connection_flags_are_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "--header-timeout 0 / --max-connections 512: both must be positive" in proc.stderr
+
+
+def memory_kib(pid, field):
+    """VmRSS (now) or VmHWM (the peak) of a process, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def test_a_burst_at_the_recurrence_cap_stays_within_the_cache_budget(tokenizer, tmp_path):
+    """Replies at recur 64 (the cap) running to the context's end: those that fit the 16 MiB budget
+    alone are served, taking turns (all complete), one that never fits gets 503, and the server's
+    peak RSS grows by less than twice the budget (a resize holds the old and the new cache for a
+    moment); without a budget the same burst grows it by ~107 MiB (dev/cache_burst.py --cache-memory 1G)."""
+    base_dir = save_tiny_checkpoint(tokenizer, tmp_path)
+    procs = []
+    with chat_web_server(base_dir, "--cache-memory", "16M", "--max-batch", "8", started=procs.append) as url:
+        pid = procs[0].pid
+        httpx.post(url + "/chat/completions", json={"messages": HELLO, "max_tokens": 2}, timeout=60)  # warm
+        before = memory_kib(pid, "VmRSS")
+
+        async def burst():
+            async with httpx.AsyncClient(timeout=300) as client:
+                bodies = [{"messages": HELLO, "recur": 64, "max_tokens": 300 if i < 2 else 150, "temperature": 1.0,
+                           "seed": i} for i in range(4)]
+                never = client.post(url + "/v1/chat/completions", json={"model": "nanochat-sft-tiny-7", "n": 2,
+                                                                        "messages": HELLO, "recur": 64,
+                                                                        "max_tokens": 300})
+                return await asyncio.gather(never, *(client.post(url + "/chat/completions", json=b) for b in bodies))
+
+        never, *served = asyncio.run(burst())
+        assert never.status_code == 503 and "budget" in never.text
+        assert all(r.status_code == 200 and events(r.text)[-1]["done"] for r in served)
+        grown = (memory_kib(pid, "VmHWM") - before) / 1024
+        stats = httpx.get(url + "/stats").json()
+        print(f"peak RSS grew by {grown:.1f} MiB; cache now {stats['kv_cache_bytes'][0] / 2**20:.1f} MiB")
+        assert grown < 2 * 16 + 4, f"the server's peak RSS grew by {grown:.1f} MiB over a 16 MiB cache budget"
+        assert stats["kv_cache_bytes"][0] <= 16 * 2**20
