@@ -559,3 +559,18 @@ def test_plot_scaling_two_runs(tmp_path, capsys):
 def test_plot_scaling_without_runs_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no base checkpoints matching '\\*' under"):
         load_plot_scaling().main(["--base-dir", str(tmp_path), "--out", str(tmp_path / "x.png")])
+
+
+def test_the_installed_command_runs_the_scripts_from_any_directory(tmp_path):
+    """`nanochat <command>` (pyproject's console script) imports the installed scripts, so it works
+    outside the repository; an unknown command is one line and exit code 2."""
+    import shutil
+    command = shutil.which("nanochat", path=os.path.dirname(sys.executable))
+    assert command, "no `nanochat` next to the interpreter: reinstall with pip install -e '.[dev]'"
+    run = lambda *argv: subprocess.run([command, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    listed = run("--help")
+    assert listed.returncode == 0 and "serve" in listed.stdout and "python -m scripts.chat_web" in listed.stdout
+    flags = run("serve", "--help")
+    assert flags.returncode == 0 and "--cache-memory" in flags.stdout
+    wrong = run("bogus")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "unknown command 'bogus'" in wrong.stderr
