@@ -200,6 +200,8 @@ class LoopedNanochatForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = LoopedNanochatConfig
     base_model_prefix = "model"
     _no_split_modules = ["Block"]
+    supports_gradient_checkpointing = True  # each block call is checkpointed in training (fine-tuning recipes)
+    _supports_sdpa = True  # attention is F.scaled_dot_product_attention already: "sdpa" is what runs
 
     def __init__(self, config):
         super().__init__(config)
@@ -219,6 +221,7 @@ class LoopedNanochatForCausalLM(PreTrainedModel, GenerationMixin):
         self.norm_f = RMSNorm(C)
         self.lm_head = Linear(C, padded_vocab)
         self._noise = {}  # device -> fixed initial-state noise (T, C), grown on demand
+        self.gradient_checkpointing = False  # set by gradient_checkpointing_enable()
         self.post_init()
 
     def _init_weights(self, module):
@@ -233,6 +236,30 @@ class LoopedNanochatForCausalLM(PreTrainedModel, GenerationMixin):
 
     def get_output_embeddings(self):
         return self.lm_head
+
+    def set_input_embeddings(self, embedding):
+        self.wte = embedding
+
+    def set_output_embeddings(self, head):
+        self.lm_head = head
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """transformers' resize (wte and lm_head), then the value embeddings to the same rows. The
+        rows stay a multiple of VOCAB_MULTIPLE, as nanochat pads them, so the folder still loads into
+        nanochat's tools; config.vocab_size becomes new_num_tokens (the logits' width)."""
+        if new_num_tokens is None:
+            return super().resize_token_embeddings(None, pad_to_multiple_of, mean_resizing)
+        rows = math.ceil(new_num_tokens / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        embeds = super().resize_token_embeddings(rows, None, mean_resizing)
+        for name, old in list(self.value_embeds.items()):
+            new = nn.Embedding(rows, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+            with torch.no_grad():
+                keep = min(rows, old.num_embeddings)
+                new.weight[:keep] = old.weight[:keep]
+                new.weight[keep:] = old.weight[:keep].mean(0)
+            self.value_embeds[name] = new
+        self.config.vocab_size = self.vocab_size = new_num_tokens
+        return embeds
 
     def _fixed_noise(self, stop, device):
         """Rows 0..stop-1 of nanochat's position-indexed initial-state noise: chunks of
@@ -295,7 +322,11 @@ class LoopedNanochatForCausalLM(PreTrainedModel, GenerationMixin):
             nonlocal layer
             for i, block in enumerate(blocks):
                 mask = masks[None if windows is None else windows[i]]
-                x = block(x, cos_sin, mask, None if ves is None else ves.get(i), cache, layer)
+                ve = None if ves is None else ves.get(i)
+                if self.gradient_checkpointing and self.training:  # recompute the block in backward
+                    x = self._gradient_checkpointing_func(block.__call__, x, cos_sin, mask, ve, None, layer)
+                else:
+                    x = block(x, cos_sin, mask, ve, cache, layer)
                 layer += 1
             return x
 

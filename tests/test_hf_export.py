@@ -396,3 +396,78 @@ def test_exported_folder_pads_left_and_states_its_context(exported):
     assert tok.padding_side == "left" and hf.config.max_position_embeddings == hf.config.sequence_len
     batch = tok(["hi", "a longer prompt here"], padding=True, return_tensors="pt")
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1
+
+
+# -----------------------------------------------------------------------------
+# fine-tuning the export with the Hugging Face stack
+
+def test_peft_lora_fine_tune_of_the_export_comes_back_into_our_tools(exported, tokenizer, tmp_path):
+    """What PEFT / TRL recipes call first: attn_implementation="sdpa", gradient checkpointing; then
+    a LoRA fine-tune of a few steps on CPU whose loss falls, merged and saved, which our own loader
+    and chat_cli read back (the logits of the merged model, in nanochat and in transformers, agree)."""
+    peft = pytest.importorskip("peft", reason="needs the [hf] extra's peft")
+    import shutil
+    _, path, _ = exported
+    hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, attn_implementation="sdpa")
+    hf.gradient_checkpointing_enable()
+    hf.config.use_cache = False
+    lora = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                   target_modules=["c_q", "c_k", "c_v", "c_proj", "c_fc"]))
+    trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert 0 < trainable < sum(p.numel() for p in lora.parameters()) / 5  # adapters only
+    batch = ids(2, 24, seed=3)
+    opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=3e-2)
+    lora.train()
+    losses = []
+    for _ in range(8):
+        loss = lora(input_ids=batch, labels=batch, use_cache=False).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+    merged = lora.merge_and_unload().eval()
+    out = tmp_path / "tuned"
+    merged.save_pretrained(out)
+    for name in os.listdir(path):  # the tokenizer files travel with the weights
+        if name.startswith("tokenizer") or name.endswith(".jinja") or name.startswith("special_tokens"):
+            shutil.copy(os.path.join(path, name), out / name)
+    ours, _, meta = hf_export.load_exported(str(out))
+    with torch.no_grad():
+        want = merged(input_ids=batch, use_cache=False).logits
+        got = ours(batch, r=meta["eval_r"])
+    assert (got - want).abs().max().item() < ATOL * 10
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    chat = subprocess.run([sys.executable, "-m", "scripts.chat_cli", "--device-type", "cpu", "--source", str(out), "-p",
+                           "hello", "--max-new-tokens", "4", "--temperature", "0"], cwd=repo, capture_output=True,
+                          text=True, timeout=300)
+    assert chat.returncode == 0 and chat.stdout.split("Assistant: ", 1)[1].strip(), chat.stderr[-2000:]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(exported):
+    _, path, _ = exported
+    grads = []
+    for checkpointing in (False, True):
+        hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).train()
+        if checkpointing:
+            hf.gradient_checkpointing_enable()
+            assert hf.gradient_checkpointing
+        hf(input_ids=ids(2, 16), labels=ids(2, 16), use_cache=False).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in hf.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    assert max((grads[0][n] - grads[1][n]).abs().max().item() for n in grads[0]) < 1e-6
+
+
+def test_vocabulary_resize_keeps_every_embedding_in_step(exported):
+    """resize_token_embeddings (added special tokens): input, output and value embeddings grow
+    together, padded as nanochat pads, and the logits widen to the new vocabulary."""
+    _, path, _ = exported
+    hf = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    before = hf(input_ids=ids(1, 8)).logits
+    hf.resize_token_embeddings(VOCAB + 3)
+    assert hf.config.vocab_size == VOCAB + 3 and hf.get_input_embeddings().num_embeddings == VOCAB + 64
+    assert all(e.num_embeddings == VOCAB + 64 for e in hf.value_embeds.values()) and hf.value_embeds
+    with torch.no_grad():
+        after = hf(input_ids=torch.cat([ids(1, 8), torch.tensor([[VOCAB + 2]])], dim=1)).logits
+    assert after.shape[-1] == VOCAB + 3
+    assert (after[0, :8, :VOCAB] - before[0]).abs().max().item() < ATOL  # old tokens: the same model
