@@ -46,6 +46,7 @@ from nanochat.chat_api import (MAX_MESSAGE_CHARS, GenerationError, RequestError,
                                render_prompt, validate_request)
 from nanochat import completions_api
 from nanochat.reply import PART_TYPES, ReplyDecoder
+from nanochat.tokenizer import MESSAGE_JOIN
 
 MAX_N = 8                 # replies per request
 DISCONNECT_POLL = 0.25    # seconds between checks that a non-streamed request's client is still there
@@ -122,11 +123,12 @@ def _messages(messages):
 
 
 def _join(a, b):
-    """Two contents of one role as one: strings with a blank line between, else the parts in order."""
+    """Two contents of one role as one: strings with a blank line between, else the parts in order
+    (the exported chat template joins them the same way: nanochat.tokenizer.chat_template)."""
     if isinstance(a, str) and isinstance(b, str):
-        return f"{a}\n\n{b}" if a and b else a or b
+        return f"{a}{MESSAGE_JOIN}{b}" if a and b else a or b
     parts = lambda c: [{"type": "text", "text": c}] if isinstance(c, str) else list(c)  # noqa: E731
-    return parts(a) + [{"type": "text", "text": "\n\n"}] + parts(b)
+    return parts(a) + [{"type": "text", "text": MESSAGE_JOIN}] + parts(b)
 
 
 def parse_request(body, defaults, model_id):

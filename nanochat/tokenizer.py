@@ -35,6 +35,7 @@ TURNS = {"user": ("<|user_start|>", "<|user_end|>"), "assistant": ("<|assistant_
 PARTS = {"text": ("", "", 1), "python": ("<|python_start|>", "<|python_end|>", 1),
          "python_output": ("<|output_start|>", "<|output_end|>", 0)}
 SYSTEM_JOIN = "\n\n"  # a leading system message is folded into the first user message with this
+MESSAGE_JOIN = "\n\n"  # and consecutive messages of one role (the OpenAI route, the exported template) with this
 SYSTEM_ERROR = "a system message must be followed by a user message"
 ROLES_ERROR = "roles must alternate user/assistant starting with user"
 
@@ -237,8 +238,36 @@ def chat_template():
     user, assistant = TURNS["user"], TURNS["assistant"]
     parts = "".join(f"{{%- {'if' if i == 0 else 'elif'} part['type'] == '{kind}' -%}}{o}{{{{ part['text'] }}}}{c}"
                     for i, (kind, (o, c, _)) in enumerate(PARTS.items()))
-    join = SYSTEM_JOIN.replace("\n", "\\n")
+    join, message_join = SYSTEM_JOIN.replace("\n", "\\n"), MESSAGE_JOIN.replace("\n", "\\n")
+    # first the shapes the OpenAI route accepts, read as it reads them (nanochat/openai_api.py):
+    # "developer" is "system", a system message after the first is the user's, text parts are
+    # joined, a null assistant content is empty, and consecutive messages of one role are one
+    # message (strings joined by a blank line, parts lists concatenated around a blank text part)
+    normalize = (
+        "{%- set ns = namespace(messages=[]) -%}"
+        "{%- for m in messages -%}"
+        "{%- set role = 'system' if m['role'] == 'developer' else m['role'] -%}"
+        "{%- if role == 'system' and not loop.first -%}{%- set role = 'user' -%}{%- endif -%}"
+        "{%- set content = m.get('content') -%}"  # transformers drops a null content's key
+        "{%- set content = '' if content is none else content -%}"
+        "{%- if role != 'assistant' and content is not string -%}"
+        "{%- set content = content|map(attribute='text')|join('') -%}{%- endif -%}"
+        "{%- if ns.messages and ns.messages[-1]['role'] == role and role != 'system' -%}"
+        "{%- set last = ns.messages[-1]['content'] -%}"
+        "{%- if last is string and content is string -%}"
+        f"{{%- set joined = (last ~ '{message_join}' ~ content) if (last and content) else (last or content) -%}}"
+        "{%- else -%}"
+        "{%- set joined = ([{'type': 'text', 'text': last}] if last is string else last)"
+        f" + [{{'type': 'text', 'text': '{message_join}'}}]"
+        " + ([{'type': 'text', 'text': content}] if content is string else content) -%}"
+        "{%- endif -%}"
+        "{%- set ns.messages = ns.messages[:-1] + [{'role': role, 'content': joined}] -%}"
+        "{%- else -%}{%- set ns.messages = ns.messages + [{'role': role, 'content': content}] -%}{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- set messages = ns.messages -%}"
+    )
     return (
+        normalize +
         "{%- set ns = namespace(messages=messages) -%}"
         "{%- if messages and messages[0]['role'] == 'system' -%}"
         "{%- if messages|length < 2 or messages[1]['role'] != 'user' -%}"

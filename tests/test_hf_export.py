@@ -215,6 +215,33 @@ def test_tokenizer_and_chat_template_match_ours(exported, tokenizer):
     assert hf_tok.eos_token == "<|assistant_end|>" and hf_tok.model_max_length == 32  # sequence_len
 
 
+def test_chat_template_reads_the_shapes_the_server_accepts(exported, tokenizer):
+    """What RAG and agent front-ends send (two user turns in a row, a later system message, a
+    developer message, text parts, a model_dump()'d reply with null content): the exported template
+    renders the prompt ids the OpenAI route renders for the same messages."""
+    from nanochat.openai_api import _messages
+    _, path, _ = exported
+    hf_tok = AutoTokenizer.from_pretrained(path)
+    shapes = [
+        [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}],
+        [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"},
+         {"role": "assistant", "content": "hello"}, {"role": "system", "content": "context: loops"},
+         {"role": "user", "content": "why?"}],
+        [{"role": "user", "content": [{"type": "text", "text": "a "}, {"type": "text", "text": "b"}]},
+         {"role": "assistant", "content": None}, {"role": "assistant", "content": "late"},
+         {"role": "user", "content": "again"}],
+        [{"role": "user", "content": "compute"},
+         {"role": "assistant", "content": [{"type": "text", "text": "ok "}, {"type": "python", "text": "1+1"},
+                                           {"type": "python_output", "text": "2"}]},
+         {"role": "assistant", "content": "so 2"}, {"role": "user", "content": "thanks"}],
+    ]
+    for messages in shapes:
+        server, _ = _messages([dict(m) for m in messages])
+        want = tokenizer.render_for_completion({"messages": server + [{"role": "assistant", "content": ""}]})
+        got = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
+        assert got == want, messages
+
+
 # -----------------------------------------------------------------------------
 # round trip
 
