@@ -41,7 +41,9 @@ TOP_P_RANGE = (1e-6, 1.0)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
 ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold (KL in nats); 0 == fixed r
-FIELDS = ("messages", "temperature", "top_k", "top_p", "max_tokens", "recur", "adaptive", "seed")
+FIELDS = ("messages", "temperature", "top_k", "top_p", "max_tokens", "recur", "adaptive", "seed", "presence_penalty",
+          "frequency_penalty")
+PENALTY_RANGE = (-2.0, 2.0)       # OpenAI's
 
 
 class RequestError(ValueError):
@@ -61,6 +63,8 @@ class ChatRequest:
     seed: int
     n: int = 1              # replies (rows) sampled from the one prompt
     top_p: float = 1.0      # nucleus sampling (1 = off)
+    presence_penalty: float = 0.0   # OpenAI's penalties on tokens already in the reply
+    frequency_penalty: float = 0.0
 
 
 async def read_body(request, limit=MAX_BODY_BYTES):
@@ -166,6 +170,8 @@ def sampling_fields(body, defaults, max_tokens_range=MAX_TOKENS_RANGE):
         adaptive=None if adaptive is None else float(_number(body, "adaptive", *ADAPTIVE_RANGE, False, None)),
         seed=_number(body, "seed", 0, 2**63 - 1, True, random.getrandbits(32)),
         top_p=float(_number(body, "top_p", *TOP_P_RANGE, False, 1.0)),
+        presence_penalty=float(_number(body, "presence_penalty", *PENALTY_RANGE, False, 0.0)),
+        frequency_penalty=float(_number(body, "frequency_penalty", *PENALTY_RANGE, False, 0.0)),
     )
 
 
@@ -226,7 +232,8 @@ class Worker:
         set (sync: runs on a thread); the request leaves the batch after."""
         request = self.scheduler.submit(ids, n=req.n, r=req.recur, max_tokens=req.max_tokens,  # recur: 1 without a loop
                                         temperature=req.temperature, top_k=req.top_k, seed=req.seed,
-                                        exit_threshold=req.adaptive, top_p=req.top_p)
+                                        exit_threshold=req.adaptive, top_p=req.top_p,
+                                        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty)
         try:
             yield from request.steps(until=stop)
         finally:

@@ -4,8 +4,8 @@ route), for clients that continue text (litellm.text_completion) or score it (lm
 harness's local-completions: echo + logprobs, the way it computes loglikelihoods):
 
     {"model": id, "prompt": str | [str] | [int] | [[int]], "max_tokens": 16, "echo": false,
-     "logprobs": null | 0..5, "temperature", "top_p", "n", "stop", "seed", extensions "top_k",
-     "recur", "adaptive"}
+     "logprobs": null | 0..5, "temperature", "top_p", "presence_penalty", "frequency_penalty", "n",
+     "stop", "seed", extensions "top_k", "recur", "adaptive"}
 
 - A prompt of token ids is used as it is; a text prompt is encoded after a <|bos|> (the model
   was trained on documents that start with one), which the reply never shows: its first token's
@@ -34,9 +34,8 @@ MAX_LOGPROBS = 5          # as OpenAI's completions
 MAX_TOKENS_RANGE = (0, 4096)
 DEFAULT_MAX_TOKENS = 16   # OpenAI's default for completions
 KNOWN = ("model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed", "echo", "logprobs",
-         "stream", "recur", "adaptive")
-NEUTRAL = {"suffix": (), "best_of": (1,), "presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},),
-           "stream": (False,), "stream_options": ()}
+         "stream", "recur", "adaptive", "presence_penalty", "frequency_penalty")
+NEUTRAL = {"suffix": (), "best_of": (1,), "logit_bias": ({},), "stream": (False,), "stream_options": ()}
 
 
 @dataclass
@@ -73,8 +72,8 @@ def parse(body, defaults, tokenizer, model, options):
             raise RequestError(400, f"prompt[{i}]", f"expected a non-empty string or a non-empty list of token ids "
                                                     f"in [0, {vocab_size})")
     given = {k: v for k, v in body.items() if v is not None}
-    native = {k: given[k] for k in ("temperature", "top_k", "top_p", "recur", "adaptive", "seed", "max_tokens")
-              if k in given}
+    native = {k: given[k] for k in ("temperature", "top_k", "top_p", "recur", "adaptive", "seed", "max_tokens",
+                                    "presence_penalty", "frequency_penalty") if k in given}
     fields = sampling_fields(native, {**defaults, "max_tokens": DEFAULT_MAX_TOKENS}, MAX_TOKENS_RANGE)
     echo = given.get("echo", False)
     if not isinstance(echo, bool):

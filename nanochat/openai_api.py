@@ -13,7 +13,8 @@ looped model:
     POST /v1/completions             text in, text out, with echo and logprobs (nanochat/completions_api.py)
 
 Differences from OpenAI, each one explicit:
-- Sampling is temperature, top_p (nucleus) and the extension top_k; seed -1 means no seed.
+- Sampling is temperature, top_p (nucleus), presence_penalty and frequency_penalty (on the
+  reply's own tokens, as OpenAI's) and the extension top_k; seed -1 means no seed.
 - Messages: an optional leading system (or developer) message, then user/assistant, ending with
   user; consecutive messages of one role are joined, and a later system message reads as the
   user's. Content is a string or a list of {"type": "text", "text"} parts; an assistant
@@ -23,8 +24,10 @@ Differences from OpenAI, each one explicit:
 - Extensions in the reply: each choice has "depths" (the loop iterations run for each completion
   token, streamed with the chunk that carries its text); "recurrence" says the r and threshold used.
 - Unknown fields are refused (400) rather than ignored, except a few that cannot change the reply
-  (user, metadata, store, ...); penalties, logprobs, tools, tool_choice, response_format and
-  logit_bias are accepted at the values clients send when they mean "none" (NEUTRAL).
+  (user, metadata, store, ...); logprobs, tools, tool_choice, response_format and logit_bias are
+  accepted at the values clients send when they mean "none" (NEUTRAL). Tool calls: the model's
+  own python tool runs on the server (below); a client's own `tools` cannot be offered to the
+  model (it was trained on its python tool only), so a non-empty list is refused with 400.
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 bad request (a
 prompt too long for the model: code "context_length_exceeded"), 401 missing or wrong API key,
 404 unknown model or endpoint, 405 wrong method, 413 body or message over a size limit, 415 a
@@ -53,11 +56,11 @@ DISCONNECT_POLL = 0.25    # seconds between checks that a non-streamed request's
 MAX_STOPS, MAX_STOP_CHARS = 4, 100
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")  # no effect on the reply
 # accepted at these values (or null) only: what clients send by default when they mean "nothing"
-NEUTRAL = {"frequency_penalty": (0,), "presence_penalty": (0,), "logprobs": (False,), "top_logprobs": (0,),
+NEUTRAL = {"logprobs": (False,), "top_logprobs": (0,),
            "tools": ([],), "tool_choice": ("none", "auto"), "parallel_tool_calls": (True, False),
            "response_format": ({"type": "text"},), "logit_bias": ({},), "reasoning_effort": ()}
 KNOWN = ("model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
-         "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive")
+         "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive", "presence_penalty", "frequency_penalty")
 FENCES = {"python": "```python\n", "python_output": "```output\n"}
 STATUS_TYPES = {500: "server_error", 503: "server_error"}  # every other status is the client's: "invalid_request_error"
 
@@ -167,7 +170,8 @@ def _chat_request(messages, where, given, defaults):
     native = {"messages": messages[len(system):]}
     for ours, theirs in (("temperature", "temperature"), ("top_k", "top_k"), ("top_p", "top_p"), ("recur", "recur"),
                          ("adaptive", "adaptive"), ("seed", "seed"), ("max_tokens", "max_completion_tokens"),
-                         ("max_tokens", "max_tokens")):
+                         ("max_tokens", "max_tokens"), ("presence_penalty", "presence_penalty"),
+                         ("frequency_penalty", "frequency_penalty")):
         if theirs in given:
             native[ours] = given[theirs]
     try:

@@ -138,8 +138,10 @@ class Request:
     The scheduler puts each row's tokens as they are picked; a Step goes out once every row
     has its next token or has ended (an ended row shows `filler`, marked done)."""
 
-    def __init__(self, prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, filler, top_p=None):
+    def __init__(self, prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, filler, top_p=None,
+                 presence_penalty=0.0, frequency_penalty=0.0):
         self.prompts, self.n, self.r, self.max_tokens, self.top_p = prompts, n, r, max_tokens, top_p
+        self.presence_penalty, self.frequency_penalty = presence_penalty, frequency_penalty
         self.temperature, self.top_k, self.exit_threshold, self.filler = temperature, top_k, exit_threshold, filler
         self.size = len(prompts) * n
         self.length = max(len(p) for p in prompts) + max_tokens  # positions a row of it may fill
@@ -227,6 +229,19 @@ class _Row:
         self.rng = torch.Generator(device=device).manual_seed(req.seeds[b])
         self.logits = self.input = self.tool = None
         self.depth = req.r
+        self.counts = None  # (1, V) times each token occurred in the reply, kept only under a penalty
+
+    def penalized(self, logits):
+        """The logits less the request's presence and frequency penalties for this reply's tokens."""
+        if self.counts is None:
+            return logits
+        return logits - self.req.presence_penalty * (self.counts > 0) - self.req.frequency_penalty * self.counts
+
+    def saw(self, token, vocab):
+        if self.req.presence_penalty or self.req.frequency_penalty:
+            if self.counts is None:
+                self.counts = torch.zeros(1, vocab, device=self.rng.device)
+            self.counts[0, token] += 1
 
     @property
     def threshold(self):
@@ -271,8 +286,10 @@ class Scheduler:
     # the client side (any thread)
 
     def submit(self, tokens, n=1, r=4, max_tokens=256, temperature=1.0, top_k=None, seed=42, exit_threshold=None,
-               top_p=None):
-        """tokens: one prompt (a list of ids) or several (a list of such lists); n replies to each."""
+               top_p=None, presence_penalty=0.0, frequency_penalty=0.0):
+        """tokens: one prompt (a list of ids) or several (a list of such lists); n replies to each.
+        presence_penalty / frequency_penalty (OpenAI's): each token already in the reply has its
+        logit lowered by presence_penalty once and by frequency_penalty per time it occurred."""
         prompts = [tokens] if tokens and isinstance(tokens, list) and isinstance(tokens[0], int) else tokens
         if not (isinstance(prompts, list) and prompts and
                 all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts)):
@@ -291,7 +308,11 @@ class Scheduler:
             raise ValueError(f"submit: temperature={temperature}, exit_threshold={exit_threshold}: expected >= 0")
         if top_p is not None and not 0 < top_p <= 1:
             raise ValueError(f"submit: top_p={top_p}: expected 0 < top_p <= 1")
-        req = Request(prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, self.chat_tokens.end, top_p)
+        if not all(-2 <= p <= 2 for p in (presence_penalty, frequency_penalty)):
+            raise ValueError(f"submit: presence_penalty={presence_penalty}, frequency_penalty={frequency_penalty}: "
+                             f"expected values in [-2, 2]")
+        req = Request(prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, self.chat_tokens.end, top_p,
+                      presence_penalty, frequency_penalty)
         with self.cond:
             self.waiting.append(req)
             self.cond.notify()
@@ -419,7 +440,7 @@ class Scheduler:
         if not ready:
             return
         req = [row.req for row in ready]
-        sampled = torch.stack([sample_next_token(row.logits, row.rng, q.temperature, q.top_k, q.top_p)[0]
+        sampled = torch.stack([sample_next_token(row.penalized(row.logits), row.rng, q.temperature, q.top_k, q.top_p)[0]
                                for row, q in zip(ready, req)]).tolist()
         for row, s in zip(ready, sampled):
             self._advance(row, s)
@@ -428,6 +449,7 @@ class Scheduler:
         req = row.req
         token, was_sampled = row.reply.next_token(sampled)
         code = row.reply.feed(token, was_sampled)
+        row.saw(token, row.logits.size(-1))
         row.logits = None
         row.count += 1
         last = row.reply.done or row.count == req.max_tokens

@@ -108,6 +108,7 @@ BAD = [  # (create() arguments, the client's error class, the param named)
     (dict(stop=["a", "b", "c", "d", "e"]), openai.BadRequestError, "stop"),
     (dict(max_tokens=0), openai.BadRequestError, "max_tokens"),
     (dict(logprobs=True), openai.BadRequestError, "logprobs"),
+    (dict(presence_penalty=3), openai.BadRequestError, "presence_penalty"),
     (dict(extra_body={"recur": 0}), openai.BadRequestError, "recur"),
     (dict(extra_body={"beam_width": 4}), openai.BadRequestError, "beam_width"),
     (dict(messages=[{"role": "user", "content": "the loop " * 200}]), openai.BadRequestError, "messages"),
@@ -175,6 +176,8 @@ def test_what_clients_send_by_default_is_accepted(client):
     nucleus = [chat(client, max_tokens=8, temperature=1.0, top_p=1e-6, seed=s).choices[0].message.content for s in (1, 2)]
     greedy = chat(client, max_tokens=8, temperature=0).choices[0].message.content
     assert nucleus == [greedy, greedy]  # a nucleus this small holds the most likely token only
+    penalized = chat(client, max_tokens=8, temperature=0, presence_penalty=2, frequency_penalty=2)
+    assert penalized.choices[0].message.role == "assistant"  # the penalties reach the sampler (tests/test_scheduler.py)
 
 
 def test_message_shapes_of_rag_and_agent_front_ends(client):

@@ -265,3 +265,24 @@ def test_cache_budget_admits_waits_refuses_and_shrinks(tokenizer):
     sched.run()
     with pytest.raises(CacheBudgetError, match="lower recur, max_tokens or n"):
         list(big)
+
+
+def test_presence_and_frequency_penalties_act_on_the_replys_own_tokens(tokenizer):
+    """Greedy rows: a presence penalty past every logit gap never repeats a token of the reply;
+    zero penalties give the plain greedy reply; each row keeps its own counts."""
+    model = looped(vocab_size=512)
+    sched = Scheduler(model, tokenizer, max_rows=4, tool=None)
+    prompt = tokens(1, 9)[0].tolist()
+    plain = sched.submit(prompt, n=1, r=2, max_tokens=24, temperature=0.0)
+    zero = sched.submit(prompt, n=1, r=2, max_tokens=24, temperature=0.0, presence_penalty=0.0, frequency_penalty=0.0)
+    strong = sched.submit(prompt, n=2, r=2, max_tokens=24, temperature=0.0, presence_penalty=2.0, frequency_penalty=2.0)
+    sched.run()
+    plain_reply, zero_reply = reply(list(plain))[0], reply(list(zero))[0]
+    rows = list(strong)
+    assert plain_reply == zero_reply
+    assert len(set(plain_reply)) < len(plain_reply), "the random model repeats itself greedily: no test otherwise"
+    for b in range(2):
+        penalized = reply(rows, b)[0]
+        assert len(set(penalized)) == len(penalized) and penalized[0] == plain_reply[0], penalized
+    with pytest.raises(ValueError, match="presence_penalty"):
+        sched.submit(prompt, presence_penalty=3.0)
