@@ -65,6 +65,7 @@ class ChatRequest:
     top_p: float = 1.0      # nucleus sampling (1 = off)
     presence_penalty: float = 0.0   # OpenAI's penalties on tokens already in the reply
     frequency_penalty: float = 0.0
+    logprobs: int | None = None     # None, or top alternatives per token's logprob (Step.logprobs)
 
 
 async def read_body(request, limit=MAX_BODY_BYTES):
@@ -233,7 +234,8 @@ class Worker:
         request = self.scheduler.submit(ids, n=req.n, r=req.recur, max_tokens=req.max_tokens,  # recur: 1 without a loop
                                         temperature=req.temperature, top_k=req.top_k, seed=req.seed,
                                         exit_threshold=req.adaptive, top_p=req.top_p,
-                                        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty)
+                                        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                                        logprobs=req.logprobs)
         try:
             yield from request.steps(until=stop)
         finally:

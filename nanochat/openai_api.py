@@ -7,6 +7,7 @@ looped model:
     GET  /v1/models/{id}
     POST /v1/chat/completions        {"model": id, "messages": [...], "stream": false, "temperature": 1.0,
                                       "top_p": 1, "max_tokens" (or "max_completion_tokens"), "n": 1,
+                                      "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
                                       "stop": str | [str], "seed": int, "stream_options": {"include_usage": bool},
                                       extensions: "top_k", "recur" (loop iterations per token),
                                       "adaptive" (exit threshold, KL in nats; recur is then the cap)}
@@ -24,8 +25,10 @@ Differences from OpenAI, each one explicit:
 - Extensions in the reply: each choice has "depths" (the loop iterations run for each completion
   token, streamed with the chunk that carries its text); "recurrence" says the r and threshold used.
 - Unknown fields are refused (400) rather than ignored, except a few that cannot change the reply
-  (user, metadata, store, ...); logprobs, tools, tool_choice, response_format and logit_bias are
-  accepted at the values clients send when they mean "none" (NEUTRAL). Tool calls: the model's
+  (user, metadata, store, ...); tools, tool_choice, response_format and logit_bias are accepted
+  at the values clients send when they mean "none" (NEUTRAL). logprobs / top_logprobs (0..20)
+  give each reply token's logprob under the model (before temperature and penalties) with its
+  top alternatives, in OpenAI's {"content": [{token, logprob, bytes, top_logprobs}]}, streamed too. Tool calls: the model's
   own python tool runs on the server (below); a client's own `tools` cannot be offered to the
   model (it was trained on its python tool only), so a non-empty list is refused with 400.
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 bad request (a
@@ -56,11 +59,13 @@ DISCONNECT_POLL = 0.25    # seconds between checks that a non-streamed request's
 MAX_STOPS, MAX_STOP_CHARS = 4, 100
 IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")  # no effect on the reply
 # accepted at these values (or null) only: what clients send by default when they mean "nothing"
-NEUTRAL = {"logprobs": (False,), "top_logprobs": (0,),
+NEUTRAL = {
            "tools": ([],), "tool_choice": ("none", "auto"), "parallel_tool_calls": (True, False),
            "response_format": ({"type": "text"},), "logit_bias": ({},), "reasoning_effort": ()}
 KNOWN = ("model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "max_tokens",
-         "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive", "presence_penalty", "frequency_penalty")
+         "max_completion_tokens", "n", "stop", "seed", "recur", "adaptive", "presence_penalty", "frequency_penalty",
+         "logprobs", "top_logprobs")
+MAX_TOP_LOGPROBS = 20  # as OpenAI's
 FENCES = {"python": "```python\n", "python_output": "```output\n"}
 STATUS_TYPES = {500: "server_error", 503: "server_error"}  # every other status is the client's: "invalid_request_error"
 
@@ -140,7 +145,28 @@ def parse_request(body, defaults, model_id):
     given = {k: v for k, v in body.items() if v is not None}  # null means "the default", as OpenAI reads it
     req = _chat_request(*_messages(body.get("messages")), given, defaults)
     req.n, opts = _options(given)
+    req.logprobs = _logprobs(given)
     return req, opts
+
+
+def _logprobs(given):
+    """logprobs (bool) and top_logprobs (0..20, only with logprobs) -> None or the top count."""
+    asked, top = given.get("logprobs", False), given.get("top_logprobs")
+    if not isinstance(asked, bool):
+        raise RequestError(400, "logprobs", "expected true or false")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise RequestError(400, "top_logprobs", f"expected an integer in [0, {MAX_TOP_LOGPROBS}]")
+    if top and not asked:
+        raise RequestError(400, "top_logprobs", "only with logprobs: true")
+    return (top or 0) if asked else None
+
+
+def logprob_entries(tokenizer, tokens, logprobs):
+    """OpenAI's chat logprobs content for tokens and their Step.logprobs entries."""
+    def entry(token, lp):
+        text = tokenizer.token_text(token)
+        return {"token": text, "logprob": lp, "bytes": list(tokenizer.token_raw(token))}
+    return [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in top]} for t, (lp, top) in zip(tokens, logprobs)]
 
 
 def _check_fields(body, known, neutral_values, model_id):
@@ -226,7 +252,7 @@ class Choice:
     def __init__(self, tokenizer, stops):
         self.decoder, self.stops = ReplyDecoder(tokenizer), stops
         self.kind, self.part, self.content, self.sent = "text", -1, "", 0
-        self.unsent_depths, self.finish_reason = [], None
+        self.unsent, self.finish_reason = [], None  # (token, depth, logprob entry or None) not yet sent
 
     def _add(self, kind, text, part):
         if kind != self.kind or (kind != "text" and part != self.part):
@@ -239,7 +265,8 @@ class Choice:
         self.content += text
 
     def _release(self, final):
-        """(text, depths) that may go out now; at a stop string, the reply ends there."""
+        """(text, its tokens as (token, depth, logprob)) that may go out now; at a stop string, the
+        reply ends there."""
         start = max(0, self.sent - max((len(s) for s in self.stops), default=0))
         hits = [p for p in (self.content.find(s, start) for s in self.stops) if p >= 0]
         end = len(self.content)
@@ -253,44 +280,53 @@ class Choice:
                         end = min(end, len(self.content) - k)
                         break
         text, self.sent = self.content[self.sent:end], max(self.sent, end)
-        depths, self.unsent_depths = (self.unsent_depths, []) if text or final or hits else ([], self.unsent_depths)
-        return text, depths
+        tokens, self.unsent = (self.unsent, []) if text or final or hits else ([], self.unsent)
+        return text, tokens
 
-    def feed(self, token, depth):
-        """-> (text, depths, finish_reason or None), or None while nothing can go out."""
-        self.unsent_depths.append(depth)
+    def feed(self, token, depth, logprob=None):
+        """-> (text, its tokens, finish_reason or None), or None while nothing can go out."""
+        self.unsent.append((token, depth, logprob))
         for piece in self.decoder.feed(token):
             self._add(*piece)
-        text, depths = self._release(final=False)
-        return (text, depths, self.finish_reason) if text or self.finish_reason else None
+        text, tokens = self._release(final=False)
+        return (text, tokens, self.finish_reason) if text or self.finish_reason else None
 
     def end(self, reason):
         """The row stopped (reason "stop" or "length"): the rest, an open tool block closed."""
         for piece in self.decoder.finish():
             self._add(*piece)
         self._add("text", "", self.part)
-        text, depths = self._release(final=True)
+        text, tokens = self._release(final=True)
         self.finish_reason = self.finish_reason or reason
-        return text, depths, self.finish_reason
+        return text, tokens, self.finish_reason
 
 
 async def choice_events(pool, ids, req, stops, tokenizer):
-    """(index, text, depths, finish_reason or None) as the replies grow: the one stream both the
-    streamed and the whole response are made of, so the two carry the same text."""
+    """(index, text, depths, finish_reason or None, logprobs content or None) as the replies grow:
+    the one stream both the streamed and the whole response are made of, so the two carry the
+    same text. logprobs: OpenAI's entries for the tokens whose text this event carries."""
     choices = [Choice(tokenizer, stops) for _ in range(req.n)]
     steps = pool.generate(ids, req)
+
+    def event(i, text, tokens, reason):
+        entries = None
+        if req.logprobs is not None:
+            entries = logprob_entries(tokenizer, [t for t, _, lp in tokens if lp], [lp for _, _, lp in tokens if lp])
+        return i, text, [d for _, d, _ in tokens], reason, entries
+
     try:
         async for step in steps:
             for i, choice in enumerate(choices):
                 if choice.finish_reason is None:
-                    out = choice.end("stop") if step.done[i] else choice.feed(step.tokens[i], step.depths[i])
+                    out = (choice.end("stop") if step.done[i] else
+                           choice.feed(step.tokens[i], step.depths[i], step.logprobs[i] if step.logprobs else None))
                     if out is not None:
-                        yield (i, *out)
+                        yield event(i, *out)
             if all(c.finish_reason for c in choices):
                 break
         for i, choice in enumerate(choices):
             if choice.finish_reason is None:
-                yield (i, *choice.end("length"))
+                yield event(i, *choice.end("length"))
     finally:
         await steps.aclose()
 
@@ -383,15 +419,18 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
 async def whole(pool, head, events, n, prompt_tokens, request):
     """The non-streamed response: the same events as the stream, joined per choice. A client that
     leaves before the end (checked every DISCONNECT_POLL seconds) cancels its rows."""
-    texts, depths, reasons = [""] * n, [[] for _ in range(n)], [None] * n
+    texts, depths, reasons, logprobs = [""] * n, [[] for _ in range(n)], [None] * n, [None] * n
 
     async def collect():
-        async for i, text, d, reason in events:
+        async for i, text, d, reason, entries in events:
             texts[i] += text
             depths[i] += d
             reasons[i] = reason or reasons[i]
+            if entries is not None:
+                logprobs[i] = (logprobs[i] or []) + entries
         choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
-                    "logprobs": None, "depths": depths[i]} for i in range(n)]
+                    "logprobs": None if logprobs[i] is None else {"content": logprobs[i], "refusal": None},
+                    "depths": depths[i]} for i in range(n)]
         return {**head, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, depths)}
 
     try:
@@ -427,20 +466,21 @@ async def sse(pool, head, events, n, prompt_tokens, include_usage):
     def chunk(choices, **extra):
         return "data: " + json.dumps({**head, "object": "chat.completion.chunk", "choices": choices, **extra}) + "\n\n"
 
-    def choice(i, delta, reason=None, depths=()):
-        return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": None, "depths": list(depths)}
+    def choice(i, delta, reason=None, depths=(), entries=None):
+        return {"index": i, "delta": delta, "finish_reason": reason, "depths": list(depths),
+                "logprobs": None if entries is None else {"content": entries, "refusal": None}}
 
     depths = [[] for _ in range(n)]
     with pool.counting() as outcome:
         try:
             for i in range(n):
                 yield chunk([choice(i, {"role": "assistant", "content": ""})])
-            async for i, text, d, reason in events:
+            async for i, text, d, reason, entries in events:
                 depths[i] += d
                 if text:
-                    yield chunk([choice(i, {"content": text}, depths=d)])
+                    yield chunk([choice(i, {"content": text}, depths=d, entries=entries)])
                 if reason:
-                    yield chunk([choice(i, {}, reason, () if text else d)])
+                    yield chunk([choice(i, {}, reason, () if text else d, None if text else entries)])
             if include_usage:
                 yield chunk([], usage=usage(prompt_tokens, depths))
             yield "data: [DONE]\n\n"

@@ -88,6 +88,7 @@ class Step:
     sampled: list
     depths: list
     done: list
+    logprobs: list = None  # per row, when the request asked: (logprob, [(id, logprob), ...] top ones) or None
 
 
 class ChatTokens:
@@ -139,15 +140,16 @@ class Request:
     has its next token or has ended (an ended row shows `filler`, marked done)."""
 
     def __init__(self, prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, filler, top_p=None,
-                 presence_penalty=0.0, frequency_penalty=0.0):
+                 presence_penalty=0.0, frequency_penalty=0.0, logprobs=None):
         self.prompts, self.n, self.r, self.max_tokens, self.top_p = prompts, n, r, max_tokens, top_p
+        self.logprobs = logprobs  # None, or how many top alternatives each token's logprob comes with
         self.presence_penalty, self.frequency_penalty = presence_penalty, frequency_penalty
         self.temperature, self.top_k, self.exit_threshold, self.filler = temperature, top_k, exit_threshold, filler
         self.size = len(prompts) * n
         self.length = max(len(p) for p in prompts) + max_tokens  # positions a row of it may fill
         draw = random.Random(seed)
         self.seeds = [seed] + [draw.getrandbits(63) for _ in range(self.size - 1)]
-        self._events = [deque() for _ in range(self.size)]  # per row: (token, depth, sampled, done)
+        self._events = [deque() for _ in range(self.size)]  # per row: (token, depth, sampled, done, logprob)
         self._ended = [False] * self.size                    # the row has put its last event
         self._depths = [r] * self.size                       # the depth an ended row keeps showing
         self._cond = threading.Condition()
@@ -162,9 +164,9 @@ class Request:
 
     # the scheduler's side
 
-    def _put(self, b, token, depth, sampled, done, last):
+    def _put(self, b, token, depth, sampled, done, last, logprob=None):
         with self._cond:
-            self._events[b].append((token, depth, sampled, done))
+            self._events[b].append((token, depth, sampled, done, logprob))
             self._ended[b] = self._ended[b] or last
             self._cond.notify_all()
 
@@ -192,14 +194,16 @@ class Request:
             raise self.error
         if self.cancelled or not any(self._events) or any(not q and not e for q, e in zip(self._events, self._ended)):
             return None
-        step = Step([], [], [], [])
+        step = Step([], [], [], [], [] if self.logprobs is not None else None)
         for b, q in enumerate(self._events):
-            token, depth, sampled, done = q.popleft() if q else (self.filler, self._depths[b], False, True)
+            token, depth, sampled, done, logprob = q.popleft() if q else (self.filler, self._depths[b], False, True, None)
             self._depths[b] = depth
             step.tokens.append(token)
             step.depths.append(depth)
             step.sampled.append(sampled)
             step.done.append(done)
+            if step.logprobs is not None:
+                step.logprobs.append(logprob)
         return step
 
     def steps(self, until=None):
@@ -286,10 +290,13 @@ class Scheduler:
     # the client side (any thread)
 
     def submit(self, tokens, n=1, r=4, max_tokens=256, temperature=1.0, top_k=None, seed=42, exit_threshold=None,
-               top_p=None, presence_penalty=0.0, frequency_penalty=0.0):
+               top_p=None, presence_penalty=0.0, frequency_penalty=0.0, logprobs=None):
         """tokens: one prompt (a list of ids) or several (a list of such lists); n replies to each.
         presence_penalty / frequency_penalty (OpenAI's): each token already in the reply has its
-        logit lowered by presence_penalty once and by frequency_penalty per time it occurred."""
+        logit lowered by presence_penalty once and by frequency_penalty per time it occurred.
+        logprobs (None or 0..20): each Step also carries every row's token logprob under the model
+        (its own distribution, before temperature, penalties, top_k and top_p) and that many top
+        alternatives."""
         prompts = [tokens] if tokens and isinstance(tokens, list) and isinstance(tokens[0], int) else tokens
         if not (isinstance(prompts, list) and prompts and
                 all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts)):
@@ -311,8 +318,10 @@ class Scheduler:
         if not all(-2 <= p <= 2 for p in (presence_penalty, frequency_penalty)):
             raise ValueError(f"submit: presence_penalty={presence_penalty}, frequency_penalty={frequency_penalty}: "
                              f"expected values in [-2, 2]")
+        if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
+            raise ValueError(f"submit: logprobs={logprobs!r}: expected None or an int in [0, 20]")
         req = Request(prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, self.chat_tokens.end, top_p,
-                      presence_penalty, frequency_penalty)
+                      presence_penalty, frequency_penalty, logprobs)
         with self.cond:
             self.waiting.append(req)
             self.cond.notify()
@@ -450,10 +459,15 @@ class Scheduler:
         token, was_sampled = row.reply.next_token(sampled)
         code = row.reply.feed(token, was_sampled)
         row.saw(token, row.logits.size(-1))
+        logprob = None
+        if req.logprobs is not None:  # the model's own distribution at this position (a forced token's too)
+            logp = F.log_softmax(row.logits[0].float(), dim=-1)
+            top = logp.topk(req.logprobs) if req.logprobs else None
+            logprob = (logp[token].item(), list(zip(top.indices.tolist(), top.values.tolist())) if top else [])
         row.logits = None
         row.count += 1
         last = row.reply.done or row.count == req.max_tokens
-        req._put(row.b, token, row.depth, was_sampled, row.reply.done, last)
+        req._put(row.b, token, row.depth, was_sampled, row.reply.done, last, logprob)
         if last:
             return self._finish(self.rows.index(row))
         if code is not None and self.tool is not None:

@@ -146,6 +146,10 @@ class Tokenizer:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def token_raw(self, token_id):
+        """One token's bytes."""
+        return self.enc.decode_single_token_bytes(token_id)
+
     def token_text(self, token_id):
         """One token as text: its UTF-8, or (a piece of a character) "bytes:" and its bytes escaped,
         as OpenAI names such tokens, so two tokens never share a name."""

@@ -107,7 +107,7 @@ BAD = [  # (create() arguments, the client's error class, the param named)
     (dict(n=9), openai.BadRequestError, "n"),
     (dict(stop=["a", "b", "c", "d", "e"]), openai.BadRequestError, "stop"),
     (dict(max_tokens=0), openai.BadRequestError, "max_tokens"),
-    (dict(logprobs=True), openai.BadRequestError, "logprobs"),
+    (dict(logprobs="yes"), openai.BadRequestError, "logprobs"),
     (dict(presence_penalty=3), openai.BadRequestError, "presence_penalty"),
     (dict(extra_body={"recur": 0}), openai.BadRequestError, "recur"),
     (dict(extra_body={"beam_width": 4}), openai.BadRequestError, "beam_width"),
@@ -239,3 +239,29 @@ def test_completions_text_prompts_batches_and_errors(client):
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(**{"model": MODEL, "prompt": "Once upon", **bad})
         assert field in str(e.value), (bad, str(e.value))
+
+
+def test_chat_logprobs_are_the_models_own_streamed_and_whole(served, tokenizer):
+    """logprobs + top_logprobs on the chat route: each reply token's logprob is the log-softmax of
+    one forward of the saved model over prompt + reply at the server's r (before temperature);
+    greedy, the token is its position's top one; the stream carries the same entries."""
+    client, base_dir = served
+    model, _ = build_model(os.path.join(base_dir, "chatsft_checkpoints", "tiny"))
+    reply = chat(client, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+    entries = reply.choices[0].logprobs.content
+    assert len(entries) == len(reply.choices[0].depths) and all(len(e.top_logprobs) == 2 for e in entries)
+    assert "".join(bytes(e.bytes).decode("utf-8", "replace") for e in entries) == reply.choices[0].message.content
+    ids = tokenizer.render_for_completion({"messages": HELLO + [{"role": "assistant", "content": ""}]})
+    new = [tokenizer.enc.encode_single_token(bytes(e.bytes)) for e in entries]
+    with torch.no_grad():
+        logp = F.log_softmax(model(torch.tensor([ids + new[:-1]]), r=2)[0].float(), dim=-1)
+    for k, e in enumerate(entries):
+        want = logp[len(ids) - 1 + k]
+        assert abs(e.logprob - want[new[k]].item()) < 1e-4 and abs(e.logprob - e.top_logprobs[0].logprob) < 1e-6
+        assert abs(e.top_logprobs[1].logprob - want.topk(2).values[1].item()) < 1e-4
+    streamed = [lp for chunk in chat(client, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2, stream=True)
+                for c in chunk.choices if c.logprobs for lp in c.logprobs.content]
+    assert [(e.token, round(e.logprob, 5)) for e in streamed] == [(e.token, round(e.logprob, 5)) for e in entries]
+    assert chat(client, max_tokens=2).choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        chat(client, max_tokens=2, top_logprobs=2)
