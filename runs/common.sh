@@ -116,15 +116,19 @@ first_host() {  # first_host NODELIST: its first host name, without scontrol (n[
 slurm_torchrun() {  # every node of the SLURM job: one torchrun per node (srun), c10d rendezvous on the first node
     [ -n "${SLURM_JOB_ID:-}" ] && [ -n "${SLURM_NNODES:-}" ] && [ -n "${SLURM_JOB_NODELIST:-}" ] ||
         die "not inside a SLURM job (SLURM_JOB_ID, SLURM_NNODES, SLURM_JOB_NODELIST unset): submit with sbatch"
-    local hosts
+    local hosts=()
     if command -v scontrol >/dev/null; then
-        hosts=($(scontrol show hostnames "$SLURM_JOB_NODELIST"))
-    elif dry; then  # a dry run prints only: the first host of the list is enough (n[1-2] -> n1, a,b -> a)
-        hosts=($(first_host "$SLURM_JOB_NODELIST"))
-    else
-        die "scontrol not found: this must run on a SLURM node (DRY_RUN=1 prints the commands without it)"
+        hosts=($(scontrol show hostnames "$SLURM_JOB_NODELIST" 2>/dev/null)) || true
     fi
-    [ "${#hosts[@]}" -ge 1 ] || die "scontrol lists no hosts for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
+    if [ "${#hosts[@]}" -eq 0 ]; then
+        if dry; then  # a dry run prints only (no SLURM here, or no controller to ask): the list's first host will do
+            hosts=($(first_host "$SLURM_JOB_NODELIST"))
+        elif command -v scontrol >/dev/null; then
+            die "scontrol lists no hosts for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST (run it there to see why)"
+        else
+            die "scontrol not found: this must run on a SLURM node (DRY_RUN=1 prints the commands without it)"
+        fi
+    fi
     MASTER_ADDR=${hosts[0]}
     GPUS_PER_NODE=${GPUS_PER_NODE:-8}
     echo "nodes: ${hosts[*]} | rendezvous: $MASTER_ADDR:${MASTER_PORT:-29500} | $GPUS_PER_NODE GPUs per node"

@@ -278,11 +278,12 @@ import json, sys
 import lm_eval
 from lm_eval.tasks import TaskManager
 out = lm_eval.simple_evaluate(model="hf", model_args=dict(pretrained=sys.argv[1], trust_remote_code=True, dtype="float32",
-                              add_bos_token=True), tasks=["nanochat_tiny"], device="cpu", batch_size=2,
+                              add_bos_token=True), tasks=["nanochat_tiny", "nanochat_tiny_gen"], device="cpu", batch_size=2,
                               task_manager=TaskManager(include_path=sys.argv[2], include_defaults=False), log_samples=True)
 samples = [[s["arguments"][i][0], s["arguments"][i][1], s["resps"][i][0][0]]
            for s in out["samples"]["nanochat_tiny"] for i in range(len(s["arguments"]))]
-print(json.dumps({"acc": out["results"]["nanochat_tiny"]["acc,none"], "samples": samples}))
+generations = [[s["arguments"][0][0], s["resps"][0][0]] for s in out["samples"]["nanochat_tiny_gen"]]
+print(json.dumps({"acc": out["results"]["nanochat_tiny"]["acc,none"], "samples": samples, "generations": generations}))
 """
 
 LM_EVAL_SERVER = """
@@ -292,10 +293,11 @@ from lm_eval.tasks import TaskManager
 out = lm_eval.simple_evaluate(model="local-completions", model_args=dict(
     base_url=sys.argv[3] + "/v1/completions", model=sys.argv[4], tokenizer=sys.argv[1], tokenizer_backend="huggingface",
     trust_remote_code=True, add_bos_token=True, batch_size=2, max_retries=1),
-    tasks=["nanochat_tiny"], task_manager=TaskManager(include_path=sys.argv[2], include_defaults=False), log_samples=True)
+    tasks=["nanochat_tiny", "nanochat_tiny_gen"], task_manager=TaskManager(include_path=sys.argv[2], include_defaults=False), log_samples=True)
 samples = [[s["arguments"][i][0], s["arguments"][i][1], s["resps"][i][0][0]]
            for s in out["samples"]["nanochat_tiny"] for i in range(len(s["arguments"]))]
-print(json.dumps({"acc": out["results"]["nanochat_tiny"]["acc,none"], "samples": samples}))
+generations = [[s["arguments"][0][0], s["resps"][0][0]] for s in out["samples"]["nanochat_tiny_gen"]]
+print(json.dumps({"acc": out["results"]["nanochat_tiny"]["acc,none"], "samples": samples, "generations": generations}))
 """
 
 TASK_YAML = """task: nanochat_tiny
@@ -313,16 +315,37 @@ metric_list:
 """
 
 
+GEN_YAML = """task: nanochat_tiny_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{choices[answer]}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 5
+  do_sample: false
+  temperature: 0
+metric_list:
+  - metric: exact_match
+"""
+
+
 DOCS = [{"question": "The loop state", "choices": ["iterates", "token", "data"], "answer": 0},
         {"question": "The model thinks", "choices": ["deep", "again"], "answer": 1},
         {"question": "doc1 the", "choices": ["loop", "shard", "rank"], "answer": 2}]
 
 
 def run_lm_eval(script, tmp_path, *argv):
-    """lm-eval on the 3-question task in a subprocess, offline: {"acc", "samples": [context, choice, ll]}."""
+    """lm-eval on the 3-question task in a subprocess, offline, as a loglikelihood task and as a
+    greedy generation task: {"acc", "samples": [context, choice, ll], "generations": [prompt, text]}."""
     data = tmp_path / "tiny.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
     (tmp_path / "tiny.yaml").write_text(TASK_YAML.format(data=data))
+    (tmp_path / "tiny_gen.yaml").write_text(GEN_YAML.format(data=data))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_HOME": str(tmp_path / "hf_home"), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-c", script, argv[0], str(tmp_path), *argv[1:]], env=env,
@@ -356,7 +379,8 @@ def test_lm_eval_harness_runs_offline_on_a_local_task(exported, tokenizer, tmp_p
 @pytest.mark.slow
 def test_lm_eval_through_the_server_equals_lm_eval_on_the_export(exported, tmp_path):
     """lm-eval's local-completions against chat_web serving the exported folder (/v1/completions
-    with echo and logprobs) gives the loglikelihoods and accuracy of `--model hf` on the folder."""
+    with echo and logprobs) gives the loglikelihoods and accuracy of `--model hf` on the folder, and
+    the same greedy generations on a generate_until task."""
     from tests.test_web import chat_web_server
     _, path, _ = exported
     for folder in ("hf", "server"):
@@ -368,6 +392,7 @@ def test_lm_eval_through_the_server_equals_lm_eval_on_the_export(exported, tmp_p
     for (c1, k1, ll1), (c2, k2, ll2) in zip(sorted(direct["samples"]), sorted(served["samples"])):
         assert (c1, k1) == (c2, k2) and abs(ll1 - ll2) < 1e-4, (c1, k1, ll1, ll2)
     assert served["acc"] == direct["acc"]
+    assert sorted(served["generations"]) == sorted(direct["generations"]) and len(direct["generations"]) == 3
 
 
 # -----------------------------------------------------------------------------
