@@ -17,7 +17,7 @@ import httpx
 from nanochat.dataset import iter_texts, list_parquet_files
 from nanochat.tokenizer import Tokenizer
 from tests.conftest import SAMPLE_DATA_DIR
-from tests.test_web import HELLO, chat_web_server, memory_kib, save_tiny_checkpoint
+from tests.test_web import HELLO, cap_burst, chat_web_server, memory_kib, save_tiny_checkpoint
 
 parser = argparse.ArgumentParser(description="Peak server RSS under a burst at the recurrence cap")
 parser.add_argument("--cache-memory", type=str, default="16M", help="chat_web --cache-memory")
@@ -33,12 +33,6 @@ with tempfile.TemporaryDirectory() as base:
         httpx.post(url + "/chat/completions", json={"messages": HELLO, "max_tokens": 2}, timeout=60)  # warm
         before = memory_kib(pid, "VmRSS")
 
-        async def burst():
-            async with httpx.AsyncClient(timeout=600) as client:
-                bodies = [{"messages": HELLO, "recur": 64, "max_tokens": 300 if i < 2 else 150, "temperature": 1.0,
-                           "seed": i} for i in range(4)]
-                return await asyncio.gather(*(client.post(url + "/chat/completions", json=b) for b in bodies))
-
-        replies = asyncio.run(burst())
+        replies = asyncio.run(cap_burst(url))
         print(f"--cache-memory {args.cache_memory}: replies {[r.status_code for r in replies]}, RSS before "
               f"{before / 1024:.1f} MiB, peak RSS grew by {(memory_kib(pid, 'VmHWM') - before) / 1024:.1f} MiB")

@@ -112,6 +112,9 @@ def decode(x):
         return complex(*v)
     return {"l": list, "t": tuple, "s": set, "f": frozenset}[tag](decode(w) for w in v)
 
+def error_line(e):
+    return f"error {type(e).__name__}: {e}".splitlines()[0] if str(e) else f"error {type(e).__name__}"
+
 code_r, code_w = os.pipe()      # supervisor -> child: the program
 status_r, status_w = os.pipe()  # child -> supervisor: "ready", "ok", "memory" or "error <line>"
 call_r, call_w = os.pipe()      # supervisor -> child: calls of the graded function
@@ -221,9 +224,6 @@ if child == 0:
         except OSError:                  # the supervisor has its verdict and is gone
             pass
         exit_now(code)
-
-    def error_line(e):
-        return f"error {type(e).__name__}: {e}".splitlines()[0] if str(e) else f"error {type(e).__name__}"
 
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     try:
@@ -356,7 +356,7 @@ def candidate(*args, **kwargs):
 try:
     exec(compile(tests, "<tests>", "exec"), {"__name__": "__tests__", "candidate": candidate})
 except BaseException as e:
-    verdict(f"error {type(e).__name__}: {e}".splitlines()[0] if str(e) else f"error {type(e).__name__}")
+    verdict(error_line(e))
 verdict("ok")
 """
 

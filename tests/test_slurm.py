@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import SAMPLE_DATA_DIR
 from tests.test_chat import make_chat_data
+from tests.test_web import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
@@ -45,12 +46,6 @@ SlurmdPort={d_port}
 NodeName={host} CPUs=2 RealMemory=2000 State=UNKNOWN
 PartitionName=ci Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_munge():

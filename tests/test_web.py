@@ -592,6 +592,16 @@ def memory_kib(pid, field):
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+async def cap_burst(url, also=()):
+    """Four replies at recur 64 (the cap) at once, two of them to the end of the 320-token context,
+    with `also`'s (path, body) requests sent alongside first; -> the responses in that order."""
+    bodies = [{"messages": HELLO, "recur": 64, "max_tokens": 300 if i < 2 else 150, "temperature": 1.0, "seed": i}
+              for i in range(4)]
+    async with httpx.AsyncClient(timeout=600) as client:
+        return await asyncio.gather(*(client.post(url + path, json=body) for path, body in also),
+                                    *(client.post(url + "/chat/completions", json=body) for body in bodies))
+
+
 def test_a_burst_at_the_recurrence_cap_stays_within_the_cache_budget(tokenizer, tmp_path):
     """Replies at recur 64 (the cap) running to the context's end: those that fit the 16 MiB budget
     alone are served, taking turns (all complete), one that never fits gets 503, and the server's
@@ -604,16 +614,8 @@ def test_a_burst_at_the_recurrence_cap_stays_within_the_cache_budget(tokenizer, 
         httpx.post(url + "/chat/completions", json={"messages": HELLO, "max_tokens": 2}, timeout=60)  # warm
         before = memory_kib(pid, "VmRSS")
 
-        async def burst():
-            async with httpx.AsyncClient(timeout=300) as client:
-                bodies = [{"messages": HELLO, "recur": 64, "max_tokens": 300 if i < 2 else 150, "temperature": 1.0,
-                           "seed": i} for i in range(4)]
-                never = client.post(url + "/v1/chat/completions", json={"model": "nanochat-sft-tiny-7", "n": 2,
-                                                                        "messages": HELLO, "recur": 64,
-                                                                        "max_tokens": 300})
-                return await asyncio.gather(never, *(client.post(url + "/chat/completions", json=b) for b in bodies))
-
-        never, *served = asyncio.run(burst())
+        never = {"model": "nanochat-sft-tiny-7", "n": 2, "messages": HELLO, "recur": 64, "max_tokens": 300}
+        never, *served = asyncio.run(cap_burst(url, [("/v1/chat/completions", never)]))
         assert never.status_code == 503 and "budget" in never.text
         assert all(r.status_code == 200 and events(r.text)[-1]["done"] for r in served)
         grown = (memory_kib(pid, "VmHWM") - before) / 1024
