@@ -152,10 +152,7 @@ async def respond(pool, model, tokenizer, job, head, scoring_lock):
             kept = new[:-1] if ended else new  # the end token is not text
             text, stopped = cut_at_stops(tokenizer.decode(kept), job.stops)
             if stopped:  # keep the tokens whose text starts before the cut
-                k, used = 0, 0
-                while k < len(kept) and used < len(text):
-                    used += len(tokenizer.decode([kept[k]]))
-                    k += 1
+                k = sum(start < len(text) for start in tokenizer.token_offsets(kept))
                 kept, new, depths = kept[:k], kept[:k], depths[:k]
             completion_tokens += len(kept)
             shown_prompt = ids[hidden:] if job.echo else []

@@ -341,6 +341,13 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
         pool.rejected += 1
         return error_response(status, message, param, code)
 
+    def refuse(error, context_field=None):
+        """A RequestError as OpenAI's error: a prompt past the model's positions is 400
+        context_length_exceeded (on context_field, else the error's), another model 404 model_not_found."""
+        if error.status == 413 and "positions" in str(error):
+            return reject(400, str(error), context_field or error.field, "context_length_exceeded")
+        return reject(error.status, str(error), error.field, "model_not_found" if error.status == 404 else None)
+
     def denied(request):
         if authorized(request):
             return None
@@ -368,10 +375,7 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
             ids = render_prompt(tokenizer, req, model, None if opts.max_tokens_given else defaults["max_tokens"])
             check_capacity(pool, req, ids)
         except RequestError as e:
-            if e.status == 413 and "positions" in str(e):
-                return reject(400, str(e), "messages", "context_length_exceeded")
-            code = "model_not_found" if e.status == 404 else None
-            return reject(e.status, str(e), e.field, code)
+            return refuse(e, "messages")
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id,
                 "recurrence": {"recur": req.recur, "adaptive": req.adaptive}}
         events = choice_events(pool, ids, req, opts.stops, tokenizer)
@@ -394,9 +398,7 @@ def router(pool, tokenizer, model, model_id, defaults, authorized):
             for ids in job.prompts:
                 check_capacity(pool, job.req, ids)
         except RequestError as e:
-            if e.status == 413 and "positions" in str(e):
-                return reject(400, str(e), e.field, "context_length_exceeded")
-            return reject(e.status, str(e), e.field, "model_not_found" if e.status == 404 else None)
+            return refuse(e)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id,
                 "recurrence": {"recur": job.req.recur, "adaptive": job.req.adaptive}}
         task = asyncio.ensure_future(completions_api.respond(pool, model, tokenizer, job, head, scoring_lock))
