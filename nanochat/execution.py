@@ -47,6 +47,7 @@ saying why, unless NANOCHAT_UNSAFE_SANDBOX=1 opts into the same runner without b
 only in-process (warned once, loudly).
 """
 
+import fcntl
 import functools
 import os
 import platform
@@ -64,6 +65,7 @@ from nanochat import call_limits
 from nanochat.call_limits import CallSlot
 
 TRUNCATED = "\n[output truncated]"
+PIPE_BYTES = 1 << 20  # each output pipe's size: a flooding program costs the parent 16x fewer reads than at 64 KiB
 UNSAFE_ENV = "NANOCHAT_UNSAFE_SANDBOX"
 SANDBOX_UID = 65534                 # nobody: the uid bwrap maps ours onto in a user namespace
 CALL_OVERHEAD_BYTES = 64 * 1024 ** 2  # a call's budget beyond the program's memory and tmpfs: supervisor, bwrap
@@ -607,6 +609,10 @@ def _communicate(proc, data, report_fd, timeout, caps):
     totals = dict.fromkeys(fds.values(), 0)
     for fd in fds:
         os.set_blocking(fd, False)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass
         sel.register(fd, selectors.EVENT_READ)
     stdin, view = proc.stdin.fileno(), memoryview(data)
     os.set_blocking(stdin, False)
@@ -630,7 +636,7 @@ def _communicate(proc, data, report_fd, timeout, caps):
                         proc.stdin.close()
                     continue
                 try:
-                    chunk = os.read(fd, 1 << 16)
+                    chunk = os.read(fd, PIPE_BYTES)
                 except BlockingIOError:
                     continue
                 name = fds[fd]
