@@ -14,13 +14,14 @@
 #
 #   bash runs/depth_recipe.sh                           # every arm, seeds 42 and 7
 #   ARMS="default sum" SEEDS=42 bash runs/depth_recipe.sh
-#   TASK=var_chase ARMS=b111 NANOCHAT_BASE_DIR=out/var bash runs/depth_recipe.sh   # the second family
+#   TASK=var_chase ARMS=b111 NANOCHAT_BASE_DIR=out/var bash runs/depth_recipe.sh   # the other families
+#   TASK=copy_chase ARMS=b111 NANOCHAT_BASE_DIR=out/copy bash runs/depth_recipe.sh
 #   MAX_DEPTH=2 TEST_DEPTHS=1,2,4,8,16 NANOCHAT_BASE_DIR=out/depth2 bash runs/depth_recipe.sh  # 8x
 #   N_SYMBOLS=40 TEST_DEPTHS=1,2,3,4,8,16,32 ARMS=b111 INIT_FROM=out/depth NANOCHAT_BASE_DIR=out/depth40c \
 #       bash runs/depth_recipe.sh                       # a curriculum: 40-letter tables after 24
 #   DRY_RUN=1 bash runs/depth_recipe.sh                 # print every command
 #
-# Settings (environment): ARMS, SEEDS (42 7), TASK (pointer_chase or var_chase: tasks/<TASK>.py,
+# Settings (environment): ARMS, SEEDS (42 7), TASK (pointer_chase, var_chase or copy_chase: tasks/<TASK>.py,
 # written by dev/make_<TASK>.py), N_SYMBOLS (24 letters or variables per problem), QUERIES (8 per
 # training document), MAX_DEPTH (4), TEST_DEPTHS (1..MAX_DEPTH, 2x and 4x it; the generator checks
 # that the table holds them), EVAL_RECUR (r values of the eval, 1,2,4,8,16,32), BUDGET (7e13 FLOPs), EVAL_PROBLEMS (problems per test depth, -1 = all
@@ -46,7 +47,7 @@ EVAL_PROBLEMS=${EVAL_PROBLEMS:--1}
 INIT_FROM=${INIT_FROM:-}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/depth}
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
-[[ $TASK =~ ^(pointer_chase|var_chase)$ ]] || die "TASK: '$TASK' is not pointer_chase or var_chase"
+[[ $TASK =~ ^(pointer_chase|var_chase|copy_chase)$ ]] || die "TASK: '$TASK' is not pointer_chase, var_chase or copy_chase"
 [[ $MAX_DEPTH =~ ^[1-9]$ ]] || die "MAX_DEPTH: '$MAX_DEPTH' must be 1..9 (dev.make_$TASK checks that the table holds the test depths)"
 [[ $TEST_DEPTHS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "TEST_DEPTHS: '$TEST_DEPTHS' is not a comma-separated list of depths"
 [[ $N_SYMBOLS =~ ^[0-9]+$ ]] && [ "$N_SYMBOLS" -le 52 ] || die "N_SYMBOLS: '$N_SYMBOLS' must be an integer <= 52"
@@ -83,10 +84,14 @@ if [ -n "$INIT_FROM" ]; then
 elif [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
     run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # byte level: every letter one token
 fi
-# one document per row, T + 1 tokens with BOS: N entries of 3 (pointer chase) or 6 (var chase)
-# tokens less a space, "|", the first question (2 tokens), the others (3 each). A step holds ~6080
+# one document per row, T + 1 tokens with BOS: N entries of 3 (pointer chase), 4 (copy chase) or 6
+# (var chase) tokens less a space, "|", the first question (2 tokens), the others (3 each). A step holds ~6080
 # tokens (64 documents of the default pointer chase, T = 95) for any task and size.
-if [ "$TASK" = pointer_chase ]; then T=$((3 * N_SYMBOLS + 3 * QUERIES - 1)); else T=$((6 * N_SYMBOLS + 3 * QUERIES - 1)); fi
+case $TASK in
+    pointer_chase) T=$((3 * N_SYMBOLS + 3 * QUERIES - 1)) ;;
+    copy_chase) T=$((4 * N_SYMBOLS + 3 * QUERIES - 1)) ;;
+    var_chase) T=$((6 * N_SYMBOLS + 3 * QUERIES - 1)) ;;
+esac
 DOCS=$(( (6080 + T / 2) / T ))
 COMMON=(--size 2 --n-head 4 --max-seq-len "$T" --device-batch-size "$DOCS" --total-batch-size $((DOCS * T))
         --target-flops "$BUDGET" --eval-every -1 --eval-tokens $((10 * DOCS * T)) --sample-every -1

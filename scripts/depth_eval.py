@@ -1,7 +1,7 @@
 """
 Easy-to-hard (depth) extrapolation on a task whose difficulty is the number of sequential
-lookups at a fixed length: pointer chasing (tasks/pointer_chase.py, the default) or variable
-assignments mod 10 (tasks/var_chase.py). Exact-match accuracy per test depth x recurrence r,
+lookups at a fixed length: pointer chasing (tasks/pointer_chase.py, the default), variable
+assignments mod 10 (tasks/var_chase.py) or chains of copies (tasks/copy_chase.py). Exact-match accuracy per test depth x recurrence r,
 greedy, through the engine and its KV cache, and with adaptive exit (r is then a cap) the
 accuracy and the mean number of iterations the answer token ran. A standard GPT (arch "gpt")
 runs at r = 1 only.
@@ -36,10 +36,10 @@ from nanochat.engine import Engine
 from nanochat.kv_cache import KVCache
 from nanochat.recurrence import parse_recur_list
 from nanochat.tokenizer import get_tokenizer
-from tasks import pointer_chase, var_chase
+from tasks import copy_chase, pointer_chase, var_chase
 
 errors.install()  # a bad input of the user's: one line and exit code 2, not a traceback
-TASKS = {"pointer_chase": pointer_chase, "var_chase": var_chase}  # name -> module (grade, chance, SHORTCUTS)
+TASKS = {"pointer_chase": pointer_chase, "var_chase": var_chase, "copy_chase": copy_chase}  # name -> module (grade, chance, SHORTCUTS)
 
 parser = argparse.ArgumentParser(description="Accuracy per test depth x r on a depth-extrapolation task, and adaptive exit")
 parser.add_argument("--task", type=str, default="pointer_chase", help=f"the task that wrote the test files: {' | '.join(TASKS)}")

@@ -159,7 +159,7 @@ def test_micro_run_and_depth_eval_task(tmp_path):
     table = (tmp_path / "eval.md").read_text().splitlines()
     assert table[-4] == "| test depth | chance | own + parent digit | root digit |" and len(table) == 2 + 2 + 3 + 2
     assert table[-2].startswith("| 2 | 0.10 |") and (tmp_path / "eval.png").stat().st_size > 1000
-    for task, needle in [("nope", "--task 'nope': expected one of pointer_chase, var_chase"),
+    for task, needle in [("nope", "--task 'nope': expected one of pointer_chase, var_chase, copy_chase"),
                          ("pointer_chase", "is not a pointer_chase test file")]:
         err = run(*eval_cmd, "--task", task, rc=2).stderr.strip()
         assert len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err

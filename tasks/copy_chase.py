@@ -1,0 +1,118 @@
+"""
+Chains of copies: a third easy-to-hard (depth) family beside pointer chasing
+(tasks/pointer_chase.py) and assignments mod 10 (tasks/var_chase.py). A program binds every
+variable either to a digit or to another variable, and a query asks for a variable's value:
+the digit at the end of its chain of copies. This is the "variable tracking" task of RULER
+(Hsieh et al. 2024) at a fixed length, and the binding half of the program-evaluation tasks of
+Zaremba & Sutskever 2014, "Learning to Execute": each lookup is a copy, no arithmetic.
+
+    a=c b=7 c=b d=a ... x=b|c7 a7 d7      the program, "|", queries "<letter><value>"
+
+The dependency graph is pointer_chase.make_table's forest (imported, not copied): a root is
+bound to a digit ("b=7"), every other letter to its parent ("c=b"). Every line is three
+characters, so length never depends on the structure. A query's value is its root's digit,
+reached after exactly `depth` lookups of the variable a line names, then one read of the
+root's digit; past the root nothing changes, so running more iterations than a problem needs
+costs nothing.
+
+How it differs from pointer chasing, where the answer is the root's own letter: the answer
+is a digit, a token no key ever is, read from the root's line, and a root is marked by a digit
+on its right-hand side, not by pointing to itself. The digits are uniform and independent, so
+two roots can share one. Beside depth_eval's table: chance (a uniform pick among the roots'
+digits: a model that knows where values live but chases nothing) and the biggest-tree guess
+(the digit of the biggest tree's root, the shortcut pointer chasing has too).
+
+Tokens: byte level (scripts/tok_train.py --vocab-size 265), every letter, digit and "=" one
+token. Every training document has 4N + 3 x queries - 1 tokens and every test prompt 4N + 1 at
+every depth. Training documents and test problems are drawn as in pointer chase: the first
+query's depth uniform in 1..max_depth, a test problem one query at exactly `depth`, and no test
+program in training or validation.
+"""
+
+import collections
+
+from tasks.pointer_chase import SEP, ask, draw_splits, in_order, make_table, root_of
+
+DIGITS = 10
+
+
+def make_program(rng, n_symbols, n_roots, depth, max_depth):
+    """(parent, digit, query): the forest of pointer_chase.make_table (roots point to
+    themselves), a uniform digit per root, drawn in table order, and a letter at `depth`."""
+    parent, query = make_table(rng, n_symbols, n_roots, depth, max_depth)
+    digit = {x: rng.randrange(DIGITS) for x in in_order(parent) if parent[x] == x}
+    return parent, digit, query
+
+
+def value_of(parent, digit, x):
+    """The answer: the digit bound to x's root."""
+    return digit[root_of(parent, x)]
+
+
+def program_text(parent, digit):
+    return " ".join(f"{x}={digit[x] if parent[x] == x else parent[x]}" for x in in_order(parent))
+
+
+def parse_program(text):
+    """Inverse of program_text: (parent, digit), roots pointing to themselves."""
+    parent, digit = {}, {}
+    for line in text.split(" "):
+        x, source = line[0], line[2]
+        if source.isdigit():
+            parent[x], digit[x] = x, int(source)
+        else:
+            parent[x] = source
+    return parent, digit
+
+
+def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
+    """The program and `queries` questions "<letter><value>", the first at a uniform depth in
+    1..max_depth, the others at random non-root letters (all of depth <= max_depth)."""
+    parent, digit, first = make_program(rng, n_symbols, n_roots, rng.randint(1, max_depth), max_depth)
+    asked = ask(rng, parent, first, queries)
+    return program_text(parent, digit) + SEP + " ".join(f"{x}{value_of(parent, digit, x)}" for x in asked)
+
+
+def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
+    """{"prompt", "answer", "depth", "program"}: one question at exactly `depth`. The prompt is
+    the program, the separator and the queried letter; the completion is the value's digit."""
+    parent, digit, x = make_program(rng, n_symbols, n_roots, depth, max_depth)
+    program = program_text(parent, digit)
+    return {"prompt": program + SEP + x, "answer": str(value_of(parent, digit, x)), "depth": depth, "program": program}
+
+
+def grade(problem, completion):
+    """Exact match: the completion must start with the value's digit."""
+    return completion[:1] == problem["answer"]
+
+
+def chance(problem):
+    """Expected accuracy of a uniform pick among the roots' digits (a digit two roots share is
+    picked twice as often)."""
+    _, digit = parse_program(problem["program"])
+    return sum(str(d) == problem["answer"] for d in digit.values()) / len(digit)
+
+
+def biggest_tree_guess(problem):
+    """Expected accuracy of a shortcut: the digit of the biggest tree's root (a uniform pick
+    among ties). A deep question's chain makes its tree big; knowing every tree's size takes as
+    many sequential lookups as the question itself (pointer_chase.biggest_tree_guess)."""
+    parent, digit = parse_program(problem["program"])
+    sizes = collections.Counter(root_of(parent, x) for x in parent)
+    best = [r for r, n in sizes.items() if n == max(sizes.values())]
+    return sum(str(digit[r]) == problem["answer"] for r in best) / len(best)
+
+
+# What scripts/depth_eval.py prints beside its table (JSON key -> (column, expected accuracy of
+# a problem)) and the fields a test problem of this task holds.
+SHORTCUTS = {"biggest_tree": ("biggest-tree guess", biggest_tree_guess)}
+PROBLEM_KEYS = ("prompt", "answer", "depth", "program")
+
+
+def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8, test_depths=None):
+    """(train, val, tests) as pointer_chase.make_splits draws them: no test program occurs in a
+    training or validation document, nor twice in the tests."""
+    kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth)
+    return draw_splits(seed, n_train, n_val, n_test, lambda rng: train_document(rng, queries=queries, **kw),
+                       lambda rng, depth: eval_problem(rng, depth, **kw), "program",
+                       test_depths or (max_depth, 2 * max_depth, 4 * max_depth))
