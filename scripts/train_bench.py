@@ -10,6 +10,7 @@ time.
 """
 
 import argparse
+import json
 import time
 
 import torch
@@ -29,6 +30,7 @@ parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps
 parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
 parser.add_argument("--compile", type=int, default=-1, choices=[-1, 0, 1], help="compile the blocks (-1 = on CUDA)")
 parser.add_argument("--device-type", type=str, default="", help="cuda | cpu (empty = autodetect)")
+parser.add_argument("--json", type=str, default="", help="also write every figure to this file")
 args = parser.parse_args()
 
 _, _, _, _, device = compute_init(args.device_type or None)
@@ -114,3 +116,8 @@ expected_ratio = meta_looped.estimate_flops(E_r, r_grad=E_min) / meta_gpt.estima
 print0(f"training FLOPs/token looped/gpt: r=4 {results[1]['flops'] / base['flops']:.3f}; sampled r: "
        f"{results[2]['flops'] / base['flops']:.3f} over the timed draws, {expected_ratio:.3f} in expectation "
        f"(E[r]={E_r:.3f}, E[min(r,{recipe.truncation})]={E_min:.3f})")
+if args.json:
+    with open(args.json, "w") as f:
+        plain = [{k: None if v != v else v for k, v in res.items()} for res in results]  # NaN (no GPU peak) -> null
+        json.dump({"args": vars(args), "device": str(device), "peak_flops": peak, "results": plain,
+                   "expected_flops_ratio": expected_ratio}, f, indent=1)
