@@ -437,7 +437,7 @@ class Scheduler:
                         leaders[b - b % req.n].followers.append(row)
 
     def _pick(self, rows):
-        """Choose each row's next token from its logits (each with its own generator; one sync)."""
+        """Choose each row's next token from its logits (at most two syncs: the greedy rows, the sampled ones)."""
         ready = []
         for row in rows:
             if row.tool is not None:
@@ -448,11 +448,20 @@ class Scheduler:
             ready.append(row)
         if not ready:
             return
-        req = [row.req for row in ready]
-        sampled = torch.stack([sample_next_token(row.penalized(row.logits), row.rng, q.temperature, q.top_k, q.top_p)[0]
-                               for row, q in zip(ready, req)]).tolist()
-        for row, s in zip(ready, sampled):
-            self._advance(row, s)
+        # greedy rows without penalties (evals, RL's references, benchmarks): one argmax for all of
+        # them; the others draw each from its own generator, so a seed reproduces its row alone
+        greedy = [row.req.temperature < GREEDY_BELOW and row.counts is None for row in ready]
+        picked = {}
+        if any(greedy):
+            rows = [row for row, g in zip(ready, greedy) if g]
+            picked.update(zip(map(id, rows), torch.cat([row.logits for row in rows]).argmax(dim=-1).tolist()))
+        if not all(greedy):
+            rows = [row for row, g in zip(ready, greedy) if not g]
+            drawn = torch.stack([sample_next_token(row.penalized(row.logits), row.rng, row.req.temperature, row.req.top_k,
+                                                   row.req.top_p)[0] for row in rows]).tolist()
+            picked.update(zip(map(id, rows), drawn))
+        for row in ready:
+            self._advance(row, picked[id(row)])
 
     def _advance(self, row, sampled):
         req = row.req
