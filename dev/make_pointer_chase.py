@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nanochat import errors
-from tasks.pointer_chase import make_splits
+from tasks.pointer_chase import SURFACES, make_splits
 
 
 def write_shard(path, texts):
@@ -55,9 +55,10 @@ def write_splits(out, train, val, tests, train_shards):
           f"test depths {sorted(tests)} x {len(next(iter(tests.values())))}")
 
 
-def main(doc=__doc__, make_splits=make_splits, symbols="letters in every table", roots="roots (answers to choose from) per table"):
+def main(doc=__doc__, make_splits=make_splits, symbols="letters in every table", roots="roots (answers to choose from) per table",
+         surfaces=SURFACES):
     """The command line of a depth-task writer (dev/make_var_chase.py reuses it with its own
-    make_splits): parse the flags, draw the splits, write them."""
+    make_splits and one surface): parse the flags, draw the splits, write them."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (shards and test files)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -70,9 +71,14 @@ def main(doc=__doc__, make_splits=make_splits, symbols="letters in every table",
     parser.add_argument("--max-depth", type=int, default=4, help="D_train: the deepest question in training")
     parser.add_argument("--queries", type=int, default=8, help="questions per training document")
     parser.add_argument("--test-depths", type=str, default="", help="comma-separated test depths (empty = max, 2x max, 4x max)")
+    if len(surfaces) > 1:
+        parser.add_argument("--surface", type=str, default=surfaces[0], choices=surfaces,
+                            help="packed: 'ab bb|qb' for a byte-level tokenizer; spaced: ' a b b b | q b', every letter "
+                                 "one word, for a BPE vocabulary that also reads text")
     args = parser.parse_args()
+    surface = {"surface": args.surface} if len(surfaces) > 1 else {}
     train, val, tests = make_splits(args.seed, args.n_train, args.n_val, args.n_test, args.n_symbols,
-                                    args.n_roots, args.max_depth, args.queries, parse_depths(args.test_depths))
+                                    args.n_roots, args.max_depth, args.queries, parse_depths(args.test_depths), **surface)
     write_splits(args.out, train, val, tests, args.train_shards)
 
 

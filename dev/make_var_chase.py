@@ -16,4 +16,4 @@ from tasks.var_chase import make_splits
 
 if __name__ == "__main__":
     errors.run(make_pointer_chase.main, __doc__, make_splits, symbols="variables (lines) in every program",
-               roots="variables assigned a constant (the roots of the forest)")
+               roots="variables assigned a constant (the roots of the forest)", surfaces=("packed",))

@@ -29,6 +29,12 @@ even at depth 1, because each of the N^2 entry tokens has to learn its key on it
 the byte-level version solves depth 1 within 500 steps: BENCHMARKS.md.) Every training
 document has 3N + 3 x queries - 1 tokens and every test prompt 3N + 1, at every depth.
 
+Surfaces: "packed" (above, for the byte-level tokenizer) or "spaced", for a model that also
+reads text with a BPE vocabulary (a text + reasoning mixture): every letter is a word of its own
+with a space before it, " a b b b c b | q b k b", so each " x" is one token of a vocabulary
+trained on such documents (tests/test_pointer_chase.py checks it) and a query is again the token
+of its key. The spaced prompt ends " | q" and the answer is " b", space included.
+
 Up to 26 letters the tables are lowercase; past 26 the alphabet goes on with A..Z, so a table
 of 52 letters holds a chain of 32 lookups beside 4 roots: 8x a training depth of 4 (Schwarzschild
 et al. tested mazes and prefix sums far past the training size too). The lowercase tables, and
@@ -42,6 +48,7 @@ import string
 from nanochat.errors import UserError
 
 SEP = "|"  # between the table and the queries
+SURFACES = ("packed", "spaced")
 # The letters in table order. Lowercase first, so a table of at most 26 letters is what it was
 # before uppercase existed (same seed, same files); a byte-level token each, like the lowercase.
 ALPHABET = string.ascii_lowercase + string.ascii_uppercase
@@ -111,11 +118,18 @@ def query_text(parent, x):
     return f"{x}{root_of(parent, x)}"
 
 
-def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
+def spaced(text):
+    """A packed table or queries as the spaced surface writes them: " " before every letter and
+    before the separator ("ab bb|qb" -> " a b b b | q b")."""
+    return "".join(" " + c for c in text if c != " ")
+
+
+def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8, surface="packed"):
     """Table and `queries` questions, the first at a uniform depth in 1..max_depth, the others
     at random non-root letters (all of depth <= max_depth)."""
     parent, first = make_table(rng, n_symbols, n_roots, rng.randint(1, max_depth), max_depth)
-    return table_text(parent) + SEP + " ".join(query_text(parent, x) for x in ask(rng, parent, first, queries))
+    doc = table_text(parent) + SEP + " ".join(query_text(parent, x) for x in ask(rng, parent, first, queries))
+    return spaced(doc) if surface == "spaced" else doc
 
 
 def ask(rng, parent, first, queries):
@@ -126,17 +140,21 @@ def ask(rng, parent, first, queries):
     return [first] + rng.sample(others, queries - 1)
 
 
-def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
+def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4, surface="packed"):
     """{"prompt", "answer", "depth", "table"}: one question at exactly `depth`. The prompt is
-    the table, the separator and the queried letter; the completion is the root letter."""
+    the table, the separator and the queried letter; the completion is the root letter. "table"
+    is the packed table whatever the surface (the shortcuts and the dedup read it)."""
     parent, x = make_table(rng, n_symbols, n_roots, depth, max_depth)
-    table = table_text(parent)
-    return {"prompt": table + SEP + x, "answer": root_of(parent, x), "depth": depth, "table": table}
+    table, root = table_text(parent), root_of(parent, x)
+    if surface == "spaced":
+        return {"prompt": spaced(table + SEP + x), "answer": " " + root, "depth": depth, "table": table}
+    return {"prompt": table + SEP + x, "answer": root, "depth": depth, "table": table}
 
 
 def grade(problem, completion):
-    """Exact match: the completion must start with the root letter."""
-    return completion[:1] == problem["answer"]
+    """Exact match: the completion must start with the answer (the root letter; " b", its
+    space included, on the spaced surface)."""
+    return completion[:len(problem["answer"])] == problem["answer"]
 
 
 def chance(problem):
@@ -167,11 +185,14 @@ def parse_table(text):
     return {entry[0]: entry[1] for entry in text.split(" ")}
 
 
-def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8, test_depths=None):
+def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8, test_depths=None,
+                surface="packed"):
     """(train, val, tests): training and validation documents (depth <= max_depth) and, for
     each test depth (default max_depth, 2 max_depth, 4 max_depth), n_test problems. No test
     table occurs in a training or validation document, nor twice in the tests."""
-    kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth)
+    if surface not in SURFACES:
+        raise UserError(f"surface={surface!r}: expected one of {', '.join(SURFACES)}")
+    kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth, surface=surface)
     return draw_splits(seed, n_train, n_val, n_test, lambda rng: train_document(rng, queries=queries, **kw),
                        lambda rng, depth: eval_problem(rng, depth, **kw), "table",
                        test_depths or (max_depth, 2 * max_depth, 4 * max_depth))
@@ -185,14 +206,17 @@ def draw_splits(seed, n_train, n_val, n_test, document, problem, text_key, test_
     rng = random.Random(seed)
     train = [document(rng) for _ in range(n_train)]
     val = [document(rng) for _ in range(n_val)]
-    seen = {doc.split(SEP)[0] for doc in train + val}
+    def key(text):  # the problem text without spaces: the same for the packed and spaced surfaces
+        return text.replace(" ", "")
+
+    seen = {key(doc.split(SEP)[0]) for doc in train + val}
     tests = {}
     for depth in test_depths:
         problems = []
         while len(problems) < n_test:
             p = problem(rng, depth)
-            if p[text_key] not in seen:
-                seen.add(p[text_key])
+            if key(p[text_key]) not in seen:
+                seen.add(key(p[text_key]))
                 problems.append(p)
         tests[depth] = problems
     return train, val, tests

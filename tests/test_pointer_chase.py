@@ -5,15 +5,19 @@ micro model trained through base_train for seconds whose eval table has every ce
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
 
+from nanochat.errors import UserError
 from nanochat.tokenizer import Tokenizer
 from tasks.pointer_chase import (ALPHABET, SEP, biggest_tree_guess, chance, depth_of, eval_problem, grade,
                                  make_splits, parse_table, root_of, train_document, vocab_size)
+
+from tests.conftest import SAMPLE_DATA_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -281,3 +285,31 @@ def test_depth_recipe_dry_run(tmp_path):
     for bad, message in (({"TASK": "sudoku"}, "TASK: 'sudoku'"), ({"ARMS": "big"}, "unknown arm 'big'")):
         out, _ = dry_run("depth_recipe.sh", {**env, **bad})
         assert out.returncode != 0 and message in out.stderr
+
+
+def test_spaced_surface_keeps_one_token_per_letter_with_a_text_vocabulary():
+    """The spaced surface for a text + reasoning mixture: with a BPE vocabulary trained on real
+    text and these documents together, every " x" is one token, so every document and prompt
+    has a fixed length at every depth, a query is the token of its key, and the answer " b" is
+    one token (the property the byte-level tokenizer gives the packed surface)."""
+    rng = random.Random(5)
+    docs = [train_document(rng, surface="spaced") for _ in range(300)]
+    assert docs[0].startswith(" ") and re.fullmatch(r"( [a-x] [a-x]){24} \|( [a-x] [a-x]){8}", docs[0])
+    text = pq.read_table(os.path.join(SAMPLE_DATA_DIR, "shard_00000.parquet")).column("text").to_pylist()
+    tok = Tokenizer.train_from_iterator(iter(text + docs), 1024)
+    letters = [" " + x for x in ALPHABET[:24]]
+    assert all(len(tok.encode(w)) == 1 for w in letters + [" |"])
+    assert {len(tok.encode(d)) for d in docs} == {2 * 24 + 1 + 2 * 8}
+    problems = [eval_problem(rng, d, surface="spaced") for d in (1, 2, 4, 8, 16) for _ in range(20)]
+    assert {len(tok.encode(p["prompt"])) for p in problems} == {2 * 24 + 2}
+    p = problems[-1]
+    ids = tok.encode(p["prompt"])
+    assert ids[-1] in ids[:-2:2] and len(tok.encode(p["answer"])) == 1 and p["answer"] == " " + root_of(
+        parse_table(p["table"]), p["prompt"][-1])
+    assert grade(p, p["answer"] + " k b") and not grade(p, p["answer"].strip()) and chance(p) == 0.25
+    # the packed and spaced splits draw the same problems, and no spaced test table is in training
+    packed, spaced_ = make_splits(0, 50, 5, 4), make_splits(0, 50, 5, 4, surface="spaced")
+    assert [d.replace(" ", "") for d in spaced_[0]] == [d.replace(" ", "") for d in packed[0]]
+    assert [p["table"] for p in spaced_[2][4]] == [p["table"] for p in packed[2][4]]
+    with pytest.raises(UserError, match="surface='fancy'"):
+        make_splits(0, 5, 1, 1, surface="fancy")
