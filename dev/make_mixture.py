@@ -1,0 +1,93 @@
+"""
+Write a text + reasoning mixture as ordinary pretraining shards: the training documents of a
+text corpus and of a depth task (dev/make_pointer_chase.py --surface spaced), shuffled together
+with a seed, in parquet shards with a `text` column, so tok_train, base_train and every other
+tool read it as any corpus. Written shards, not a dataloader that draws from two folders with
+weights: nothing else in the pipeline changes, the mixture is a folder one can inspect, and a
+run on it resumes like any other.
+
+    python -m dev.make_pointer_chase --out out/mix/task --surface spaced --max-depth 4
+    python -m dev.make_mixture --text-dir ../shared/data/pretrain --task-dir out/mix/task \
+        --task-fraction 0.25 --out out/mix/data
+
+- The weight is --task-fraction, the task's share of the training bytes (what bits per byte
+  count; a spaced table is about 2 bytes a token, English about 4.5, so the task's share of the
+  tokens is larger: the tokenizer tells, and tok_train prints it).
+- Every text training document is used once; the task's first documents are taken until their
+  bytes reach the fraction.
+- The validation shard (the last) is the text corpus's own, unchanged: the mixture model's val
+  bpb is a text bpb, on the same tokens as a text-only model's.
+- The task's test files (test_d<depth>.jsonl) are copied, so depth_eval reads the mixture folder.
+"""
+
+import argparse
+import glob
+import os
+import random
+import shutil
+
+import pyarrow.parquet as pq
+
+from dev.make_pointer_chase import write_shard
+from nanochat import errors
+
+
+def shards(folder, what):
+    paths = sorted(glob.glob(os.path.join(folder, "*.parquet")))
+    if len(paths) < 2:
+        raise errors.MissingInput(f"{folder} holds {len(paths)} parquet shards, need at least 2 (train + the last, "
+                                  f"val): point {what} at a folder written as a corpus")
+    return paths
+
+
+def read_texts(paths):
+    return [t for p in paths for t in pq.read_table(p, columns=["text"]).column("text").to_pylist()]
+
+
+def mix(text_docs, task_docs, fraction, seed):
+    """The text documents and the first task documents whose bytes make `fraction` of the total,
+    shuffled with `seed`. Returns (documents, task documents used)."""
+    text_bytes = sum(len(d.encode()) for d in text_docs)
+    want = fraction / (1 - fraction) * text_bytes  # task bytes so that task / (task + text) = fraction
+    used, total = 0, 0
+    while used < len(task_docs) and total < want:
+        total += len(task_docs[used].encode())
+        used += 1
+    if total < want:
+        raise errors.UserError(f"--task-fraction {fraction}: needs {want / 1e6:.1f} MB of task documents, the task "
+                               f"folder has {total / 1e6:.1f} MB: write more (--n-train) or lower the fraction")
+    docs = text_docs + task_docs[:used]
+    random.Random(seed).shuffle(docs)
+    return docs, used
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--text-dir", required=True, help="text corpus shards (the last one is validation)")
+    parser.add_argument("--task-dir", required=True, help="a depth task's shards and test_d*.jsonl")
+    parser.add_argument("--task-fraction", type=float, required=True, help="the task's share of the training bytes, 0..1")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--train-shards", type=int, default=4, help="training shards to write")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    args = parser.parse_args()
+    if not 0 <= args.task_fraction < 1:
+        raise errors.UserError(f"--task-fraction {args.task_fraction}: expected a number in [0, 1)")
+    if args.train_shards < 1:
+        raise errors.UserError(f"--train-shards {args.train_shards}: expected >= 1")
+    text, task = shards(args.text_dir, "--text-dir"), shards(args.task_dir, "--task-dir")
+    docs, used = mix(read_texts(text[:-1]), read_texts(task[:-1]), args.task_fraction, args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    per = -(-len(docs) // args.train_shards)
+    for i in range(args.train_shards):
+        write_shard(os.path.join(args.out, f"shard_{i:05d}.parquet"), docs[i * per:(i + 1) * per])
+    shutil.copyfile(text[-1], os.path.join(args.out, f"shard_{args.train_shards:05d}.parquet"))  # text val, as is
+    tests = sorted(glob.glob(os.path.join(args.task_dir, "test_d*.jsonl")))
+    for path in tests:
+        shutil.copyfile(path, os.path.join(args.out, os.path.basename(path)))
+    print(f"{args.out}: {len(docs) - used:,} text + {used:,} task documents ({args.task_fraction:.0%} of the training "
+          f"bytes from the task) in {args.train_shards} shards; val = {os.path.basename(text[-1])} of the text; "
+          f"{len(tests)} test files")
+
+
+if __name__ == "__main__":
+    errors.run(main)
