@@ -31,7 +31,8 @@ program in training or validation.
 
 import collections
 
-from tasks.pointer_chase import SEP, ask, draw_splits, in_order, make_table, root_of
+from tasks.pointer_chase import in_order, make_table, root_of
+from tasks.var_chase import grade, program_task  # noqa: F401 (grade is this task's too: depth_eval calls task.grade)
 
 DIGITS = 10
 
@@ -65,25 +66,7 @@ def parse_program(text):
     return parent, digit
 
 
-def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
-    """The program and `queries` questions "<letter><value>", the first at a uniform depth in
-    1..max_depth, the others at random non-root letters (all of depth <= max_depth)."""
-    parent, digit, first = make_program(rng, n_symbols, n_roots, rng.randint(1, max_depth), max_depth)
-    asked = ask(rng, parent, first, queries)
-    return program_text(parent, digit) + SEP + " ".join(f"{x}{value_of(parent, digit, x)}" for x in asked)
-
-
-def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
-    """{"prompt", "answer", "depth", "program"}: one question at exactly `depth`. The prompt is
-    the program, the separator and the queried letter; the completion is the value's digit."""
-    parent, digit, x = make_program(rng, n_symbols, n_roots, depth, max_depth)
-    program = program_text(parent, digit)
-    return {"prompt": program + SEP + x, "answer": str(value_of(parent, digit, x)), "depth": depth, "program": program}
-
-
-def grade(problem, completion):
-    """Exact match: the completion must start with the value's digit."""
-    return completion[:1] == problem["answer"]
+train_document, eval_problem, make_splits = program_task(make_program, program_text, value_of)
 
 
 def chance(problem):
@@ -108,11 +91,3 @@ def biggest_tree_guess(problem):
 SHORTCUTS = {"biggest_tree": ("biggest-tree guess", biggest_tree_guess)}
 PROBLEM_KEYS = ("prompt", "answer", "depth", "program")
 
-
-def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8, test_depths=None):
-    """(train, val, tests) as pointer_chase.make_splits draws them: no test program occurs in a
-    training or validation document, nor twice in the tests."""
-    kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth)
-    return draw_splits(seed, n_train, n_val, n_test, lambda rng: train_document(rng, queries=queries, **kw),
-                       lambda rng, depth: eval_problem(rng, depth, **kw), "program",
-                       test_depths or (max_depth, 2 * max_depth, 4 * max_depth))

@@ -73,20 +73,38 @@ def parse_program(text):
     return parent, digit
 
 
-def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
-    """The program and `queries` questions "<letter><value>", the first at a uniform depth in
-    1..max_depth, the others at random non-root letters (all of depth <= max_depth)."""
-    parent, digit, first = make_program(rng, n_symbols, n_roots, rng.randint(1, max_depth), max_depth)
-    asked = ask(rng, parent, first, queries)
-    return program_text(parent, digit) + SEP + " ".join(f"{x}{value_of(parent, digit, x)}" for x in asked)
+def program_task(make_program, program_text, value_of):
+    """(train_document, eval_problem, make_splits) of a task whose problem is a program over
+    letters and whose answer is a letter's value, one digit: this one and tasks/copy_chase.py.
+    make_program(rng, n_symbols, n_roots, depth, max_depth) -> (parent, digit, query)."""
+
+    def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
+        """The program and `queries` questions "<letter><value>", the first at a uniform depth in
+        1..max_depth, the others at random non-root letters (all of depth <= max_depth)."""
+        parent, digit, first = make_program(rng, n_symbols, n_roots, rng.randint(1, max_depth), max_depth)
+        asked = ask(rng, parent, first, queries)
+        return program_text(parent, digit) + SEP + " ".join(f"{x}{value_of(parent, digit, x)}" for x in asked)
+
+    def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
+        """{"prompt", "answer", "depth", "program"}: one question at exactly `depth`. The prompt is
+        the program, the separator and the queried letter; the completion is the value's digit."""
+        parent, digit, x = make_program(rng, n_symbols, n_roots, depth, max_depth)
+        program = program_text(parent, digit)
+        return {"prompt": program + SEP + x, "answer": str(value_of(parent, digit, x)), "depth": depth,
+                "program": program}
+
+    def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8, test_depths=None):
+        """(train, val, tests) as pointer_chase.make_splits draws them: no test program occurs in a
+        training or validation document, nor twice in the tests."""
+        kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth)
+        return draw_splits(seed, n_train, n_val, n_test, lambda rng: train_document(rng, queries=queries, **kw),
+                           lambda rng, depth: eval_problem(rng, depth, **kw), "program",
+                           test_depths or (max_depth, 2 * max_depth, 4 * max_depth))
+
+    return train_document, eval_problem, make_splits
 
 
-def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):
-    """{"prompt", "answer", "depth", "program"}: one question at exactly `depth`. The prompt is
-    the program, the separator and the queried letter; the completion is the value's digit."""
-    parent, digit, x = make_program(rng, n_symbols, n_roots, depth, max_depth)
-    program = program_text(parent, digit)
-    return {"prompt": program + SEP + x, "answer": str(value_of(parent, digit, x)), "depth": depth, "program": program}
+train_document, eval_problem, make_splits = program_task(make_program, program_text, value_of)
 
 
 def grade(problem, completion):
@@ -124,13 +142,4 @@ def root_digit_guess(problem):
 SHORTCUTS = {"parent_digit": ("own + parent digit", parent_digit_guess),
              "root_digit": ("root digit", root_digit_guess)}
 PROBLEM_KEYS = ("prompt", "answer", "depth", "program")
-
-
-def make_splits(seed, n_train, n_val, n_test, n_symbols=24, n_roots=4, max_depth=4, queries=8, test_depths=None):
-    """(train, val, tests) as pointer_chase.make_splits draws them: no test program occurs in a
-    training or validation document, nor twice in the tests."""
-    kw = dict(n_symbols=n_symbols, n_roots=n_roots, max_depth=max_depth)
-    return draw_splits(seed, n_train, n_val, n_test, lambda rng: train_document(rng, queries=queries, **kw),
-                       lambda rng, depth: eval_problem(rng, depth, **kw), "program",
-                       test_depths or (max_depth, 2 * max_depth, 4 * max_depth))
 

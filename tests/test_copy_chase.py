@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from nanochat.tokenizer import Tokenizer
-from tasks.copy_chase import SEP, SHORTCUTS, biggest_tree_guess, chance, eval_problem, grade, make_splits, train_document
-from tasks.pointer_chase import ALPHABET, vocab_size
+from tasks.copy_chase import SHORTCUTS, biggest_tree_guess, chance, eval_problem, grade, make_splits, train_document
+from tasks.pointer_chase import ALPHABET, SEP, vocab_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = re.compile(r"([a-zA-Z])=([a-zA-Z0-9])")
