@@ -6,9 +6,9 @@ Pointer-chase accuracy under each criterion comes from scripts/depth_eval.py --e
 
     OMP_NUM_THREADS=1 python -m dev.exit_criteria --model-tag loop_s42 --data-dir ../shared/data/pretrain
 
-Quality: each validation row of --seq-len tokens runs once through a KV cache with the
-criterion set, so every token stops on its own and the later tokens attend to the entries of
-the iterations it ran (the cache's slots): what decoding token by token with that exit gives.
+Quality: the validation rows of --seq-len tokens are fed one token at a time through a KV cache
+with the criterion set, as decoding runs it: every token stops on its own and the later ones
+attend to the entries of the iterations it ran.
 Speed: a --prompt-len token prompt from the validation text, then --decode-tokens greedy tokens
 with the criterion on (the prefill runs the cap, as the engine's does), each way timed --repeats
 times round robin; one thread's CPU time, so other jobs on the machine disturb it little.
@@ -58,18 +58,15 @@ def validation_rows(tokenizer, data_dir, rows, seq_len):
 @torch.inference_mode()
 def bpb(model, data, token_bytes, cap, criterion, threshold):
     """(bits per byte, mean iterations per token) of every target under this exit."""
-    nats = nbytes = 0.0
-    depths = []
-    for row in data:
-        x, y = row[None, :-1], row[None, 1:]
-        cache = KVCache(model, 1, x.size(1), max_r=cap, exit_criterion=criterion, exit_threshold=threshold)
-        logits = model(x, r=cap, kv_cache=cache)
-        loss = F.cross_entropy(logits[0].float(), y[0], reduction="none")
-        b = token_bytes[y[0]]
-        nats += (loss * (b > 0)).sum().item()
-        nbytes += b.sum().item()
-        depths.append(cache.depth.float().mean().item())
-    return nats / (math.log(2) * nbytes), statistics.mean(depths)
+    x, y = data[:, :-1], data[:, 1:]
+    cache = KVCache(model, x.size(0), x.size(1), max_r=cap, exit_criterion=criterion, exit_threshold=threshold)
+    logits, depths = [], []
+    for t in range(x.size(1)):  # token by token, as decoding runs the exit
+        logits.append(model(x[:, t:t + 1], r=cap, kv_cache=cache)[:, -1].float())
+        depths.append(cache.depth[:, -1].float())
+    loss = F.cross_entropy(torch.stack(logits, 1).flatten(0, 1), y.flatten(), reduction="none")
+    b = token_bytes[y.flatten()]
+    return (loss * (b > 0)).sum().item() / (math.log(2) * b.sum().item()), torch.stack(depths).mean().item()
 
 
 @torch.inference_mode()
