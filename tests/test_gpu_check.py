@@ -54,9 +54,9 @@ def test_dry_run_and_bad_settings(tmp_path):
     env = dry_env(tmp_path, OUT=str(tmp_path / "out"))
     out, cmds = dry_run("gpu_check.sh", env)
     assert out.returncode == 0, out.stderr
-    stages = [line[3:].split(":")[0] for line in out.stdout.splitlines() if line.startswith("== ")]
+    stages = [line[3:].split(" ")[0] for line in out.stdout.splitlines() if line.startswith("== ")]
     assert stages == ["train", "tokenizer", "race_looped", "race_gpt", "decode"]
-    assert "--size 20" in out.stdout and "--compile 1" in out.stdout and "--target-flops 2e16" in out.stdout
+    assert "--size 20" in out.stdout and "--compile 1" in out.stdout and "--target-flops 1e16" in out.stdout
     assert cmds[-1].startswith("python -m dev.gpu_check_report")
     for settings, needle in [({"TINY": "2"}, "TINY: '2' must be 0 or 1"),
                              ({"RACE_FLOPS": "lots"}, "RACE_FLOPS: 'lots' is not like 2e16"),
