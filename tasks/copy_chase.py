@@ -15,6 +15,13 @@ reached after exactly `depth` lookups of the variable a line names, then one rea
 root's digit; past the root nothing changes, so running more iterations than a problem needs
 costs nothing.
 
+Training documents ask about roots too (depth 0: the digit on the query's own line), not only
+about other letters as the other two families do. That question is one lookup, the step that
+pointer chasing's depth 1 is; without it even the shallowest question takes two (the query's
+line names its parent, the parent's line holds the digit), and the first model trained that
+way, the recipe's one-block model at 7e13 FLOPs, stayed at chance at every depth and r
+(BENCHMARKS.md). Test problems still ask at depth >= 1.
+
 How it differs from pointer chasing, where the answer is the root's own letter: the answer
 is a digit, a token no key ever is, read from the root's line, and a root is marked by a digit
 on its right-hand side, not by pointing to itself. The digits are uniform and independent, so
@@ -66,7 +73,7 @@ def parse_program(text):
     return parent, digit
 
 
-train_document, eval_problem, make_splits = program_task(make_program, program_text, value_of)
+train_document, eval_problem, make_splits = program_task(make_program, program_text, value_of, roots_asked=True)
 
 
 def chance(problem):

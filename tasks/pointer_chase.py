@@ -132,9 +132,10 @@ def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8, surface
     return spaced(doc) if surface == "spaced" else doc
 
 
-def ask(rng, parent, first, queries):
-    """The letters a training document asks about: `first`, then queries - 1 other non-roots."""
-    others = [x for x in in_order(parent) if parent[x] != x and x != first]
+def ask(rng, parent, first, queries, roots=False):
+    """The letters a training document asks about: `first`, then queries - 1 other non-roots
+    (or other letters of any kind, roots too, with roots=True)."""
+    others = [x for x in in_order(parent) if (roots or parent[x] != x) and x != first]
     if not 1 <= queries <= len(others) + 1:
         raise UserError(f"queries={queries}: a table of {len(parent)} letters has {len(others) + 1} non-roots to ask about")
     return [first] + rng.sample(others, queries - 1)

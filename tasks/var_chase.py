@@ -73,16 +73,18 @@ def parse_program(text):
     return parent, digit
 
 
-def program_task(make_program, program_text, value_of):
+def program_task(make_program, program_text, value_of, roots_asked=False):
     """(train_document, eval_problem, make_splits) of a task whose problem is a program over
     letters and whose answer is a letter's value, one digit: this one and tasks/copy_chase.py.
-    make_program(rng, n_symbols, n_roots, depth, max_depth) -> (parent, digit, query)."""
+    make_program(rng, n_symbols, n_roots, depth, max_depth) -> (parent, digit, query).
+    roots_asked: training documents also ask about roots (depth 0), not only other letters."""
 
     def train_document(rng, n_symbols=24, n_roots=4, max_depth=4, queries=8):
         """The program and `queries` questions "<letter><value>", the first at a uniform depth in
-        1..max_depth, the others at random non-root letters (all of depth <= max_depth)."""
+        1..max_depth, the others at random letters (non-roots unless roots_asked; all of depth
+        <= max_depth)."""
         parent, digit, first = make_program(rng, n_symbols, n_roots, rng.randint(1, max_depth), max_depth)
-        asked = ask(rng, parent, first, queries)
+        asked = ask(rng, parent, first, queries, roots=roots_asked)
         return program_text(parent, digit) + SEP + " ".join(f"{x}{value_of(parent, digit, x)}" for x in asked)
 
     def eval_problem(rng, depth, n_symbols=24, n_roots=4, max_depth=4):

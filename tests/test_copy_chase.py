@@ -55,16 +55,17 @@ def test_problems_have_the_asked_depth_and_value():
 
 def test_training_documents_stay_within_the_training_depth():
     rng = random.Random(1)
-    first_depths = set()
+    first_depths, depths = set(), set()
     for _ in range(100):
         program, queries = train_document(rng).split(SEP)
         values = evaluate_text(program)
         asked = queries.split(" ")
         assert len(asked) == 8 and len({q[0] for q in asked}) == 8 and all(len(q) == 2 for q in asked)
         for x, answer in asked:
-            assert values[x][0] == int(answer) and 1 <= values[x][1] <= 4
+            assert values[x][0] == int(answer) and 0 <= values[x][1] <= 4
+            depths.add(values[x][1])
         first_depths.add(values[asked[0][0]][1])
-    assert first_depths == {1, 2, 3, 4}
+    assert first_depths == {1, 2, 3, 4} and depths == {0, 1, 2, 3, 4}  # roots are asked too, after the first
 
 
 def test_difficulty_does_not_change_length():
