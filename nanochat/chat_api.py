@@ -4,7 +4,7 @@ holds the routes and the command line).
 
     POST /chat/completions  {"messages": [{"role": "user", "content": "hi"}, ...],
                              "temperature": 0.6, "top_k": 50, "max_tokens": 256,
-                             "recur": 4, "adaptive": 1e-3, "seed": 1}     (all but messages optional)
+                             "recur": 4, "adaptive": 0.3, "seed": 1}     (all but messages optional)
     -> text/event-stream:   data: {"token": "Hel", "depth": 4, "type": "text", "part": 0}
                             data: {"token": "lo", "depth": 2, "type": "text", "part": 0}
                             data: {"token": "6*7", "depth": 4, "type": "python", "part": 1}
@@ -40,7 +40,11 @@ TOP_K_RANGE = (1, 200)
 TOP_P_RANGE = (1e-6, 1.0)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
-ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold (KL in nats); 0 == fixed r
+ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold of the server's criterion; 0 == fixed r
+# the serving default and a threshold for each criterion, chosen by BENCHMARKS.md, "Adaptive exit criteria":
+# the state change is free to compute, KL runs the coda and head at every iteration (slower than fixed r)
+EXIT_CRITERION = "state"
+SUGGESTED_THRESHOLD = {"state": 0.3, "kl": 1e-3}
 FIELDS = ("messages", "temperature", "top_k", "top_p", "max_tokens", "recur", "adaptive", "seed", "presence_penalty",
           "frequency_penalty")
 PENALTY_RANGE = (-2.0, 2.0)       # OpenAI's
@@ -220,13 +224,14 @@ class Worker:
     max_rows: int = 16
     cache_mode: str = "exact"
     cache_budget: int = None  # bytes its KV cache may hold (None = no limit)
+    exit_criterion: str = EXIT_CRITERION  # how a request's `adaptive` threshold stops a token: "state" | "kl"
     healthy: bool = True     # False while its last generation failed (device error, bug): /health says so
     last_error: str = ""
     scheduler: Scheduler = field(init=False, repr=False)
 
     def __post_init__(self):
         self.scheduler = Scheduler(self.model, self.tokenizer, max_rows=self.max_rows, cache_mode=self.cache_mode,
-                                   cache_budget=self.cache_budget).start()
+                                   cache_budget=self.cache_budget, exit_criterion=self.exit_criterion).start()
 
     def steps(self, ids, req, stop):
         """Steps for one request (req.n rows) until every row is done, max_tokens, or `stop` is

@@ -10,7 +10,8 @@ looped model:
                                       "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
                                       "stop": str | [str], "seed": int, "stream_options": {"include_usage": bool},
                                       extensions: "top_k", "recur" (loop iterations per token),
-                                      "adaptive" (exit threshold, KL in nats; recur is then the cap)}
+                                      "adaptive" (exit threshold of chat_web's --exit-criterion: the
+                                      state's relative change, 0.3, or KL in nats; recur is then the cap)}
     POST /v1/completions             text in, text out, with echo and logprobs (nanochat/completions_api.py)
 
 Differences from OpenAI, each one explicit:

@@ -3,7 +3,7 @@ Talk to a model in the terminal.
 
     python -m scripts.chat_cli                                   # interactive, latest SFT model
     python -m scripts.chat_cli -p "Why is the sky blue?"         # one question, one answer
-    python -m scripts.chat_cli --source base --model-tag s20 --recur 8 --adaptive 1e-3
+    python -m scripts.chat_cli --source base --model-tag s20 --recur 8 --adaptive 0.3
     python -m scripts.chat_cli --source ~/.cache/nanochat/hf/sft_s20   # a folder from scripts/export_hf.py
 
 Interactive commands: 'quit' or 'exit' leaves, 'clear' starts a new conversation. The reply
@@ -33,8 +33,11 @@ parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = 
 parser.add_argument("-p", "--prompt", type=str, default="", help="ask this once, print the reply and exit")
 parser.add_argument("--recur", type=int, default=-1,
                     help="loop iterations per token; the cap with --adaptive (-1 = the checkpoint's eval r)")
-parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit threshold, e.g. 1e-3 (-1 = off, fixed r)")
-parser.add_argument("--exit-criterion", type=str, default="kl", choices=["kl", "state"], help="adaptive exit criterion")
+parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit threshold, e.g. 0.3 for the state criterion "
+                                                                  "or 1e-3 for kl (-1 = off, fixed r)")
+parser.add_argument("--exit-criterion", type=str, default="state", choices=["state", "kl"],
+                    help="adaptive exit criterion: state (relative change of the recurrent state, free) or kl (runs the "
+                         "coda and head at every iteration)")
 parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
                     help="KV cache per iteration (exact) or per physical block (shared, Huginn)")
 parser.add_argument("--warm-start", type=int, default=0, choices=[0, 1],

@@ -58,6 +58,9 @@ parser.add_argument("--temperature", type=float, default=0.8, help="default samp
 parser.add_argument("--top-k", type=int, default=50, help="default top-k")
 parser.add_argument("--max-batch", type=int, default=16,
                     help="replies each worker decodes together (continuous batching; 1 = one request at a time)")
+parser.add_argument("--exit-criterion", type=str, default=chat_api.EXIT_CRITERION, choices=["state", "kl"],
+                    help="how a request's `adaptive` threshold stops a token's loop: state (relative change of the "
+                         "recurrent state, 0.3 suggested) or kl (nats between successive predictions, 1e-3)")
 parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
                     help="KV cache across recurrences: exact (the trained function) or shared (memory independent of r)")
 parser.add_argument("--cache-memory", type=str, default="0.25",
@@ -119,7 +122,7 @@ def load_workers(args):
                                             torch.device(device))
         budget = cache_budget(args.cache_memory, device)
         workers.append(Worker(model, tokenizer, device, max_rows=args.max_batch, cache_mode=args.cache_mode,
-                              cache_budget=budget))
+                              cache_budget=budget, exit_criterion=args.exit_criterion))
         print(f"worker {len(workers) - 1}: {args.source} step {meta['step']} on {device}, KV cache budget "
               f"{budget / 2**30:.2f} GiB", flush=True)
     return workers, meta
@@ -165,7 +168,7 @@ def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",
                            allow_headers=["Authorization", "Content-Type"])
     pool = WorkerPool(workers)
     app.state.pool, app.state.model_name = pool, model_name
-    model, tokenizer = workers[0].model, workers[0].tokenizer
+    model, tokenizer, criterion = workers[0].model, workers[0].tokenizer, workers[0].exit_criterion
     with open(UI_HTML, encoding="utf-8") as f:
         page = f.read()
 
@@ -204,6 +207,7 @@ def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",
                            "max_total_chars": chat_api.MAX_TOTAL_CHARS, "temperature": chat_api.TEMPERATURE_RANGE,
                            "top_k": chat_api.TOP_K_RANGE, "max_tokens": chat_api.MAX_TOKENS_RANGE,
                            "recur": chat_api.RECUR_RANGE, "adaptive": chat_api.ADAPTIVE_RANGE},
+                "exit_criterion": criterion, "adaptive": chat_api.SUGGESTED_THRESHOLD[criterion],
                 "auth": bool(api_key)}
 
     @app.post("/chat/completions")

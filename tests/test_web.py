@@ -126,7 +126,11 @@ def test_stream_order_depths_and_page(app):
         page = client.get("/")
         assert page.status_code == 200 and "looped nanochat" in page.text
         assert "http://" not in page.text and "https://" not in page.text  # self-contained: nothing fetched from elsewhere
-        assert client.get("/config").json()["defaults"] == {"temperature": 0.8, "top_k": 50, "max_tokens": 8, "recur": 3}
+        config = client.get("/config").json()
+        assert config["defaults"] == {"temperature": 0.8, "top_k": 50, "max_tokens": 8, "recur": 3}
+        # the serving default exit (BENCHMARKS, "Adaptive exit criteria") and its suggested threshold, for the page
+        assert (config["exit_criterion"], config["adaptive"]) == ("state", 0.3)
+        assert app.state.pool.workers[0].scheduler.exit_criterion == "state"
         body = {"messages": HELLO + [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}],
                 "temperature": 0, "max_tokens": 6}
         with client.stream("POST", "/chat/completions", json=body) as res:
