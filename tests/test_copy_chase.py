@@ -3,7 +3,6 @@
 recomputed from the text alone, no test program in training, the baselines, and a micro model
 trained through base_train for seconds whose eval table has every cell (no accuracy is asserted)."""
 
-import json
 import os
 import random
 import re
@@ -15,6 +14,7 @@ import pytest
 from nanochat.tokenizer import Tokenizer
 from tasks.copy_chase import SHORTCUTS, biggest_tree_guess, chance, eval_problem, grade, make_splits, train_document
 from tasks.pointer_chase import ALPHABET, SEP, vocab_size
+from tests.test_var_chase import assert_tests_unseen, micro_depth_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE = re.compile(r"([a-zA-Z])=([a-zA-Z0-9])")
@@ -89,11 +89,7 @@ def test_no_program_of_the_tests_in_training():
     # repeat some and the depth-1 tests would meet them if the generator did not skip them
     train, val, tests = make_splits(0, 2000, 100, 50, n_symbols=5, n_roots=2, max_depth=1, queries=2,
                                     test_depths=[1, 2])
-    seen = {d.split(SEP)[0] for d in train + val}
-    assert len(seen) < len(train)
-    test_programs = [p["program"] for ps in tests.values() for p in ps]
-    assert not seen & set(test_programs) and len(set(test_programs)) == len(test_programs)
-    assert all(len(ps) == 50 for ps in tests.values())
+    assert_tests_unseen(train, val, tests, 50)
     assert sorted(make_splits(0, 20, 2, 3)[2]) == [4, 8, 16]  # default depths: max, 2x, 4x max
 
 
@@ -119,31 +115,7 @@ def test_bad_generator_flags(tmp_path):
 
 @pytest.mark.slow
 def test_micro_run_and_depth_eval_task(tmp_path):
-    """Generator -> tokenizer -> base_train (looped, seconds) -> depth_eval --task copy_chase:
-    the table and JSON hold every cell and the task's baselines."""
-    data, base = tmp_path / "data", tmp_path / "base"
-    env = {**os.environ, "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "1"}
-
-    def run(*cmd):
-        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc
-
-    run("-m", "dev.make_copy_chase", "--out", str(data), "--n-train", "2000", "--n-val", "40", "--n-test", "6",
-        "--train-shards", "1", "--max-depth", "2", "--n-symbols", "8", "--n-roots", "2", "--queries", "2",
-        "--test-depths", "2,4")
-    run("-m", "scripts.tok_train", "--data-dir", str(data), "--vocab-size", str(vocab_size(8)))
-    run("-m", "scripts.base_train", "--size", "1", "--max-seq-len", "16", "--device-batch-size", "4",
-        "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
-        "--data-dir", str(data), "--warmup-steps", "1", "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1",
-        "--recur-mean", "2", "--set", "max_r=4", "--n-head", "4", "--model-tag", "loop")
-    out = tmp_path / "eval"
-    stdout = run("-m", "scripts.depth_eval", "--task", "copy_chase", "--model-tags", "loop", "--data-dir", str(data),
-                 "--recur", "1,3", "--exit-cap", "4", "--out", str(out)).stdout
-    assert "loop depth 4 adaptive exit" in stdout
-    result = json.loads((tmp_path / "eval.json").read_text())
-    (loop,) = result["results"]
-    assert result["args"]["task"] == "copy_chase" and result["n_problems"] == {"2": 6, "4": 6}
-    assert all(set(v) == {"1", "3"} and all(0 <= a <= 1 for a in v.values()) for v in loop["acc"].values())
+    """The micro run of tests/test_var_chase.py on copy_chase: its baselines in the table and JSON."""
+    result, _, _ = micro_depth_eval(tmp_path, "copy_chase")
     assert all(list(b) == ["chance", "biggest_tree"] and 0.5 <= b["chance"] <= 1 for b in result["baselines"].values())
     assert "| test depth | chance | biggest-tree guess |" in (tmp_path / "eval.md").read_text()

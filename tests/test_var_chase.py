@@ -38,6 +38,16 @@ def evaluate_text(program):
     return known
 
 
+def assert_tests_unseen(train, val, tests, n_test):
+    """Training repeats programs (the draw is small on purpose), yet no test program is one of
+    them, none occurs twice, and every depth has its n_test problems (test_copy_chase.py too)."""
+    seen = {d.split(SEP)[0] for d in train + val}
+    assert len(seen) < len(train)
+    test_programs = [p["program"] for ps in tests.values() for p in ps]
+    assert not seen & set(test_programs) and len(set(test_programs)) == len(test_programs)
+    assert all(len(ps) == n_test for ps in tests.values())
+
+
 def test_generation_is_seeded():
     a, b = make_splits(3, 50, 5, 4), make_splits(3, 50, 5, 4)
     assert a == b
@@ -93,11 +103,7 @@ def test_no_program_of_the_tests_in_training():
     # repeat programs and the depth-1 tests would meet them if the generator did not skip them
     train, val, tests = make_splits(0, 2000, 100, 50, n_symbols=3, n_roots=1, max_depth=1, queries=2,
                                     test_depths=[1, 2])
-    seen = {d.split(SEP)[0] for d in train + val}
-    assert len(seen) < len(train)
-    test_programs = [p["program"] for ps in tests.values() for p in ps]
-    assert not seen & set(test_programs) and len(set(test_programs)) == len(test_programs)
-    assert all(len(ps) == 50 for ps in tests.values())
+    assert_tests_unseen(train, val, tests, 50)
     assert sorted(make_splits(0, 20, 2, 3)[2]) == [4, 8, 16]  # default depths: max, 2x, 4x max
 
 
@@ -121,11 +127,10 @@ def test_bad_generator_flags(tmp_path):
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "cannot hold" in out.stderr
 
 
-@pytest.mark.slow
-def test_micro_run_and_depth_eval_task(tmp_path):
-    """Generator -> tokenizer -> base_train (looped, seconds) -> depth_eval --task var_chase: the
-    table, JSON and PNG hold every cell and the task's baselines. A bad --task, or pointer_chase's
-    grader on these files, ends in one line and exit code 2."""
+def micro_depth_eval(tmp_path, task):
+    """Generator -> tokenizer -> base_train (looped, seconds) -> depth_eval --task `task` on a
+    tiny program task (tests/test_copy_chase.py uses it too). Returns (the eval's JSON, its
+    command, run(*cmd, rc=0))."""
     data, base = tmp_path / "data", tmp_path / "base"
     env = {**os.environ, "NANOCHAT_BASE_DIR": str(base), "OMP_NUM_THREADS": "1"}
 
@@ -134,7 +139,7 @@ def test_micro_run_and_depth_eval_task(tmp_path):
         assert proc.returncode == rc, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
-    run("-m", "dev.make_var_chase", "--out", str(data), "--n-train", "2000", "--n-val", "40", "--n-test", "6",
+    run("-m", f"dev.make_{task}", "--out", str(data), "--n-train", "2000", "--n-val", "40", "--n-test", "6",
         "--train-shards", "1", "--max-depth", "2", "--n-symbols", "8", "--n-roots", "2", "--queries", "2",
         "--test-depths", "2,4")
     assert pq.read_table(data / "shard_00000.parquet").num_rows == 2000
@@ -144,21 +149,28 @@ def test_micro_run_and_depth_eval_task(tmp_path):
         "--total-batch-size", "64", "--num-iterations", "3", "--eval-tokens", "64", "--sample-every", "-1",
         "--data-dir", str(data), "--warmup-steps", "1", "--n-prelude", "1", "--n-recur", "1", "--n-coda", "1",
         "--recur-mean", "2", "--set", "max_r=4", "--n-head", "4", "--model-tag", "loop")
-    out = tmp_path / "eval"
     eval_cmd = ["-m", "scripts.depth_eval", "--model-tags", "loop", "--data-dir", str(data), "--recur", "1,3",
-                "--exit-cap", "4", "--out", str(out)]
-    stdout = run(*eval_cmd, "--task", "var_chase").stdout
-    assert "loop depth 4 adaptive exit" in stdout
+                "--exit-cap", "4", "--out", str(tmp_path / "eval")]
+    assert "loop depth 4 adaptive exit" in run(*eval_cmd, "--task", task).stdout
     result = json.loads((tmp_path / "eval.json").read_text())
     (loop,) = result["results"]
-    assert result["args"]["task"] == "var_chase" and result["n_problems"] == {"2": 6, "4": 6}
+    assert result["args"]["task"] == task and result["n_problems"] == {"2": 6, "4": 6}
     assert all(set(v) == {"1", "3"} and all(0 <= a <= 1 for a in v.values()) for v in loop["acc"].values())
     assert all(1 <= e["mean_depth"] <= 4 for e in loop["exit"].values())
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+    return result, eval_cmd, run
+
+
+@pytest.mark.slow
+def test_micro_run_and_depth_eval_task(tmp_path):
+    """The micro run on var_chase: the table and JSON hold every cell and the task's baselines.
+    A bad --task, or pointer_chase's grader on these files, ends in one line and exit code 2."""
+    result, eval_cmd, run = micro_depth_eval(tmp_path, "var_chase")
     assert all(list(b) == ["chance", "parent_digit", "root_digit"] and b["chance"] == pytest.approx(0.1)
                for b in result["baselines"].values())
     table = (tmp_path / "eval.md").read_text().splitlines()
     assert table[-4] == "| test depth | chance | own + parent digit | root digit |" and len(table) == 2 + 2 + 3 + 2
-    assert table[-2].startswith("| 2 | 0.10 |") and (tmp_path / "eval.png").stat().st_size > 1000
+    assert table[-2].startswith("| 2 | 0.10 |")
     for task, needle in [("nope", "--task 'nope': expected one of pointer_chase, var_chase, copy_chase"),
                          ("pointer_chase", "is not a pointer_chase test file")]:
         err = run(*eval_cmd, "--task", task, rc=2).stderr.strip()
