@@ -22,7 +22,8 @@ eval, RL and the CLI write replies exactly as the server does.
   <|output_start|> output <|output_end|> are forced into that row.
 - Recurrence: cache_mode "exact" | "shared", warm_start, and adaptive exit
   (exit_criterion "kl" | "state", exit_threshold; r is then the cap) are the options of
-  kv_cache.KVCache. The prefill always runs r iterations; adaptive exit applies to decoding.
+  kv_cache.KVCache. The prefill runs r iterations; under adaptive exit the prompt's last token is
+  decoded with the exit on, so every reply token (the first too) shows the depth the exit chose.
 """
 
 import time

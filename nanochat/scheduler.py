@@ -228,7 +228,11 @@ class _Row:
 
     def __init__(self, req, b, chat_tokens, device):
         self.req, self.b, self.reply, self.count = req, b, Reply(chat_tokens), 0
-        self.pending = list(req.prompts[b // req.n]) if b % req.n == 0 else []
+        prompt = list(req.prompts[b // req.n])
+        # under adaptive exit the prompt's last token is decoded with the exit on, not prefilled at
+        # the full r, so the first reply token's depth is the exit's own (as for every later token)
+        self.held = prompt[-1] if req.exit_threshold is not None and len(prompt) > 1 else None
+        self.pending = (prompt if self.held is None else prompt[:-1]) if b % req.n == 0 else []
         self.followers = []
         self.rng = torch.Generator(device=device).manual_seed(req.seeds[b])
         self.logits = self.input = self.tool = None
@@ -545,11 +549,13 @@ class Scheduler:
             self.cache.lengths[lo + b] = starts[b] + len(chunk)  # drop the padding
             row.pending = row.pending[len(chunk):]
             if not row.pending:
-                row.logits, row.depth = logits[b:b + 1, 0], row.req.r
                 if row.followers:  # the prompt's other replies start from this prefill
                     self.cache.move_rows([lo + b] * len(row.followers), [self.rows.index(f) for f in row.followers])
-                    for f in row.followers:
-                        f.logits, f.depth = row.logits, row.depth
+                for r in [row] + row.followers:
+                    if r.held is not None:  # its last prompt token goes in with the next decode
+                        r.input = r.held
+                    else:
+                        r.logits, r.depth = logits[b:b + 1, 0], row.req.r
 
     def _finish(self, b):
         row, self.rows[b] = self.rows[b], None

@@ -286,3 +286,24 @@ def test_presence_and_frequency_penalties_act_on_the_replys_own_tokens(tokenizer
         assert len(set(penalized)) == len(penalized) and penalized[0] == plain_reply[0], penalized
     with pytest.raises(ValueError, match="presence_penalty"):
         sched.submit(prompt, presence_penalty=3.0)
+
+
+def test_under_adaptive_exit_the_first_reply_token_is_decoded_with_the_exit(tokenizer):
+    """The prompt but its last token is read at the full r; that token goes in with the exit on,
+    so the first reply token's depth is the exit's own (for every row of n sharing the prefill)."""
+    model, threshold = looped(vocab_size=512), 1e-2
+    prompt = tokens(1, 9)[0].tolist()
+    sched = Scheduler(model, tokenizer, max_rows=2, tool=None)
+    req = sched.submit(prompt, n=2, r=6, max_tokens=4, temperature=0.0, exit_threshold=threshold)
+    sched.run()
+    first = list(req)[0]
+    with torch.inference_mode():  # by hand
+        cache = KVCache(model, 1, 16, max_r=6, exit_criterion="kl", exit_threshold=threshold)
+        cache.exit_criterion = None
+        model(torch.tensor([prompt[:-1]]), r=6, kv_cache=cache)
+        cache.exit_criterion = "kl"
+        token = model(torch.tensor([prompt[-1:]]), r=6, kv_cache=cache)[:, -1].argmax(-1).item()
+        depth = cache.depth[0, -1].item()
+    assert first.tokens == [token, token] and first.depths == [depth, depth]
+    assert depth < 6  # the exit did stop it early: the depth is not the prefill's r
+
