@@ -84,12 +84,11 @@ if [ -n "$INIT_FROM" ]; then
 elif [ ! -e "$NANOCHAT_BASE_DIR/tokenizer" ]; then
     run python -m scripts.tok_train --data-dir "$DATA_DIR" --vocab-size 265  # byte level: every letter one token
 fi
-# one document per row, T + 1 tokens with BOS: N entries of 3 (pointer chase), 4 (copy chase) or 6
-# (var chase) tokens less a space, "|", the first question (2 tokens), the others (3 each). A step holds ~6080
+# one document per row, T + 1 tokens with BOS: N entries of 3 (pointer and copy chase) or 6 (var
+# chase) tokens less a space, "|", the first question (2 tokens), the others (3 each). A step holds ~6080
 # tokens (64 documents of the default pointer chase, T = 95) for any task and size.
 case $TASK in
-    pointer_chase) T=$((3 * N_SYMBOLS + 3 * QUERIES - 1)) ;;
-    copy_chase) T=$((4 * N_SYMBOLS + 3 * QUERIES - 1)) ;;
+    pointer_chase|copy_chase) T=$((3 * N_SYMBOLS + 3 * QUERIES - 1)) ;;
     var_chase) T=$((6 * N_SYMBOLS + 3 * QUERIES - 1)) ;;
 esac
 DOCS=$(( (6080 + T / 2) / T ))

@@ -6,11 +6,12 @@ the digit at the end of its chain of copies. This is the "variable tracking" tas
 (Hsieh et al. 2024) at a fixed length, and the binding half of the program-evaluation tasks of
 Zaremba & Sutskever 2014, "Learning to Execute": each lookup is a copy, no arithmetic.
 
-    a=c b=7 c=b d=a ... x=b|c7 a7 d7      the program, "|", queries "<letter><value>"
+    ac b7 cb da ... xb|c7 a7 d7      the program, "|", queries "<letter><value>"
 
 The dependency graph is pointer_chase.make_table's forest (imported, not copied): a root is
-bound to a digit ("b=7"), every other letter to its parent ("c=b"). Every line is three
-characters, so length never depends on the structure. A query's value is its root's digit,
+bound to a digit ("b7": b = 7), every other letter to its parent ("cb": c = b). Every line is
+two characters, a key and its value side by side as in pointer chasing's table, so length never
+depends on the structure. A query's value is its root's digit,
 reached after exactly `depth` lookups of the variable a line names, then one read of the
 root's digit; past the root nothing changes, so running more iterations than a problem needs
 costs nothing.
@@ -22,6 +23,10 @@ line names its parent, the parent's line holds the digit), and the first model t
 way, the recipe's one-block model at 7e13 FLOPs, stayed at chance at every depth and r
 (BENCHMARKS.md). Test problems still ask at depth >= 1.
 
+Lines were first written "b=7" / "c=b". Two models trained on that format (with and without
+root questions) did not learn even the one-lookup question; with "=" between a key and its value
+the value is not the token after the key, the induction pattern pointer chasing's lookups are.
+
 How it differs from pointer chasing, where the answer is the root's own letter: the answer
 is a digit, a token no key ever is, read from the root's line, and a root is marked by a digit
 on its right-hand side, not by pointing to itself. The digits are uniform and independent, so
@@ -29,9 +34,9 @@ two roots can share one. Beside depth_eval's table: chance (a uniform pick among
 digits: a model that knows where values live but chases nothing) and the biggest-tree guess
 (the digit of the biggest tree's root, the shortcut pointer chasing has too).
 
-Tokens: byte level (scripts/tok_train.py --vocab-size 265), every letter, digit and "=" one
-token. Every training document has 4N + 3 x queries - 1 tokens and every test prompt 4N + 1 at
-every depth. Training documents and test problems are drawn as in pointer chase: the first
+Tokens: byte level (scripts/tok_train.py --vocab-size 265), every letter and digit one token.
+Every training document has 3N + 3 x queries - 1 tokens and every test prompt 3N + 1 at every
+depth, as in pointer chasing. Training documents and test problems are drawn as in pointer chase: the first
 query's depth uniform in 1..max_depth, a test problem one query at exactly `depth`, and no test
 program in training or validation.
 """
@@ -58,14 +63,14 @@ def value_of(parent, digit, x):
 
 
 def program_text(parent, digit):
-    return " ".join(f"{x}={digit[x] if parent[x] == x else parent[x]}" for x in in_order(parent))
+    return " ".join(f"{x}{digit[x] if parent[x] == x else parent[x]}" for x in in_order(parent))
 
 
 def parse_program(text):
     """Inverse of program_text: (parent, digit), roots pointing to themselves."""
     parent, digit = {}, {}
     for line in text.split(" "):
-        x, source = line[0], line[2]
+        x, source = line[0], line[1]
         if source.isdigit():
             parent[x], digit[x] = x, int(source)
         else:

@@ -17,7 +17,7 @@ from tasks.pointer_chase import ALPHABET, SEP, vocab_size
 from tests.test_var_chase import assert_tests_unseen, micro_depth_eval
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LINE = re.compile(r"([a-zA-Z])=([a-zA-Z0-9])")
+LINE = re.compile(r"([a-zA-Z])([a-zA-Z0-9])")
 
 
 def evaluate_text(program):
@@ -49,7 +49,7 @@ def test_problems_have_the_asked_depth_and_value():
             assert program == p["program"] and len(x) == 1
             lines = program.split(" ")
             assert [line[0] for line in lines] == list(ALPHABET[:24])  # one line per letter, in order
-            assert all(len(line) == 3 for line in lines) and sum(line[2].isdigit() for line in lines) == 4  # roots
+            assert all(len(line) == 2 for line in lines) and sum(line[1].isdigit() for line in lines) == 4  # roots
             assert evaluate_text(program)[x] == (int(p["answer"]), depth) and p["depth"] == depth
 
 
@@ -69,19 +69,19 @@ def test_training_documents_stay_within_the_training_depth():
 
 
 def test_difficulty_does_not_change_length():
-    """Byte-level tokens: 4N + 3 x queries - 1 per training document, 4N + 1 per test prompt at
+    """Byte-level tokens: 3N + 3 x queries - 1 per training document, 3N + 1 per test prompt at
     every depth, a query letter the token of its key, the answer one token."""
     rng = random.Random(2)
     docs = [train_document(rng) for _ in range(300)]
     tok = Tokenizer.train_from_iterator(iter(docs), vocab_size(24))
-    assert {len(tok.encode(d)) for d in docs} == {4 * 24 + 3 * 8 - 1}
+    assert {len(tok.encode(d)) for d in docs} == {3 * 24 + 3 * 8 - 1}
     prompts = [eval_problem(rng, d)["prompt"] for d in (1, 2, 3, 4, 8, 16) for _ in range(20)]
-    assert {len(tok.encode(p)) for p in prompts} == {4 * 24 + 1}
+    assert {len(tok.encode(p)) for p in prompts} == {3 * 24 + 1}
     p = eval_problem(rng, 8)
     ids = tok.encode(p["prompt"])
-    assert ids[-1] in ids[:-2:4] and len(tok.encode(p["answer"])) == 1  # the queried letter is a key's token
+    assert ids[-1] in ids[:-2:3] and len(tok.encode(p["answer"])) == 1  # the queried letter is a key's token
     deep = [eval_problem(rng, d, n_symbols=52)["prompt"] for d in (1, 4, 16, 32)]
-    assert {len(tok.encode(p)) for p in deep} == {4 * 52 + 1}
+    assert {len(tok.encode(p)) for p in deep} == {3 * 52 + 1}
 
 
 def test_no_program_of_the_tests_in_training():
@@ -95,13 +95,13 @@ def test_no_program_of_the_tests_in_training():
 
 def test_grader_and_baselines():
     # a=3 b=a c=b d=7 e=d f=e g=f: c is 3 (depth 2, tree of 3), g is 7 (depth 3, the biggest tree)
-    program = "a=3 b=a c=b d=7 e=d f=e g=f"
+    program = "a3 ba cb d7 ed fe gf"
     c = {"prompt": program + "|c", "answer": "3", "depth": 2, "program": program}
     g = {"prompt": program + "|g", "answer": "7", "depth": 3, "program": program}
     assert grade(c, "3") and grade(c, "3 a3") and not grade(c, "7") and not grade(c, " 3") and not grade(c, "")
     assert chance(c) == 0.5 and chance({**c, "answer": "5"}) == 0.0
     assert biggest_tree_guess(c) == 0.0 and biggest_tree_guess(g) == 1.0
-    shared = "a=3 b=a c=3 d=c"  # two roots with one digit: a pick among them is always right
+    shared = "a3 ba c3 dc"  # two roots with one digit: a pick among them is always right
     assert chance({"program": shared, "answer": "3"}) == 1.0
     assert biggest_tree_guess({"program": shared, "answer": "3"}) == 1.0
     assert set(SHORTCUTS) == {"biggest_tree"}

@@ -271,7 +271,7 @@ def test_depth_recipe_dry_run(tmp_path):
     out, cmds = dry_run("depth_recipe.sh", {**env, "TASK": "copy_chase", "ARMS": "b111",
                                             "NANOCHAT_BASE_DIR": str(tmp_path / "copy")})
     assert out.returncode == 0 and "dev.make_copy_chase" in cmds[0]
-    assert "--max-seq-len 119 " in cmds[2] and "--total-batch-size 6069 " in cmds[2] and "--task copy_chase" in cmds[3]
+    assert "--max-seq-len 95 " in cmds[2] and "--total-batch-size 6080 " in cmds[2] and "--task copy_chase" in cmds[3]
     first = tmp_path / "first"  # a curriculum: each arm starts from its checkpoint in an earlier base dir
     curriculum = {**env, "ARMS": "b111", "INIT_FROM": str(first), "NANOCHAT_BASE_DIR": str(tmp_path / "c")}
     out, _ = dry_run("depth_recipe.sh", curriculum)
