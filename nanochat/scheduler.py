@@ -551,11 +551,11 @@ class Scheduler:
             if not row.pending:
                 if row.followers:  # the prompt's other replies start from this prefill
                     self.cache.move_rows([lo + b] * len(row.followers), [self.rows.index(f) for f in row.followers])
-                for r in [row] + row.followers:
-                    if r.held is not None:  # its last prompt token goes in with the next decode
-                        r.input = r.held
+                for reader in [row] + row.followers:
+                    if reader.held is not None:  # its last prompt token goes in with the next decode
+                        reader.input = reader.held
                     else:
-                        r.logits, r.depth = logits[b:b + 1, 0], row.req.r
+                        reader.logits, reader.depth = logits[b:b + 1, 0], row.req.r
 
     def _finish(self, b):
         row, self.rows[b] = self.rows[b], None
