@@ -50,24 +50,39 @@ def build_model(size, vocab_size, device, tokenizer):
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights(generator=torch.Generator(device=device).manual_seed(0))
-    with torch.no_grad():  # no stop token ever wins the argmax: every row decodes max_tokens
+    return silence_stops(model, tokenizer).eval()
+
+
+def silence_stops(model, tokenizer):
+    """Zero the head rows of the special tokens: with random weights no stop token then wins the
+    argmax, so every row decodes its max_tokens (dev/peer_bench.py uses it too)."""
+    with torch.no_grad():
         for name in SPECIAL_TOKENS:
             model.lm_head.weight[tokenizer.encode_special(name)] = 0
-    return model.eval()
+    return model
 
 
 @torch.inference_mode()
-def forward_loop(model, prompts, r, max_tokens):
-    B, T = len(prompts), len(prompts[0])
-    cache = KVCache(model, B, T + max_tokens, max_r=r)
-    ids = torch.tensor(prompts, device=model.lm_head.weight.device)
+def forward_loop(model, prompts, r, max_tokens, exit_criterion=None, exit_threshold=0.0, clock=time.perf_counter):
+    """(decode tokens/s after each row's first token, mean iterations per decoded token): the bare
+    greedy loop over a KV cache. The prefill runs r; an exit criterion applies to the decode (r is
+    then its cap). clock: time.perf_counter, or time.process_time for one CPU thread
+    (dev/exit_criteria.py)."""
+    ids = torch.as_tensor(prompts, device=model.lm_head.weight.device)
+    B, T = ids.shape
+    cache = KVCache(model, B, T + max_tokens, max_r=r, exit_criterion=exit_criterion, exit_threshold=exit_threshold)
+    cache.exit_criterion = None
     token = model(ids, r=r, kv_cache=cache, logits_at=torch.full((B,), T - 1, device=ids.device))[:, -1].argmax(-1, keepdim=True)
+    cache.exit_criterion = exit_criterion
+    depths = []
     synchronize(ids.device)
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(max_tokens - 1):
         token = model(token, r=r, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
+        depths.append(cache.depth[:, -1])  # read after the clock stops: no sync per step
     synchronize(ids.device)
-    return B * (max_tokens - 1) / (time.perf_counter() - t0)
+    seconds = clock() - t0
+    return B * (max_tokens - 1) / seconds, torch.stack(depths).float().mean().item()
 
 
 def engine_run(model, tokenizer, prompts, r, max_tokens):
@@ -96,7 +111,7 @@ def scheduler_run(model, tokenizer, prompts, r, max_tokens):
     return n / dt
 
 
-WAYS = {"forward": lambda m, tok, *a: forward_loop(m, *a), "engine": engine_run, "scheduler": scheduler_run}
+WAYS = {"forward": lambda m, tok, *a: forward_loop(m, *a)[0], "engine": engine_run, "scheduler": scheduler_run}
 
 
 def main(args):

@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from dev.decode_bench import forward_loop
+from dev.token_depths import decode_with_exit
 from nanochat.checkpoint_manager import load_model
 from nanochat.dataset import list_parquet_files
-from nanochat.kv_cache import KVCache
 from nanochat.tokenizer import get_token_bytes
 
 parser = argparse.ArgumentParser(description="Adaptive-exit criteria: val bpb and decode speed against fixed r")
@@ -59,30 +60,15 @@ def validation_rows(tokenizer, data_dir, rows, seq_len):
 def bpb(model, data, token_bytes, cap, criterion, threshold):
     """(bits per byte, mean iterations per token) of every target under this exit."""
     x, y = data[:, :-1], data[:, 1:]
-    cache = KVCache(model, x.size(0), x.size(1), max_r=cap, exit_criterion=criterion, exit_threshold=threshold)
-    logits, depths = [], []
-    for t in range(x.size(1)):  # token by token, as decoding runs the exit
-        logits.append(model(x[:, t:t + 1], r=cap, kv_cache=cache)[:, -1].float())
-        depths.append(cache.depth[:, -1].float())
-    loss = F.cross_entropy(torch.stack(logits, 1).flatten(0, 1), y.flatten(), reduction="none")
+    logits, depths = decode_with_exit(model, x, cap, criterion, threshold)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
     b = token_bytes[y.flatten()]
-    return (loss * (b > 0)).sum().item() / (math.log(2) * b.sum().item()), torch.stack(depths).mean().item()
+    return (loss * (b > 0)).sum().item() / (math.log(2) * b.sum().item()), depths.float().mean().item()
 
 
-@torch.inference_mode()
 def decode(model, prompts, cap, criterion, threshold, tokens):
     """(decode tokens/s by one thread's CPU time, mean iterations per decoded token)."""
-    B, T = prompts.shape
-    cache = KVCache(model, B, T + tokens, max_r=cap, exit_criterion=criterion, exit_threshold=threshold)
-    cache.exit_criterion = None  # the prefill runs the cap
-    token = model(prompts, r=cap, kv_cache=cache, logits_at=torch.full((B,), T - 1))[:, -1].argmax(-1, keepdim=True)
-    cache.exit_criterion = criterion
-    depths = []
-    t0 = time.process_time()
-    for _ in range(tokens):
-        token = model(token, r=cap, kv_cache=cache)[:, -1].argmax(-1, keepdim=True)
-        depths.append(cache.depth.float().mean().item())
-    return B * tokens / (time.process_time() - t0), statistics.mean(depths)
+    return forward_loop(model, prompts, cap, tokens + 1, criterion, threshold, clock=time.process_time)
 
 
 def main(args):

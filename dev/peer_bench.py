@@ -25,9 +25,10 @@ import time
 
 import torch
 
+from dev.decode_bench import silence_stops
 from nanochat.engine import Engine
 from nanochat.gpt import GPT, GPTConfig
-from nanochat.tokenizer import SPECIAL_TOKENS, Tokenizer
+from nanochat.tokenizer import Tokenizer
 
 parser = argparse.ArgumentParser(description="Ours vs nanochat: training step, Engine decode, TTFT")
 parser.add_argument("--nanochat", type=str, required=True, help="a checkout of github.com/karpathy/nanochat")
@@ -53,13 +54,6 @@ def import_peer(path):
             del sys.modules[k]
         sys.modules.update(ours)
     return gpt, engine
-
-
-def silence_stops(model, tokenizer):
-    with torch.no_grad():
-        for name in SPECIAL_TOKENS:
-            model.lm_head.weight[tokenizer.encode_special(name)] = 0
-    return model
 
 
 def build_ours(args, tokenizer):

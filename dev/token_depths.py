@@ -25,18 +25,24 @@ COLOURS = ["#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#937860"]
 
 
 @torch.inference_mode()
+def decode_with_exit(model, ids, cap, criterion, threshold):
+    """(logits (B, T, V) fp32, iterations (B, T)) of a (B, T) tensor of ids fed one token at a time
+    under adaptive exit with this cap, as decoding runs it. (One forward of all positions with the
+    exit on is not the same under "kl": its coda runs at every iteration and a position would read
+    its neighbours' coda entries of the current iteration, not of the one they stopped at.)"""
+    B, T = ids.shape
+    cache = KVCache(model, B, T, max_r=cap, exit_criterion=criterion, exit_threshold=threshold)
+    logits, depths = [], []
+    for t in range(T):
+        logits.append(model(ids[:, t:t + 1], r=cap, kv_cache=cache)[:, -1].float())
+        depths.append(cache.depth[:, -1])
+    return torch.stack(logits, 1), torch.stack(depths, 1)
+
+
 def token_depths(model, ids, cap, criterion="kl", threshold=1e-3):
-    """Iterations each position of `ids` (a list) ran under adaptive exit with this cap, fed one
-    token at a time as decoding does. (One forward of all positions with the exit on is not the
-    same under "kl": its coda runs at every iteration and a position would read the coda entries
-    of its neighbours' current iteration, not of the iteration they stopped at.)"""
-    device = model.lm_head.weight.device
-    cache = KVCache(model, 1, len(ids), max_r=cap, exit_criterion=criterion, exit_threshold=threshold)
-    depths = []
-    for t in ids:
-        model(torch.tensor([[t]], device=device), r=cap, kv_cache=cache)
-        depths.append(cache.depth[0, -1].item())
-    return depths
+    """Iterations each position of `ids` (a list) ran under adaptive exit with this cap."""
+    ids = torch.tensor([ids], device=model.lm_head.weight.device)
+    return decode_with_exit(model, ids, cap, criterion, threshold)[1][0].tolist()
 
 
 def encode_segments(tokenizer, segments):
