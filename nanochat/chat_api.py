@@ -28,6 +28,7 @@ import threading
 import types
 from dataclasses import dataclass, field
 
+from nanochat.kv_cache import DEFAULT_EXIT_CRITERION
 from nanochat.reply import PART_TYPES, ReplyDecoder
 from nanochat.scheduler import Scheduler
 
@@ -41,10 +42,6 @@ TOP_P_RANGE = (1e-6, 1.0)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
 ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold of the server's criterion; 0 == fixed r
-# the serving default and a threshold for each criterion, chosen by BENCHMARKS.md, "Adaptive exit criteria":
-# the state change is free to compute, KL runs the coda and head at every iteration (slower than fixed r)
-EXIT_CRITERION = "state"
-SUGGESTED_THRESHOLD = {"state": 0.3, "kl": 1e-3}
 FIELDS = ("messages", "temperature", "top_k", "top_p", "max_tokens", "recur", "adaptive", "seed", "presence_penalty",
           "frequency_penalty")
 PENALTY_RANGE = (-2.0, 2.0)       # OpenAI's
@@ -224,7 +221,7 @@ class Worker:
     max_rows: int = 16
     cache_mode: str = "exact"
     cache_budget: int = None  # bytes its KV cache may hold (None = no limit)
-    exit_criterion: str = EXIT_CRITERION  # how a request's `adaptive` threshold stops a token: "state" | "kl"
+    exit_criterion: str = DEFAULT_EXIT_CRITERION  # how a request's `adaptive` threshold stops a token: "state" | "kl"
     healthy: bool = True     # False while its last generation failed (device error, bug): /health says so
     last_error: str = ""
     scheduler: Scheduler = field(init=False, repr=False)

@@ -50,6 +50,11 @@ from nanochat.common import COMPUTE_DTYPE
 
 MODES = ("exact", "shared")
 EXIT_CRITERIA = ("kl", "state")
+# the chat surfaces' default (chat_web, chat_cli) and a threshold for each criterion, chosen by
+# BENCHMARKS.md, "Adaptive exit criteria": the state change is free to compute, KL runs the coda and
+# head at every iteration (slower than fixed r) but stops reasoning at the answer more reliably
+DEFAULT_EXIT_CRITERION = "state"
+SUGGESTED_THRESHOLD = {"state": 0.3, "kl": 1e-3}
 
 
 class _Slot:

@@ -22,6 +22,7 @@ from nanochat.checkpoint_manager import load_model
 from nanochat.common import compute_init
 from nanochat.engine import Engine
 from nanochat.execution import describe_sandbox
+from nanochat.kv_cache import DEFAULT_EXIT_CRITERION, EXIT_CRITERIA
 from nanochat.recurrence import resolve_r
 from nanochat.reply import ReplyDecoder, TerminalReply
 
@@ -35,7 +36,7 @@ parser.add_argument("--recur", type=int, default=-1,
                     help="loop iterations per token; the cap with --adaptive (-1 = the checkpoint's eval r)")
 parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit threshold, e.g. 0.3 for the state criterion "
                                                                   "or 1e-3 for kl (-1 = off, fixed r)")
-parser.add_argument("--exit-criterion", type=str, default="state", choices=["state", "kl"],
+parser.add_argument("--exit-criterion", type=str, default=DEFAULT_EXIT_CRITERION, choices=EXIT_CRITERIA,
                     help="adaptive exit criterion: state (relative change of the recurrent state, free) or kl (runs the "
                          "coda and head at every iteration)")
 parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],

@@ -40,6 +40,7 @@ from nanochat.chat_api import RequestError, Worker, WorkerPool, parse_body, read
 from nanochat.checkpoint_manager import find_checkpoint_dir, load_model
 from nanochat.common import autodetect_device_type, compute_init
 from nanochat.execution import describe_sandbox, sandbox_mode
+from nanochat.kv_cache import DEFAULT_EXIT_CRITERION, EXIT_CRITERIA, SUGGESTED_THRESHOLD
 from nanochat.recurrence import resolve_r
 
 parser = argparse.ArgumentParser(description="Chat with a model in the browser")
@@ -58,7 +59,7 @@ parser.add_argument("--temperature", type=float, default=0.8, help="default samp
 parser.add_argument("--top-k", type=int, default=50, help="default top-k")
 parser.add_argument("--max-batch", type=int, default=16,
                     help="replies each worker decodes together (continuous batching; 1 = one request at a time)")
-parser.add_argument("--exit-criterion", type=str, default=chat_api.EXIT_CRITERION, choices=["state", "kl"],
+parser.add_argument("--exit-criterion", type=str, default=DEFAULT_EXIT_CRITERION, choices=EXIT_CRITERIA,
                     help="how a request's `adaptive` threshold stops a token's loop: state (relative change of the "
                          "recurrent state, 0.3 suggested) or kl (nats between successive predictions, 1e-3)")
 parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
@@ -207,7 +208,7 @@ def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",
                            "max_total_chars": chat_api.MAX_TOTAL_CHARS, "temperature": chat_api.TEMPERATURE_RANGE,
                            "top_k": chat_api.TOP_K_RANGE, "max_tokens": chat_api.MAX_TOKENS_RANGE,
                            "recur": chat_api.RECUR_RANGE, "adaptive": chat_api.ADAPTIVE_RANGE},
-                "exit_criterion": criterion, "adaptive": chat_api.SUGGESTED_THRESHOLD[criterion],
+                "exit_criterion": criterion, "adaptive": SUGGESTED_THRESHOLD[criterion],
                 "auth": bool(api_key)}
 
     @app.post("/chat/completions")
