@@ -15,6 +15,12 @@ run on it resumes like any other.
   tokens is larger: the tokenizer tells, and tok_train prints it).
 - Every text training document is used once; the task's first documents are taken until their
   bytes reach the fraction.
+- --text-chunk-chars cuts each text document into pieces of at most that many characters, at
+  line breaks where it can (else at spaces), each piece a document. The dataloader packs whole
+  documents and crops one that fits no row, dropping its tail; a text document longer than a row
+  is only taken when nothing shorter is left, so in a mixture of short task documents and long
+  text the text is mostly never read (dev/mixture_shares.py counts it). Pieces a row can hold
+  are read whole.
 - The validation shard (the last) is the text corpus's own, unchanged: the mixture model's val
   bpb is a text bpb, on the same tokens as a text-only model's.
 - The task's test files (test_d<depth>.jsonl) are copied, so depth_eval reads the mixture folder.
@@ -44,6 +50,26 @@ def read_texts(paths):
     return [t for p in paths for t in pq.read_table(p, columns=["text"]).column("text").to_pylist()]
 
 
+def chunk(text, max_chars):
+    """`text` cut into pieces of at most max_chars characters that join back to it: lines are
+    gathered greedily, and a line longer than max_chars is cut at its last space that fits (or
+    hard, if it has none)."""
+    pieces, current = [], ""
+    for line in text.splitlines(keepends=True):
+        while len(line) > max_chars:
+            cut = line.rfind(" ", 0, max_chars) + 1 or max_chars
+            line_head, line = line[:cut], line[cut:]
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(line_head)
+        if len(current) + len(line) > max_chars:
+            pieces.append(current)
+            current = ""
+        current += line
+    return [p for p in pieces + [current] if p.strip()]
+
+
 def mix(text_docs, task_docs, fraction, seed):
     """The text documents and the first task documents whose bytes make `fraction` of the total,
     shuffled with `seed`. Returns (documents, task documents used)."""
@@ -67,15 +93,22 @@ def main():
     parser.add_argument("--task-dir", required=True, help="a depth task's shards and test_d*.jsonl")
     parser.add_argument("--task-fraction", type=float, required=True, help="the task's share of the training bytes, 0..1")
     parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--text-chunk-chars", type=int, default=0,
+                        help="cut text documents into pieces of at most this many characters (0 = keep them whole)")
     parser.add_argument("--train-shards", type=int, default=4, help="training shards to write")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
     args = parser.parse_args()
     if not 0 <= args.task_fraction < 1:
         raise errors.UserError(f"--task-fraction {args.task_fraction}: expected a number in [0, 1)")
+    if args.text_chunk_chars < 0:
+        raise errors.UserError(f"--text-chunk-chars {args.text_chunk_chars}: expected >= 0 (0 = whole documents)")
     if args.train_shards < 1:
         raise errors.UserError(f"--train-shards {args.train_shards}: expected >= 1")
     text, task = shards(args.text_dir, "--text-dir"), shards(args.task_dir, "--task-dir")
-    docs, used = mix(read_texts(text[:-1]), read_texts(task[:-1]), args.task_fraction, args.seed)
+    text_docs = read_texts(text[:-1])
+    if args.text_chunk_chars:
+        text_docs = [piece for doc in text_docs for piece in chunk(doc, args.text_chunk_chars)]
+    docs, used = mix(text_docs, read_texts(task[:-1]), args.task_fraction, args.seed)
     os.makedirs(args.out, exist_ok=True)
     per = -(-len(docs) // args.train_shards)
     for i in range(args.train_shards):

@@ -1,5 +1,7 @@
-"""dev/token_depths.py: per-token iterations under adaptive exit, fed token by token as decoding
+"""dev/token_depths.py and dev/depth_by_kind.py: per-token iterations under adaptive exit, fed token by token as decoding
 does (so a position's depth does not depend on what follows it), and the figure."""
+
+import os
 
 from dev.token_depths import encode_segments, plot, token_depths
 from nanochat.tokenizer import Tokenizer
@@ -20,3 +22,34 @@ def test_depths_are_causal_and_the_figure_is_drawn(tmp_path):
     path = tmp_path / "depths.png"
     plot(tok, ids, depths, spans, 6, "tiny", path)
     assert path.stat().st_size > 5000
+
+
+def test_depths_split_by_kind_text_table_answer(tmp_path):
+    """dev/depth_by_kind: validation text rows cropped to one length, and a depth's problems
+    decoded together, whose table, answer and accuracy agree with each problem fed alone."""
+    import json
+    import random
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from dev.depth_by_kind import problem_depths, problems_by_depth, text_rows
+    from tasks.pointer_chase import eval_problem, train_document
+    from tests.conftest import SAMPLE_DATA_DIR
+
+    rng = random.Random(3)
+    text = pq.read_table(os.path.join(SAMPLE_DATA_DIR, "shard_00000.parquet")).column("text").to_pylist()
+    tok = Tokenizer.train_from_iterator(iter(text[:200] + [train_document(rng, surface="spaced") for _ in range(300)]), 512)
+    shutil.copy(os.path.join(SAMPLE_DATA_DIR, "shard_00001.parquet"), tmp_path / "shard_00001.parquet")
+    for depth in (1, 4):
+        with open(tmp_path / f"test_d{depth}.jsonl", "w") as f:
+            f.writelines(json.dumps(eval_problem(rng, depth, surface="spaced")) + "\n" for _ in range(5))
+    rows = text_rows(tok, str(tmp_path), n_docs=3, n_tokens=40)
+    assert len(rows) == 3 and all(len(r) == 40 and r[0] == tok.get_bos_token_id() for r in rows)
+    model = build(tiny(sequence_len=64, vocab_size=512), perturb_inject=True).eval()
+    tests = problems_by_depth(str(tmp_path), limit=4)
+    assert list(tests) == [1, 4] and all(len(p) == 4 for p in tests.values())
+    table, answer, accuracy = problem_depths(model, tok, tests[4], cap=6, criterion="kl", threshold=1e-2)
+    assert len(table) == 4 * 48 and len(answer) == 4 and 0 <= accuracy <= 1  # 24 letters and their parents
+    alone = [token_depths(model, tok.encode(p["prompt"], prepend=tok.get_bos_token_id()), 6, "kl", 1e-2) for p in tests[4]]
+    assert answer == [d[-1] for d in alone] and table[:48] == alone[0][1:49]

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# One model that writes text and reasons: real text (TEXT_DIR) mixed with pointer chasing on the spaced
+# surface (every letter one BPE token), pretrained through the normal path, against a text-only model at
+# the same text tokens and a task-only model at the same task tokens. All three arms use the recipe the
+# depth A/Bs chose for reasoning (base_train's defaults with one block per stage) and one 4096-token
+# tokenizer trained on the mixture.
+#
+#   bash runs/mixture_cpu.sh                     # arms mix, text, task; seeds 42 and 7
+#   ARMS=mix SEEDS=42 bash runs/mixture_cpu.sh
+#   DRY_RUN=1 bash runs/mixture_cpu.sh           # print every command
+#
+# Then, per seed: the mix and task arms through depth_eval (accuracy by depth x r, adaptive exit), the
+# mix arm's iterations per token by kind (dev/depth_by_kind.py: text, table and answer tokens, at the
+# serving default exit and at KL), and one figure of the per-token depth along a paragraph of text followed
+# by a depth-8 problem (dev/token_depths.py). Everything lands in NANOCHAT_BASE_DIR (out/mix).
+#
+# Settings (environment): ARMS (mix text task), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
+# repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION (0.5: the task's share of the training
+# bytes), CHUNK (900: text documents are cut into pieces of at most this many characters, so a 256-token row
+# can hold them whole; see dev/make_mixture.py), STEPS (1000 for the mixture; the text and task arms get the
+# steps at which they read as many tokens of their kind, counted by dev/mixture_shares.py), EVAL_PROBLEMS (100
+# per test depth).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. runs/common.sh
+
+ARMS=${ARMS:-mix text task}
+SEEDS=${SEEDS:-42 7}
+FRACTION=${FRACTION:-0.5}
+CHUNK=${CHUNK:-900}
+STEPS=${STEPS:-1000}
+EVAL_PROBLEMS=${EVAL_PROBLEMS:-100}
+export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/mix}
+if [ -z "${TEXT_DIR:-}" ]; then
+    TEXT_DIR=$NANOCHAT_BASE_DIR/base_data/climbmix
+    [ -d ../shared/data/pretrain ] && TEXT_DIR=$(cd ../shared/data/pretrain && pwd)
+fi
+for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
+for arm in $ARMS; do [[ $arm =~ ^(mix|text|task)$ ]] || die "ARMS: unknown arm '$arm' (expected mix, text, task)"; done
+[[ $STEPS =~ ^[1-9][0-9]*$ ]] || die "STEPS: '$STEPS' is not a positive integer"
+[[ $CHUNK =~ ^[0-9]+$ ]] || die "CHUNK: '$CHUNK' is not a number of characters"
+[[ $EVAL_PROBLEMS =~ ^[1-9][0-9]*$ ]] || die "EVAL_PROBLEMS: '$EVAL_PROBLEMS' is not a positive integer"
+need_shards "$TEXT_DIR"
+activate_venv
+T=256
+ROWS=32
+B=$NANOCHAT_BASE_DIR
+mkdir -p "$B"
+if [ ! -e "$B/task/test_d16.jsonl" ]; then
+    run python -m dev.make_pointer_chase --out "$B/task" --surface spaced --max-depth 4 --test-depths 1,2,3,4,8,16 \
+        --n-train 130000
+    will_make "$B/task"
+fi
+for folder in data text; do
+    [ -e "$B/$folder" ] && continue
+    fraction=$FRACTION
+    [ $folder = text ] && fraction=0  # the same text pieces, no task: the text-only arm's corpus
+    run python -m dev.make_mixture --text-dir "$TEXT_DIR" --task-dir "$B/task" --task-fraction "$fraction" \
+        --text-chunk-chars "$CHUNK" --out "$B/$folder"
+    will_make "$B/$folder"
+done
+[ -e "$B/tokenizer" ] || run python -m scripts.tok_train --data-dir "$B/data" --vocab-size 4096
+if dry; then
+    TEXT_STEPS="<text steps>" TASK_STEPS="<task steps>"
+    run python -m dev.mixture_shares --data-dir "$B/data" --steps "$STEPS" --batch $ROWS --seq-len $T
+else
+    shares=$(python -m dev.mixture_shares --data-dir "$B/data" --steps "$STEPS" --batch $ROWS --seq-len $T)
+    echo "$shares"
+    TEXT_STEPS=$(sed -n 's/.*text-only \([0-9]*\) steps.*/\1/p' <<<"$shares")
+    TASK_STEPS=$(sed -n 's/.*task-only \([0-9]*\) steps.*/\1/p' <<<"$shares")
+fi
+COMMON=(--size 2 --n-head 4 --n-prelude 1 --n-recur 1 --n-coda 1 --max-seq-len $T --device-batch-size $ROWS
+        --total-batch-size $((ROWS * T)) --eval-every -1 --eval-tokens $((8 * ROWS * T)) --sample-every -1
+        --core-metric-every -1)
+PARAGRAPH="The river rose in the night and the town woke to water in the streets. By morning the bridge was gone, and the people on the far bank waited for the boats."
+PROBLEM=$(python -c "import json; p = json.loads(open('$B/data/test_d8.jsonl').readline()); print(p['prompt'])" 2>/dev/null \
+    || echo "<the first depth-8 test prompt>")
+for seed in $SEEDS; do
+    for arm in $ARMS; do
+        tag=${arm}_s$seed
+        case $arm in
+            mix) data=$B/data steps=$STEPS ;;
+            text) data=$B/text steps=$TEXT_STEPS ;;
+            task) data=$B/task steps=$TASK_STEPS ;;
+        esac
+        if compgen -G "$B/base_checkpoints/$tag/step_*/meta.json" >/dev/null; then
+            echo "skip training $tag: it already has a checkpoint"
+        else
+            run python -m scripts.base_train "${COMMON[@]}" --num-iterations "$steps" --data-dir "$data" --seed "$seed" \
+                --model-tag "$tag"
+        fi
+        [ $arm = text ] && continue
+        [ -e "$B/depth_eval_$tag.md" ] || run python -m scripts.depth_eval --model-tags "$tag" --data-dir "$B/data" \
+            --recur 1,2,4,8,16,32 --max-problems "$EVAL_PROBLEMS" --out "$B/depth_eval_$tag"
+        [ $arm = mix ] || continue
+        for exit in "state 0.3" "kl 0.001"; do
+            read -r criterion threshold <<<"$exit"
+            out=$B/depth_by_kind_${tag}_$criterion.md
+            [ -e "$out" ] || run python -m dev.depth_by_kind --model-tag "$tag" --data-dir "$B/data" \
+                --problems "$EVAL_PROBLEMS" --criterion "$criterion" --threshold "$threshold" --out "$out"
+            png=$B/token_depths_${tag}_$criterion.png
+            [ -e "$png" ] || run python -m dev.token_depths --model-tag "$tag" --segment "text=$PARAGRAPH" \
+                --segment "table=${PROBLEM% | *} |" --segment "query= ${PROBLEM##* | }" --criterion "$criterion" \
+                --threshold "$threshold" --out "$png"
+        done
+    done
+done
