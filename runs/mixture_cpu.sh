@@ -61,7 +61,7 @@ for folder in data text; do
 done
 [ -e "$B/tokenizer" ] || run python -m scripts.tok_train --data-dir "$B/data" --vocab-size 4096
 if dry; then
-    TEXT_STEPS="<text steps>" TASK_STEPS="<task steps>"
+    TEXT_STEPS=TEXT_STEPS TASK_STEPS=TASK_STEPS  # counted by the step printed just before
     run python -m dev.mixture_shares --data-dir "$B/data" --steps "$STEPS" --batch $ROWS --seq-len $T
 else
     shares=$(python -m dev.mixture_shares --data-dir "$B/data" --steps "$STEPS" --batch $ROWS --seq-len $T)

@@ -56,3 +56,57 @@ def test_bad_mixture_flags(tmp_path):
         proc = run("-m", "dev.make_mixture", *args)
         err = proc.stderr.strip()
         assert proc.returncode == 2 and len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_text_pieces_fit_and_join_back(tmp_path):
+    """--text-chunk-chars: every piece within the limit, cut at line breaks (or spaces), and the
+    pieces joined are the document; the mixture then holds pieces, not whole documents."""
+    from dev.make_mixture import chunk
+    doc = "First line.\n" + "word " * 60 + "\nshort\n" + "x" * 75 + "\nlast"
+    pieces = chunk(doc, 40)
+    assert "".join(pieces) == doc and all(len(p) <= 40 for p in pieces)
+    assert pieces[0] == "First line.\n" and pieces[-2:] == ["x" * 40, "x" * 35 + "\nlast"]  # cut hard: no space
+    assert chunk("a b\n", 10) == ["a b\n"] and chunk("", 10) == []
+    task, out = tmp_path / "task", tmp_path / "mix"
+    run("-m", "dev.make_pointer_chase", "--out", str(task), "--surface", "spaced", "--n-train", "20", "--n-val", "2",
+        "--n-test", "2", "--train-shards", "1")
+    proc = run("-m", "dev.make_mixture", "--text-dir", SAMPLE_DATA_DIR, "--task-dir", str(task), "--task-fraction",
+               "0", "--text-chunk-chars", "500", "--out", str(out), "--train-shards", "1")
+    assert proc.returncode == 0, proc.stderr
+    pieces = texts(out / "shard_00000.parquet")
+    whole = texts(os.path.join(SAMPLE_DATA_DIR, "shard_00000.parquet"))
+    assert max(len(p) for p in pieces) <= 500 < max(len(d) for d in whole) and len(pieces) > len(whole)
+    assert sorted(pieces) == sorted(p for d in whole for p in chunk(d, 500))
+    bad = run("-m", "dev.make_mixture", "--text-dir", SAMPLE_DATA_DIR, "--task-dir", str(task), "--task-fraction", "0",
+              "--text-chunk-chars", "-1", "--out", str(out))
+    assert bad.returncode == 2 and "--text-chunk-chars -1: expected >= 0" in bad.stderr
+
+
+def test_packed_rows_are_counted_by_kind():
+    """dev/mixture_shares: a document runs from its BOS to the next; task documents start with " a"."""
+    from dev.mixture_shares import count_kinds
+    BOS, A = 0, 7
+    row = [BOS, 5, 6, 8, BOS, A, 9, 9, BOS, 4]  # text (3 targets), task (3), text (1)
+    assert count_kinds(row, BOS, A) == (4, 3)
+    assert count_kinds([BOS, A, 1, 2, BOS], BOS, A) == (0, 3)
+
+
+def test_mixture_cpu_dry_run(tmp_path):
+    """runs/mixture_cpu.sh: the task, the mixture and the text-only pieces, one tokenizer, the token
+    counts, three arms per seed at the same shape, then the evals of the arms that reason."""
+    from tests.test_pointer_chase import dry_env, dry_run
+    env = dry_env(tmp_path, SEEDS="1", TEXT_DIR=SAMPLE_DATA_DIR)
+    out, cmds = dry_run("mixture_cpu.sh", env)
+    assert out.returncode == 0, out.stderr
+    assert "--surface spaced" in cmds[0] and "--task-fraction 0.5 --text-chunk-chars 900" in cmds[1]
+    assert "--task-fraction 0 --text-chunk-chars 900" in cmds[2] and "--vocab-size 4096" in cmds[3]
+    assert "dev.mixture_shares" in cmds[4] and "--steps 1000 --batch 32 --seq-len 256" in cmds[4]
+    trains = [c for c in cmds if "scripts.base_train" in c]
+    assert [c.split("--model-tag ")[1] for c in trains] == ["mix_s1", "text_s1", "task_s1"]
+    assert all("--n-prelude 1 --n-recur 1 --n-coda 1 --max-seq-len 256" in c for c in trains)
+    assert "--num-iterations 1000" in trains[0] and "--num-iterations TEXT_STEPS" in trains[1] and "TASK_STEPS" in trains[2]
+    assert [c.split("--model-tags ")[1].split()[0] for c in cmds if "depth_eval" in c] == ["mix_s1", "task_s1"]
+    assert sum("dev.depth_by_kind" in c for c in cmds) == 2 and sum("dev.token_depths" in c for c in cmds) == 2
+    for bad, message in (({"ARMS": "big"}, "unknown arm 'big'"), ({"STEPS": "0"}, "STEPS: '0'")):
+        proc, _ = dry_run("mixture_cpu.sh", {**env, **bad})
+        assert proc.returncode != 0 and message in proc.stderr
