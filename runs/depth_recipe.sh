@@ -9,6 +9,8 @@
 #   sum       --set inject_init=sum      u = e + s at init instead of u = e ([I | I] vs [I | 0])
 #   mean6     --recur-mean 6             E[r] 6 instead of 4
 #   b111      --n-prelude 1 --n-recur 1 --n-coda 1   one block per stage instead of 2 / 4 / 2
+#   b212      --n-recur 1                           one block per iteration, prelude and coda kept at 2
+#   b141      --n-prelude 1 --n-coda 1              prelude and coda of one block, the iteration kept at 4
 #   copy      --set init_state=copy      s_0 = e instead of random noise
 #   nove      --set value_embeds=0       no value embeddings in the repeated block
 #
@@ -61,9 +63,11 @@ arm_flags() {
         sum) echo --set inject_init=sum ;;
         mean6) echo --recur-mean 6 ;;
         b111) echo --n-prelude 1 --n-recur 1 --n-coda 1 ;;
+        b212) echo --n-recur 1 ;;
+        b141) echo --n-prelude 1 --n-coda 1 ;;
         copy) echo --set init_state=copy ;;
         nove) echo --set value_embeds=0 ;;
-        *) die "ARMS: unknown arm '$1' (expected default, sum, mean6, b111, copy, nove)" ;;
+        *) die "ARMS: unknown arm '$1' (expected default, sum, mean6, b111, b212, b141, copy, nove)" ;;
     esac
 }
 for arm in $ARMS; do arm_flags "$arm" >/dev/null; done

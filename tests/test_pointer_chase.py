@@ -253,16 +253,17 @@ def test_depth_cpu_dry_run(tmp_path):
 def test_depth_recipe_dry_run(tmp_path):
     """runs/depth_recipe.sh: one-change arms from base_train's defaults, each trained then
     evaluated; the task, the table size and the questions set the sequence length."""
-    env = dry_env(tmp_path, SEEDS="1", ARMS="default sum b111")
+    env = dry_env(tmp_path, SEEDS="1", ARMS="default sum b111 b212 b141")
     out, cmds = dry_run("depth_recipe.sh", env)
     assert out.returncode == 0, out.stderr
     assert "dev.make_pointer_chase" in cmds[0] and "--test-depths 1,2,3,4,8,16 --n-symbols 24 --queries 8" in cmds[0]
     trains = [c for c in cmds if "scripts.base_train" in c]
-    assert [c.split("--model-tag ")[1] for c in trains] == ["default_s1", "sum_s1", "b111_s1"]
+    assert [c.split("--model-tag ")[1] for c in trains] == ["default_s1", "sum_s1", "b111_s1", "b212_s1", "b141_s1"]
     assert all("--max-seq-len 95 " in c and "--total-batch-size 6080 " in c for c in trains)
     assert "--set" not in trains[0] and "--set inject_init=sum" in trains[1] and "--n-prelude 1" in trains[2]
+    assert "--n-recur 1 --seed" in trains[3] and "--n-prelude 1 --n-coda 1 --seed" in trains[4]  # one part of 2/4/2 each
     evals = [c for c in cmds if "scripts.depth_eval" in c]
-    assert len(evals) == 3 and all("--task pointer_chase" in c for c in evals)
+    assert len(evals) == 5 and all("--task pointer_chase" in c for c in evals)
     out, cmds = dry_run("depth_recipe.sh", {**env, "TASK": "var_chase", "N_SYMBOLS": "16", "QUERIES": "12",
                                             "TEST_DEPTHS": "1,2,4,8", "ARMS": "b111",
                                             "NANOCHAT_BASE_DIR": str(tmp_path / "var")})
