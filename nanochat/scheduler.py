@@ -12,6 +12,8 @@ thread). Picking tokens, stopping, tool calls and the KV cache live in this file
         step.sampled   # per row: True if sampled, False if forced (tool output)
         step.depths    # per row: loop iterations of the forward that gave this token
         step.done      # per row: finished at or before this step (its token is not part of the reply)
+        step.prompt_depths  # first step only, with read_depths=True: per row, the iterations behind each
+                            # prompt token's prediction (the prompt read one token at a time, exit on)
 
 A request is one prompt (or several) and n replies to each: its rows. Each row has its own
 generator (row 0 seeded with `seed`, the others with seeds drawn from it), so a seed
@@ -89,6 +91,7 @@ class Step:
     depths: list
     done: list
     logprobs: list = None  # per row, when the request asked: (logprob, [(id, logprob), ...] top ones) or None
+    prompt_depths: list = None  # first Step of a read_depths request: per row, iterations at prompt positions 0..L-2
 
 
 class ChatTokens:
@@ -140,7 +143,7 @@ class Request:
     has its next token or has ended (an ended row shows `filler`, marked done)."""
 
     def __init__(self, prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, filler, top_p=None,
-                 presence_penalty=0.0, frequency_penalty=0.0, logprobs=None):
+                 presence_penalty=0.0, frequency_penalty=0.0, logprobs=None, read_depths=False):
         self.prompts, self.n, self.r, self.max_tokens, self.top_p = prompts, n, r, max_tokens, top_p
         self.logprobs = logprobs  # None, or how many top alternatives each token's logprob comes with
         self.presence_penalty, self.frequency_penalty = presence_penalty, frequency_penalty
@@ -155,6 +158,8 @@ class Request:
         self._cond = threading.Condition()
         self.cancelled, self.finished, self.error = False, False, None
         self.rows_left = self.size  # rows still in the scheduler (it closes the request at 0)
+        # read_depths: each row's iterations at its prompt positions, set before its first token is put
+        self.read_depths = [None] * self.size if read_depths else None
 
     def cancel(self):
         """Stop: the rows leave the batch at the next step, and a reader's iteration ends."""
@@ -195,6 +200,8 @@ class Request:
         if self.cancelled or not any(self._events) or any(not q and not e for q, e in zip(self._events, self._ended)):
             return None
         step = Step([], [], [], [], [] if self.logprobs is not None else None)
+        if self.read_depths is not None:  # the first Step carries them (every row has read its prompt)
+            step.prompt_depths, self.read_depths = self.read_depths, None
         for b, q in enumerate(self._events):
             token, depth, sampled, done, logprob = q.popleft() if q else (self.filler, self._depths[b], False, True, None)
             self._depths[b] = depth
@@ -230,14 +237,26 @@ class _Row:
         self.req, self.b, self.reply, self.count = req, b, Reply(chat_tokens), 0
         prompt = list(req.prompts[b // req.n])
         # under adaptive exit the prompt's last token is decoded with the exit on, not prefilled at
-        # the full r, so the first reply token's depth is the exit's own (as for every later token)
-        self.held = prompt[-1] if req.exit_threshold is not None and len(prompt) > 1 else None
-        self.pending = (prompt if self.held is None else prompt[:-1]) if b % req.n == 0 else []
+        # the full r, so the first reply token's depth is the exit's own (as for every later token);
+        # with read_depths every token after the first is, one per step, and its depth kept
+        held = 0
+        if req.exit_threshold is not None and len(prompt) > 1:
+            held = len(prompt) - 1 if req.read_depths is not None else 1
+        self.held = deque(prompt[len(prompt) - held:]) if held else None
+        self.read = [req.r] if req.read_depths is not None else None  # position 0 is prefilled at the full r
+        self.pending = prompt[:len(prompt) - held] if b % req.n == 0 else []
         self.followers = []
         self.rng = torch.Generator(device=device).manual_seed(req.seeds[b])
         self.logits = self.input = self.tool = None
         self.depth = req.r
         self.counts = None  # (1, V) times each token occurred in the reply, kept only under a penalty
+
+    def feed_held(self):
+        """The next held prompt token becomes the input; with the last one the depths read so far
+        (every prompt position but the last, whose depth is the first reply token's) are published."""
+        self.input = self.held.popleft()
+        if not self.held and self.read is not None:
+            self.req.read_depths[self.b] = self.read
 
     def penalized(self, logits):
         """The logits less the request's presence and frequency penalties for this reply's tokens."""
@@ -294,13 +313,15 @@ class Scheduler:
     # the client side (any thread)
 
     def submit(self, tokens, n=1, r=4, max_tokens=256, temperature=1.0, top_k=None, seed=42, exit_threshold=None,
-               top_p=None, presence_penalty=0.0, frequency_penalty=0.0, logprobs=None):
+               top_p=None, presence_penalty=0.0, frequency_penalty=0.0, logprobs=None, read_depths=False):
         """tokens: one prompt (a list of ids) or several (a list of such lists); n replies to each.
         presence_penalty / frequency_penalty (OpenAI's): each token already in the reply has its
         logit lowered by presence_penalty once and by frequency_penalty per time it occurred.
         logprobs (None or 0..20): each Step also carries every row's token logprob under the model
         (its own distribution, before temperature, penalties, top_k and top_p) and that many top
-        alternatives."""
+        alternatives. read_depths (with an exit_threshold): each prompt is read one token at a time
+        with the exit on, as its reply will be, and the first Step carries the iterations behind
+        every prompt token's prediction (Step.prompt_depths; slower: one step per prompt token)."""
         prompts = [tokens] if tokens and isinstance(tokens, list) and isinstance(tokens[0], int) else tokens
         if not (isinstance(prompts, list) and prompts and
                 all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts)):
@@ -322,10 +343,12 @@ class Scheduler:
         if not all(-2 <= p <= 2 for p in (presence_penalty, frequency_penalty)):
             raise ValueError(f"submit: presence_penalty={presence_penalty}, frequency_penalty={frequency_penalty}: "
                              f"expected values in [-2, 2]")
+        if read_depths and exit_threshold is None:
+            raise ValueError("submit: read_depths needs an exit_threshold (the depths of a fixed r are all r)")
         if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
             raise ValueError(f"submit: logprobs={logprobs!r}: expected None or an int in [0, 20]")
         req = Request(prompts, n, r, max_tokens, temperature, top_k, seed, exit_threshold, self.chat_tokens.end, top_p,
-                      presence_penalty, frequency_penalty, logprobs)
+                      presence_penalty, frequency_penalty, logprobs, read_depths)
         with self.cond:
             self.waiting.append(req)
             self.cond.notify()
@@ -534,7 +557,12 @@ class Scheduler:
         logits = self._forward(ids, 0, rows, decode=True)[:, -1]  # (d, V)
         depths = self.cache.depth[:, -1].tolist()
         for b, row in enumerate(rows):
-            row.logits, row.depth, row.input = logits[b:b + 1], depths[b], None
+            if row.held:  # it read a held prompt token: keep its depth, feed the next one
+                if row.read is not None:
+                    row.read.append(depths[b])
+                row.feed_held()
+            else:
+                row.logits, row.depth, row.input = logits[b:b + 1], depths[b], None
         self.steps += 1
         self.decode_rows += len(rows)
 
@@ -552,8 +580,8 @@ class Scheduler:
                 if row.followers:  # the prompt's other replies start from this prefill
                     self.cache.move_rows([lo + b] * len(row.followers), [self.rows.index(f) for f in row.followers])
                 for reader in [row] + row.followers:
-                    if reader.held is not None:  # its last prompt token goes in with the next decode
-                        reader.input = reader.held
+                    if reader.held is not None:  # its held prompt tokens go in with the next decodes
+                        reader.feed_held()
                     else:
                         reader.logits, reader.depth = logits[b:b + 1, 0], row.req.r
 

@@ -307,3 +307,32 @@ def test_under_adaptive_exit_the_first_reply_token_is_decoded_with_the_exit(toke
     assert first.tokens == [token, token] and first.depths == [depth, depth]
     assert depth < 6  # the exit did stop it early: the depth is not the prefill's r
 
+
+
+def test_read_depths_reads_the_prompt_one_token_at_a_time_with_the_exit(tokenizer):
+    """read_depths: the prompt's first token is prefilled at the full r, every later one goes in
+    alone with the exit on; the first Step carries each row's iterations at positions 0..L-2, and
+    the reply starts from that reading (by hand, with a KVCache, the same numbers)."""
+    model, threshold = looped(vocab_size=512), 1e-2
+    prompt = tokens(1, 9)[0].tolist()
+    sched = Scheduler(model, tokenizer, max_rows=2, tool=None)
+    req = sched.submit(prompt, n=2, r=6, max_tokens=3, temperature=0.0, exit_threshold=threshold, read_depths=True)
+    sched.run()
+    steps = list(req)
+    with torch.inference_mode():
+        cache = KVCache(model, 1, 16, max_r=6, exit_criterion="kl", exit_threshold=threshold)
+        cache.exit_criterion = None
+        model(torch.tensor([prompt[:1]]), r=6, kv_cache=cache)
+        cache.exit_criterion = "kl"
+        depths = [6]
+        for t in prompt[1:]:
+            logits = model(torch.tensor([[t]]), r=6, kv_cache=cache)[:, -1]
+            depths.append(cache.depth[0, -1].item())
+    assert steps[0].prompt_depths == [depths[:-1], depths[:-1]] and len(depths) == len(prompt)
+    assert steps[0].depths == [depths[-1]] * 2 and steps[0].tokens == [logits.argmax(-1).item()] * 2
+    assert min(depths[1:]) < 6 and all(s.prompt_depths is None for s in steps[1:])
+    with pytest.raises(ValueError, match="read_depths needs an exit_threshold"):
+        sched.submit(prompt, read_depths=True)
+    short = sched.submit(prompt[:2], r=6, max_tokens=1, temperature=0.0, exit_threshold=threshold, read_depths=True)
+    sched.run()
+    assert list(short)[0].prompt_depths == [[6]]  # BOS alone before the held token
