@@ -11,6 +11,12 @@ holds the routes and the command line).
                             data: {"token": "42", "depth": 3, "type": "python_output", "part": 2}
                             data: {"done": true, "mean_depth": 3.0, "tokens": 9, "r": 4}
        or, if generation fails midway: data: {"error": "..."}
+    POST /chat/completions  {"text": "The river ... | q", "adaptive": 0.3, ...}   text mode, for a base model:
+                             the text itself is continued (BOS, no chat template). With adaptive exit the
+                             prompt is read one token at a time with the exit on, and the stream opens with
+                            data: {"prompt": [{"token": "The", "depth": null}, {"token": " river", "depth": 2}, ...]}
+                             each prompt token with the iterations behind its prediction (the first has
+                             none: it follows BOS, which is read at the full r).
 An assistant message's content is a string or the list of typed parts the stream gave
 ({"type": "python", "text": "6*7"}, ...), so a tool call goes back to the model as it was written.
 
@@ -42,7 +48,7 @@ TOP_P_RANGE = (1e-6, 1.0)
 MAX_TOKENS_RANGE = (1, 4096)
 RECUR_RANGE = (1, 64)
 ADAPTIVE_RANGE = (0.0, 10.0)      # exit threshold of the server's criterion; 0 == fixed r
-FIELDS = ("messages", "temperature", "top_k", "top_p", "max_tokens", "recur", "adaptive", "seed", "presence_penalty",
+FIELDS = ("messages", "text", "temperature", "top_k", "top_p", "max_tokens", "recur", "adaptive", "seed", "presence_penalty",
           "frequency_penalty")
 PENALTY_RANGE = (-2.0, 2.0)       # OpenAI's
 
@@ -55,7 +61,7 @@ class RequestError(ValueError):
 
 @dataclass
 class ChatRequest:
-    messages: list
+    messages: list | None   # a chat, or None in text mode
     temperature: float
     top_k: int
     max_tokens: int
@@ -67,6 +73,8 @@ class ChatRequest:
     presence_penalty: float = 0.0   # OpenAI's penalties on tokens already in the reply
     frequency_penalty: float = 0.0
     logprobs: int | None = None     # None, or top alternatives per token's logprob (Step.logprobs)
+    text: str | None = None         # text mode: continue this text (no chat template)
+    read_depths: bool = False       # read the prompt with the exit on and report its depths (Step.prompt_depths)
 
 
 async def read_body(request, limit=MAX_BODY_BYTES):
@@ -133,6 +141,8 @@ def validate_request(body, defaults):
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise RequestError(400, _short(unknown[0]), f"unknown field (expected some of {', '.join(FIELDS)})")
+    if "text" in body:
+        return _text_request(body, defaults)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "messages", "expected a non-empty list of {role, content}")
@@ -158,6 +168,19 @@ def validate_request(body, defaults):
     if total > MAX_TOTAL_CHARS:
         raise RequestError(413, "messages", f"{total} characters in all, at most {MAX_TOTAL_CHARS}")
     return ChatRequest(messages=messages, **sampling_fields(body, defaults))
+
+
+def _text_request(body, defaults):
+    """Text mode: one string to continue, without a chat; under adaptive exit its depths are read."""
+    text = body["text"]
+    if "messages" in body:
+        raise RequestError(400, "text", "give either messages (a chat) or text (continued as it is), not both")
+    if not isinstance(text, str) or not text.strip():
+        raise RequestError(400, "text", "expected a non-empty string")
+    if len(text) > MAX_TOTAL_CHARS:
+        raise RequestError(413, "text", f"{len(text)} characters, at most {MAX_TOTAL_CHARS}")
+    fields = sampling_fields(body, defaults)
+    return ChatRequest(messages=None, text=text, read_depths=fields["adaptive"] is not None, **fields)
 
 
 def sampling_fields(body, defaults, max_tokens_range=MAX_TOKENS_RANGE):
@@ -186,12 +209,16 @@ def render_prompt(tokenizer, req, model, default_max_tokens=None):
         if req.adaptive is not None:
             raise RequestError(400, "adaptive", "this model (arch 'gpt') has no loop to exit early from")
         req.recur = 1
-    ids = tokenizer.render_for_completion({"messages": req.messages + [{"role": "assistant", "content": ""}]})
+    if req.text is not None:
+        ids, field, what = tokenizer.encode(req.text, prepend=tokenizer.get_bos_token_id()), "text", "the text"
+    else:
+        ids = tokenizer.render_for_completion({"messages": req.messages + [{"role": "assistant", "content": ""}]})
+        field, what = "messages", "the conversation"
     if default_max_tokens is not None:
         req.max_tokens = max(1, min(default_max_tokens, model.rotary_len - len(ids)))
     if len(ids) + req.max_tokens > model.rotary_len:
-        raise RequestError(413, "messages", f"the conversation is {len(ids)} tokens; with max_tokens="
-                                            f"{req.max_tokens} that exceeds the model's {model.rotary_len} positions")
+        raise RequestError(413, field, f"{what} is {len(ids)} tokens; with max_tokens="
+                                       f"{req.max_tokens} that exceeds the model's {model.rotary_len} positions")
     return ids
 
 
@@ -237,7 +264,7 @@ class Worker:
                                         temperature=req.temperature, top_k=req.top_k, seed=req.seed,
                                         exit_threshold=req.adaptive, top_p=req.top_p,
                                         presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                                        logprobs=req.logprobs)
+                                        logprobs=req.logprobs, read_depths=req.read_depths)
         try:
             yield from request.steps(until=stop)
         finally:
@@ -360,6 +387,9 @@ async def events(pool, ids, req, tokenizer):
     with pool.counting() as outcome:
         try:
             async for step in steps:
+                if step.prompt_depths is not None:  # text mode, adaptive: position j - 1 predicted token j
+                    yield {"prompt": [{"token": tokenizer.decode([t]), "depth": d} for t, d in
+                                      zip(ids[1:], [None] + step.prompt_depths[0][1:])]}
                 if step.done[0]:
                     break
                 depths.append(step.depths[0])

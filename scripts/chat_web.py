@@ -5,12 +5,13 @@ Serve a model to the browser: a chat page with per-token recurrence depth, and a
     python -m scripts.chat_web --num-gpus 8 --recur 8            # one worker (model replica) per GPU, each
                                                                  # decoding its chats together (nanochat/scheduler.py)
     python -m scripts.chat_web --max-batch 1                     # each worker serves one request at a time
-    python -m scripts.chat_web --source base --model-tag s20 --device-type cpu
+    python -m scripts.chat_web --source base --model-tag s20 --device-type cpu   # a base model: the page
+                                                                 # continues text, its prompt shaded too
     NANOCHAT_API_KEY=$(openssl rand -hex 16) python -m scripts.chat_web --host 0.0.0.0   # reachable from others
 
 Endpoints (request schema and limits: nanochat/chat_api.py):
     GET  /                   the page (nanochat/ui.html, self-contained, works offline)
-    POST /chat/completions   stream a reply as server-sent events          (API key, if set)
+    POST /chat/completions   stream a reply as server-sent events; a chat, or a text to continue (API key, if set)
     GET  /config             the server's defaults and limits (the page reads them)
     GET  /health             {"ready": bool, "workers": [{device, busy, healthy, last_error}], "sandbox": mode};
                              503 while no worker is healthy (its last generation failed)
@@ -156,11 +157,12 @@ def allowed_hosts(host, extra):
     return sorted(set(hosts))
 
 
-def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",), cors_origins=()):
+def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",), cors_origins=(), mode="chat"):
     """The FastAPI app over a list of Workers (all holding the same model) and request defaults;
     with an api_key, the chat, stats and /v1 endpoints need `Authorization: Bearer <api_key>`.
     model_name: the model's id in the OpenAI-compatible API. hosts: the Host header values answered
-    (allowed_hosts; "*" = any). cors_origins: web origins whose pages may call it. No docs page is
+    (allowed_hosts; "*" = any). cors_origins: web origins whose pages may call it. mode: what the
+    page starts in, "chat" or "text" (a base model's text continued, its prompt shaded too). No docs page is
     served (it would load scripts from a CDN, and show the API without the key)."""
     app = FastAPI(title="looped nanochat", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
@@ -209,7 +211,7 @@ def create_app(workers, defaults, api_key="", model_name="nanochat", hosts=("*",
                            "top_k": chat_api.TOP_K_RANGE, "max_tokens": chat_api.MAX_TOKENS_RANGE,
                            "recur": chat_api.RECUR_RANGE, "adaptive": chat_api.ADAPTIVE_RANGE},
                 "exit_criterion": criterion, "adaptive": SUGGESTED_THRESHOLD[criterion],
-                "auth": bool(api_key)}
+                "auth": bool(api_key), "mode": mode}
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
@@ -246,7 +248,8 @@ if __name__ == "__main__":
         workers, meta = load_workers(args)
         hosts = ["*"] if args.allowed_hosts.strip() == "*" else allowed_hosts(args.host, args.allowed_hosts)
         origins = [o.strip() for o in args.cors_origins.split(",") if o.strip()]
-        app = create_app(workers, defaults_from(args, meta), args.api_key, model_id(args, meta), hosts, origins)
+        mode = "text" if args.source == "base" else "chat"  # a base model was never taught the chat template
+        app = create_app(workers, defaults_from(args, meta), args.api_key, model_id(args, meta), hosts, origins, mode)
     except (FileNotFoundError, ValueError) as e:  # a missing checkpoint or a bad flag: one line, exit code 2
         print(errors.report(e), file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -100,6 +100,11 @@ BAD_REQUESTS = [  # (body, status, text the error must contain)
     ({"messages": HELLO, "adaptive": -1}, 400, "adaptive"),
     ({"messages": HELLO, "topk": 5}, 400, "topk"),
     ([1, 2], 400, "body"),
+    ({"text": ""}, 400, "text"),
+    ({"text": 5}, 400, "text"),
+    ({"text": "hi", "messages": HELLO}, 400, "not both"),
+    ({"text": "x" * 32001}, 413, "text"),
+    ({"text": "the loop " * 200}, 413, "text is"),  # prompt + max_tokens > positions
 ]
 
 
@@ -148,6 +153,24 @@ def test_stream_order_depths_and_page(app):
         assert adaptive[-1]["r"] == 6 and all(1 <= d <= 6 for d in depths)
         assert min(depths) < 6  # a threshold of 10 nats stops early (only the prefill's token runs all 6)
         assert 1 <= adaptive[-1]["mean_depth"] < 6
+
+
+def test_text_mode_continues_the_text_and_reads_its_depths(app, tokenizer):
+    """{"text": ...}: the text after BOS, no chat template; with adaptive exit the stream opens with
+    every prompt token and the iterations behind its prediction (None for the first, after BOS),
+    then the reply, whose first token's depth is the exit's at the prompt's last position."""
+    text = "The river rose in the night and the town woke"
+    ids = tokenizer.encode(text, prepend=tokenizer.get_bos_token_id())
+    with TestClient(app) as client:
+        assert client.get("/config").json()["mode"] == "chat"  # create_app's default; chat_web gives base models "text"
+        body = {"text": text, "temperature": 0, "max_tokens": 4, "recur": 6, "adaptive": 10.0}
+        first, *rest = events(client.post("/chat/completions", json=body).text)
+        assert [p["token"] for p in first["prompt"]] == [tokenizer.decode([t]) for t in ids[1:]]
+        depths = [p["depth"] for p in first["prompt"]]
+        assert depths[0] is None and all(1 <= d <= 6 for d in depths[1:]) and min(depths[1:]) < 6
+        assert rest[-1]["done"] and all(1 <= e["depth"] <= 6 for e in rest[:-1])
+        fixed = events(client.post("/chat/completions", json={**body, "adaptive": None}).text)
+        assert "prompt" not in fixed[0] and all(e["depth"] == 6 for e in fixed[:-1])  # fixed r: no prompt reading
 
 
 def test_failed_generation_emits_error_and_frees_the_worker(app, monkeypatch):
@@ -407,13 +430,27 @@ def test_page_in_headless_chromium(server, tmp_path):
             page.click("#send")
             page.wait_for_selector("#status.error", timeout=30_000)
             assert "top_k" in page.inner_text("#status")
+            # text mode: the text is continued, and under adaptive exit its own tokens are shaded too
+            page.fill("#top_k", "50")
+            page.select_option("#kind", "text")
+            assert page.locator(".msg").count() == 0  # a new mode starts empty
+            page.fill("#input", "The river rose in the night")
+            page.click("#send")
+            page.wait_for_selector(".msg.assistant .meta:has-text('mean depth')", timeout=60_000)
+            prompt = page.locator(".msg.user .tok")
+            assert page.locator(".msg.user .role").inner_text().startswith("Text")
+            assert prompt.count() >= 5 and prompt.first.get_attribute("data-depth") is None
+            assert all(1 <= int(prompt.nth(i).get_attribute("data-depth")) <= 4 for i in range(1, prompt.count()))
+            assert page.locator(".msg.user .content").inner_text() == "The river rose in the night"
+            page.screenshot(path=os.path.join(tmp_path, "chat_web_text.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()
     assert os.path.getsize(shot) > 10_000
     if os.environ.get("NANOCHAT_TEST_ARTIFACTS"):
         os.makedirs(os.environ["NANOCHAT_TEST_ARTIFACTS"], exist_ok=True)
-        shutil.copy(shot, os.environ["NANOCHAT_TEST_ARTIFACTS"])
+        for path in (shot, os.path.join(tmp_path, "chat_web_text.png")):
+            shutil.copy(path, os.environ["NANOCHAT_TEST_ARTIFACTS"])
 
 
 def test_one_worker_batches_concurrent_chats(base_dir, tokenizer):
