@@ -664,3 +664,27 @@ def test_a_burst_at_the_recurrence_cap_stays_within_the_cache_budget(tokenizer, 
         print(f"peak RSS grew by {grown:.1f} MiB; cache now {stats['kv_cache_bytes'][0] / 2**20:.1f} MiB")
         assert grown < 2 * 16 + 4, f"the server's peak RSS grew by {grown:.1f} MiB over a 16 MiB cache budget"
         assert stats["kv_cache_bytes"][0] <= 16 * 2**20
+
+
+def test_depth_screenshot_tool(tokenizer, tmp_path):
+    """dev/depth_screenshot.py end to end on a tiny base checkpoint: chat_web in text mode, Chromium
+    sending a paragraph and a pointer-chase problem under adaptive exit, the PNG and the depths
+    the page recorded (the learned contrast needs a trained model: README's figure)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not found")
+    import random
+
+    from tasks.pointer_chase import eval_problem
+    tokenizer.save(os.path.join(tmp_path, "tokenizer"))
+    model = chat_model()
+    meta = {"model_config": dataclasses.asdict(model.config), "eval_r": 3}
+    save_checkpoint(os.path.join(tmp_path, "base_checkpoints", "tiny"), 5, model.state_dict(), {}, {}, meta)
+    with open(tmp_path / "test_d8.jsonl", "w") as f:
+        f.write(json.dumps(eval_problem(random.Random(0), 8, surface="spaced")) + "\n")
+    out = tmp_path / "page.png"
+    proc = subprocess.run([sys.executable, "-m", "dev.depth_screenshot", "--model-tag", "tiny", "--data-dir",
+                           str(tmp_path), "--recur", "4", "--threshold", "10", "--out", str(out)], cwd=REPO,
+                          env={**os.environ, "NANOCHAT_BASE_DIR": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "problem depth 8" in proc.stdout and "answer / median" in proc.stdout and out.stat().st_size > 10_000
