@@ -16,7 +16,9 @@
 #
 # Settings (environment): ARMS (mix text task), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
 # repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION (0.5: the task's share of the training
-# bytes), CHUNK (900: text documents are cut into pieces of at most this many characters, so a 256-token row
+# bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token table, as the task-only runs' rows
+# do; at 256 a row holds up to four tables with the same letters, and the mixture learned no lookup; 8192 tokens a
+# step either way), CHUNK (400: text documents are cut into pieces of at most this many characters, so a row
 # can hold them whole; see dev/make_mixture.py), STEPS (1000 for the mixture; the text and task arms get the
 # steps at which they read as many tokens of their kind, counted by dev/mixture_shares.py), EVAL_PROBLEMS (100
 # per test depth).
@@ -27,7 +29,8 @@ cd "$(dirname "$0")/.."
 ARMS=${ARMS:-mix text task}
 SEEDS=${SEEDS:-42 7}
 FRACTION=${FRACTION:-0.5}
-CHUNK=${CHUNK:-900}
+SEQ_LEN=${SEQ_LEN:-128}
+CHUNK=${CHUNK:-400}
 STEPS=${STEPS:-1000}
 EVAL_PROBLEMS=${EVAL_PROBLEMS:-100}
 export NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$PWD/out/mix}
@@ -39,11 +42,12 @@ for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a n
 for arm in $ARMS; do [[ $arm =~ ^(mix|text|task)$ ]] || die "ARMS: unknown arm '$arm' (expected mix, text, task)"; done
 [[ $STEPS =~ ^[1-9][0-9]*$ ]] || die "STEPS: '$STEPS' is not a positive integer"
 [[ $CHUNK =~ ^[0-9]+$ ]] || die "CHUNK: '$CHUNK' is not a number of characters"
+[[ $SEQ_LEN =~ ^[1-9][0-9]*$ ]] && [ $((8192 % SEQ_LEN)) = 0 ] || die "SEQ_LEN: '$SEQ_LEN' must divide 8192 (tokens a step)"
 [[ $EVAL_PROBLEMS =~ ^[1-9][0-9]*$ ]] || die "EVAL_PROBLEMS: '$EVAL_PROBLEMS' is not a positive integer"
 need_shards "$TEXT_DIR"
 activate_venv
-T=256
-ROWS=32
+T=$SEQ_LEN
+ROWS=$((8192 / T))
 B=$NANOCHAT_BASE_DIR
 mkdir -p "$B"
 if [ ! -e "$B/task/test_d16.jsonl" ]; then

@@ -98,15 +98,18 @@ def test_mixture_cpu_dry_run(tmp_path):
     env = dry_env(tmp_path, SEEDS="1", TEXT_DIR=SAMPLE_DATA_DIR)
     out, cmds = dry_run("mixture_cpu.sh", env)
     assert out.returncode == 0, out.stderr
-    assert "--surface spaced" in cmds[0] and "--task-fraction 0.5 --text-chunk-chars 900" in cmds[1]
-    assert "--task-fraction 0 --text-chunk-chars 900" in cmds[2] and "--vocab-size 4096" in cmds[3]
-    assert "dev.mixture_shares" in cmds[4] and "--steps 1000 --batch 32 --seq-len 256" in cmds[4]
+    assert "--surface spaced" in cmds[0] and "--task-fraction 0.5 --text-chunk-chars 400" in cmds[1]
+    assert "--task-fraction 0 --text-chunk-chars 400" in cmds[2] and "--vocab-size 4096" in cmds[3]
+    assert "dev.mixture_shares" in cmds[4] and "--steps 1000 --batch 64 --seq-len 128" in cmds[4]
     trains = [c for c in cmds if "scripts.base_train" in c]
     assert [c.split("--model-tag ")[1] for c in trains] == ["mix_s1", "text_s1", "task_s1"]
-    assert all("--n-prelude 1 --n-recur 1 --n-coda 1 --max-seq-len 256" in c for c in trains)
+    assert all("--n-prelude 1 --n-recur 1 --n-coda 1 --max-seq-len 128" in c for c in trains)
     assert "--num-iterations 1000" in trains[0] and "--num-iterations TEXT_STEPS" in trains[1] and "TASK_STEPS" in trains[2]
     assert [c.split("--model-tags ")[1].split()[0] for c in cmds if "depth_eval" in c] == ["mix_s1", "task_s1"]
     assert sum("dev.depth_by_kind" in c for c in cmds) == 2 and sum("dev.token_depths" in c for c in cmds) == 2
-    for bad, message in (({"ARMS": "big"}, "unknown arm 'big'"), ({"STEPS": "0"}, "STEPS: '0'")):
+    _, wide = dry_run("mixture_cpu.sh", {**env, "SEQ_LEN": "256", "CHUNK": "900"})
+    assert "--steps 1000 --batch 32 --seq-len 256" in wide[4] and "--text-chunk-chars 900" in wide[1]
+    for bad, message in (({"ARMS": "big"}, "unknown arm 'big'"), ({"STEPS": "0"}, "STEPS: '0'"),
+                         ({"SEQ_LEN": "100"}, "SEQ_LEN: '100'")):
         proc, _ = dry_run("mixture_cpu.sh", {**env, **bad})
         assert proc.returncode != 0 and message in proc.stderr

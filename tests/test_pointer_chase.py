@@ -308,6 +308,8 @@ def test_spaced_surface_keeps_one_token_per_letter_with_a_text_vocabulary():
     assert ids[-1] in ids[:-2:2] and len(tok.encode(p["answer"])) == 1 and p["answer"] == " " + root_of(
         parse_table(p["table"]), p["prompt"][-1])
     assert grade(p, p["answer"] + " k b") and not grade(p, p["answer"].strip()) and chance(p) == 0.25
+    packed_p = {**p, "answer": p["answer"].strip(), "prompt": p["prompt"].replace(" ", "")}
+    assert biggest_tree_guess(p) == biggest_tree_guess(packed_p) and biggest_tree_guess(problems[-1]) > 0  # depth 16
     # the packed and spaced splits draw the same problems, and no spaced test table is in training
     packed, spaced_ = make_splits(0, 50, 5, 4), make_splits(0, 50, 5, 4, surface="spaced")
     assert [d.replace(" ", "") for d in spaced_[0]] == [d.replace(" ", "") for d in packed[0]]
