@@ -86,11 +86,10 @@ def main():
         prompt = [(t.inner_text(), t.get_attribute("data-depth")) for t in page.locator(".msg.user .tok").all()]
         reply = [(t.inner_text(), t.get_attribute("data-depth")) for t in page.locator(".msg.assistant .tok").all()]
         browser.close()
-    text_depths, seen = [], ""
+    text_depths = []
     for tok, depth in prompt:  # the paragraph's tokens: those before the line break
-        if "\n" in tok or seen.endswith("\n"):
+        if "\n" in tok:
             break
-        seen += tok
         if depth is not None:
             text_depths.append(int(depth))
     answer, answer_depth = reply[0][0], int(reply[0][1])
