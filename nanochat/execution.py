@@ -29,7 +29,8 @@ child before it reads anything, runs it under the program's own uid (as root, th
 uids differ; in a user namespace, where both are 65534, the supervisor makes itself
 non-dumpable, which closes its /proc files), and alone holds the pipe of the report the
 parent reads. stdout, stderr and the report are read by the parent, each with a byte cap (the
-rest is drained and dropped, so a flood never grows the parent).
+rest is drained and dropped, so a flood never grows the parent); past FLOOD_BYTES of output the
+program is stopped, so a flood also ends in well under its time limit.
 - A plain call (a tool call) succeeds when the program ran to its end: the child says so on its
   own pipe and exits 0. This is the program's own account: code that means to can claim it (as
   it can always catch its own exceptions); an early os._exit(0) or sys.exit() is not success.
@@ -66,6 +67,7 @@ from nanochat.call_limits import CallSlot
 
 TRUNCATED = "\n[output truncated]"
 PIPE_BYTES = 1 << 20  # each output pipe's size: a flooding program costs the parent 16x fewer reads than at 64 KiB
+FLOOD_BYTES = 8 << 20  # stdout + stderr past this stops the program: draining a 400 MB flood took > 1.5 s under load
 UNSAFE_ENV = "NANOCHAT_UNSAFE_SANDBOX"
 SANDBOX_UID = 65534                 # nobody: the uid bwrap maps ours onto in a user namespace
 CALL_OVERHEAD_BYTES = 64 * 1024 ** 2  # a call's budget beyond the program's memory and tmpfs: supervisor, bwrap
@@ -556,13 +558,16 @@ def _run(code, mode, timeout, max_memory_bytes, max_output_bytes, max_file_bytes
         return ExecutionResult(False, error=error)
     data = program + (tests.encode("utf-8", errors="replace") if tests is not None else b"")
     try:
-        outputs, timed_out = _communicate(proc, data, report_r, timeout,
-                                          {"stdout": max_output_bytes, "stderr": max_output_bytes, "report": REPORT_CAP})
+        outputs, timed_out, flooded = _communicate(proc, data, report_r, timeout, {
+            "stdout": max_output_bytes, "stderr": max_output_bytes, "report": REPORT_CAP})
     finally:
         _kill_group(proc)
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     stdout, stderr = (_text(*outputs[name]) for name in ("stdout", "stderr"))
+    if flooded:
+        return ExecutionResult(False, stdout, stderr, error=f"the program wrote more than {FLOOD_BYTES >> 20} MiB "
+                                                            f"of output and was stopped")
     if timed_out:
         return ExecutionResult(False, stdout, stderr, error=f"timed out after {timeout:g} s", timeout=True)
     result = _verdict(outputs["report"][0].decode("utf-8", errors="replace"), proc.returncode, stdout, stderr)
@@ -601,7 +606,8 @@ def _text(data, total):
 
 def _communicate(proc, data, report_fd, timeout, caps):
     """Feed stdin, read stdout/stderr/report until they close or the deadline passes, keeping at
-    most caps[name] bytes of each (the rest is read and dropped). Returns ({name: (bytes, total)}, timed_out)."""
+    most caps[name] bytes of each (the rest is read and dropped), and stop reading once stdout and stderr
+    together pass FLOOD_BYTES. Returns ({name: (bytes, total)}, timed_out, flooded)."""
     deadline = time.monotonic() + timeout
     sel = selectors.DefaultSelector()
     fds = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr", report_fd: "report"}
@@ -647,7 +653,10 @@ def _communicate(proc, data, report_fd, timeout, caps):
                 if room > 0:
                     kept[name] += chunk[:room]
                 totals[name] += len(chunk)
-        if not timed_out:
+            if totals["stdout"] + totals["stderr"] > FLOOD_BYTES:
+                break
+        flooded = totals["stdout"] + totals["stderr"] > FLOOD_BYTES
+        if not timed_out and not flooded:
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.001))
             except subprocess.TimeoutExpired:
@@ -660,7 +669,7 @@ def _communicate(proc, data, report_fd, timeout, caps):
                 f.close()
             except OSError:
                 pass
-    return {name: (bytes(kept[name]), totals[name]) for name in kept}, timed_out
+    return {name: (bytes(kept[name]), totals[name]) for name in kept}, timed_out, flooded
 
 
 def _kill_group(proc):

@@ -87,6 +87,13 @@ def test_output_is_capped():
     assert r.stdout == "a" * 1000 + TRUNCATED and r.stderr == "b" * 1000 + TRUNCATED
 
 
+@needs_sandbox
+def test_a_flood_is_stopped_with_its_own_error():
+    r = execute_code("import sys\nwhile True:\n    sys.stdout.write('a' * 65536)", timeout=30, max_output_bytes=1000)
+    assert not r.success and not r.timeout and "MiB of output" in r.error
+    assert r.stdout == "a" * 1000 + TRUNCATED
+
+
 @pytest.fixture
 def fresh_mode(monkeypatch):
     """sandbox_mode() probed again under the test's conditions, and again after it."""

@@ -158,7 +158,7 @@ CASES = [
     ("flood_report_400mb", f"import posix\nb = b'x' * (1 << 20)\nfor _ in range({FLOOD >> 20}):\n"
                            "    for fd in range(3, 8):\n        try:\n            posix.write(fd, b)\n"
                            "        except OSError:\n            pass\nposix._exit(0)", "error"),
-    ("flood_print_forever", "while True:\n    print('x' * 1000)", "timeout"),
+    ("flood_print_forever", "while True:\n    print('x' * 1000)", "error"),
     ("fork_bomb", "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass", "timeout"),
     ("fork_bomb_subprocess", "import importlib, subprocess; importlib.reload(subprocess)\n"
                              "procs = [subprocess.Popen(['sleep', 'MARKER']) for _ in range(1000)]", "error"),
