@@ -3,18 +3,20 @@
 # surface (every letter one BPE token), pretrained through the normal path, against a text-only model at
 # the same text tokens and a task-only model at the same task tokens. All three arms use the recipe the
 # depth A/Bs chose for reasoning (base_train's defaults with one block per stage) and one 4096-token
-# tokenizer trained on the mixture.
+# tokenizer trained on the mixture. The arm cur is a curriculum: the mixture's steps, started from the
+# task arm's checkpoint of the same seed (the task first, then text and task together).
 #
 #   bash runs/mixture_cpu.sh                     # arms mix, text, task; seeds 42 and 7
 #   ARMS=mix SEEDS=42 bash runs/mixture_cpu.sh
+#   ARMS="task cur" SEEDS=42 bash runs/mixture_cpu.sh   # the curriculum (needs the task arm first)
 #   DRY_RUN=1 bash runs/mixture_cpu.sh           # print every command
 #
-# Then, per seed: the mix and task arms through depth_eval (accuracy by depth x r, adaptive exit), the
-# mix arm's iterations per token by kind (dev/depth_by_kind.py: text, table and answer tokens, at the
+# Then, per seed: the mix, cur and task arms through depth_eval (accuracy by depth x r, adaptive exit), the
+# mix and cur arms' iterations per token by kind (dev/depth_by_kind.py: text, table and answer tokens, at the
 # serving default exit and at KL), and one figure of the per-token depth along a paragraph of text followed
 # by a depth-8 problem (dev/token_depths.py). Everything lands in NANOCHAT_BASE_DIR (out/mix).
 #
-# Settings (environment): ARMS (mix text task), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
+# Settings (environment): ARMS (mix text task; cur on request), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
 # repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION (0.5: the task's share of the training
 # bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token table, as the task-only runs' rows
 # do; at 256 a row holds up to four tables with the same letters, and the mixture learned no lookup; 8192 tokens a
@@ -39,7 +41,7 @@ if [ -z "${TEXT_DIR:-}" ]; then
     [ -d ../shared/data/pretrain ] && TEXT_DIR=$(cd ../shared/data/pretrain && pwd)
 fi
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
-for arm in $ARMS; do [[ $arm =~ ^(mix|text|task)$ ]] || die "ARMS: unknown arm '$arm' (expected mix, text, task)"; done
+for arm in $ARMS; do [[ $arm =~ ^(mix|text|task|cur)$ ]] || die "ARMS: unknown arm '$arm' (expected mix, text, task, cur)"; done
 [[ $STEPS =~ ^[1-9][0-9]*$ ]] || die "STEPS: '$STEPS' is not a positive integer"
 [[ $CHUNK =~ ^[0-9]+$ ]] || die "CHUNK: '$CHUNK' is not a number of characters"
 [[ $SEQ_LEN =~ ^[1-9][0-9]*$ ]] && [ $((8192 % SEQ_LEN)) = 0 ] || die "SEQ_LEN: '$SEQ_LEN' must divide 8192 (tokens a step)"
@@ -82,21 +84,26 @@ PROBLEM=$(python -c "import json; p = json.loads(open('$B/data/test_d8.jsonl').r
 for seed in $SEEDS; do
     for arm in $ARMS; do
         tag=${arm}_s$seed
+        init=()
         case $arm in
             mix) data=$B/data steps=$STEPS ;;
+            cur) data=$B/data steps=$STEPS init=(--init-from "$B/base_checkpoints/task_s$seed") ;;
             text) data=$B/text steps=$TEXT_STEPS ;;
             task) data=$B/task steps=$TASK_STEPS ;;
         esac
         if compgen -G "$B/base_checkpoints/$tag/step_*/meta.json" >/dev/null; then
             echo "skip training $tag: it already has a checkpoint"
         else
+            [ $arm = cur ] && need_checkpoint "$B/base_checkpoints/task_s$seed" \
+                "the curriculum starts from the task arm's checkpoint: run ARMS=\"task cur\""
             run python -m scripts.base_train "${COMMON[@]}" --num-iterations "$steps" --data-dir "$data" --seed "$seed" \
-                --model-tag "$tag"
+                "${init[@]}" --model-tag "$tag"
+            will_make "$B/base_checkpoints/$tag"
         fi
         [ $arm = text ] && continue
         [ -e "$B/depth_eval_$tag.md" ] || run python -m scripts.depth_eval --model-tags "$tag" --data-dir "$B/data" \
             --recur 1,2,4,8,16,32 --max-problems "$EVAL_PROBLEMS" --out "$B/depth_eval_$tag"
-        [ $arm = mix ] || continue
+        [ $arm = task ] && continue
         for exit in "state 0.3" "kl 0.001"; do
             read -r criterion threshold <<<"$exit"
             out=$B/depth_by_kind_${tag}_$criterion.md

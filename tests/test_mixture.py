@@ -107,6 +107,13 @@ def test_mixture_cpu_dry_run(tmp_path):
     assert "--num-iterations 1000" in trains[0] and "--num-iterations TEXT_STEPS" in trains[1] and "TASK_STEPS" in trains[2]
     assert [c.split("--model-tags ")[1].split()[0] for c in cmds if "depth_eval" in c] == ["mix_s1", "task_s1"]
     assert sum("dev.depth_by_kind" in c for c in cmds) == 2 and sum("dev.token_depths" in c for c in cmds) == 2
+    _, cur = dry_run("mixture_cpu.sh", {**env, "ARMS": "task cur"})
+    trains = [c for c in cur if "scripts.base_train" in c]
+    assert "--model-tag task_s1" in trains[0] and "--num-iterations 1000" in trains[1]
+    assert trains[1].endswith("--init-from " + str(tmp_path / "base" / "base_checkpoints" / "task_s1") + " --model-tag cur_s1")
+    assert sum("dev.depth_by_kind" in c for c in cur) == 2 and sum("depth_eval" in c for c in cur) == 2
+    alone, _ = dry_run("mixture_cpu.sh", {**env, "ARMS": "cur"})
+    assert alone.returncode != 0 and "the curriculum starts from the task arm" in alone.stderr
     _, wide = dry_run("mixture_cpu.sh", {**env, "SEQ_LEN": "256", "CHUNK": "900"})
     assert "--steps 1000 --batch 32 --seq-len 256" in wide[4] and "--text-chunk-chars 900" in wide[1]
     for bad, message in (({"ARMS": "big"}, "unknown arm 'big'"), ({"STEPS": "0"}, "STEPS: '0'"),
