@@ -64,24 +64,48 @@ GREEDY_BELOW = 1e-3     # temperatures under this sample greedily (logits / 1e-4
 
 
 def sample_next_token(logits, rng, temperature=1.0, top_k=None, top_p=None):
-    """(B, V) fp32 logits -> (B,) token ids. temperature 0 (or under GREEDY_BELOW) is argmax;
-    top_k samples among the k most likely tokens; top_p (nucleus) among the most likely tokens
-    whose probabilities first reach p (the most likely always stays); rng is a torch.Generator on
-    the logits' device."""
-    if temperature < GREEDY_BELOW:
+    """(B, V) fp32 logits -> (B,) token ids, every row with the same settings and generator.
+    temperature 0 (or under GREEDY_BELOW) is argmax; top_k samples among the k most likely tokens;
+    top_p (nucleus) among the most likely tokens whose probabilities first reach p (the most likely
+    always stays); rng is a torch.Generator on the logits' device."""
+    B = logits.size(0)
+    return sample_rows(logits, [rng] * B, [temperature] * B, [top_k] * B, [top_p] * B)
+
+
+def sample_rows(logits, rngs, temperatures, top_ks, top_ps):
+    """(B, V) fp32 logits and each row's generator and settings -> (B,) token ids, with one top-k and
+    one softmax for the whole batch. A row draws one uniform number from its own generator and inverts
+    the CDF of its kept tokens in vocabulary order, so its token depends on its logits and seed, not on
+    the rows beside it; a greedy row draws nothing."""
+    B, V = logits.shape
+    greedy = [t < GREEDY_BELOW for t in temperatures]
+    if all(greedy):
         return logits.argmax(dim=-1)
-    if top_k is not None and top_k > 0:
-        values, ids = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1)  # (B, k), sorted
-    elif top_p is not None and top_p < 1:
-        values, ids = torch.sort(logits, dim=-1, descending=True)
-    else:
-        return torch.multinomial(F.softmax(logits / temperature, dim=-1), 1, generator=rng).squeeze(-1)
-    probs = F.softmax(values / temperature, dim=-1)
-    if top_p is not None and top_p < 1:
-        before = probs.cumsum(dim=-1) - probs  # the mass of the tokens more likely than each
-        probs = probs.masked_fill(before >= top_p, 0.0)
-    choice = torch.multinomial(probs, 1, generator=rng)
-    return ids.gather(-1, choice).squeeze(-1)
+    ks = [min(k, V) if k is not None and k > 0 else V for k in top_ks]
+    ps = [p if p is not None and p < 1 else 1.0 for p in top_ps]
+    device = logits.device
+    temps = torch.tensor([1.0 if g else t for g, t in zip(greedy, temperatures)], device=device)
+    scaled = logits / temps.unsqueeze(1)
+    if min(ks) < V or min(ps) < 1:  # the kept tokens: rank < k, then the nucleus among them
+        values, ids = torch.topk(scaled, max(ks), dim=-1)
+        keep = torch.arange(values.size(1), device=device) < torch.tensor(ks, device=device).unsqueeze(1)
+        if min(ps) < 1:
+            probs = F.softmax(values.masked_fill(~keep, float("-inf")), dim=-1)
+            before = probs.cumsum(dim=-1) - probs  # the mass of the tokens more likely than each
+            keep &= before < torch.tensor(ps, device=device).unsqueeze(1)
+        kept = torch.zeros_like(scaled, dtype=torch.bool).scatter_(1, ids, keep)
+        scaled = scaled.masked_fill(~kept, float("-inf"))
+    cdf = F.softmax(scaled, dim=-1).cumsum(dim=-1)
+    u = torch.stack([torch.zeros((), device=device) if g else torch.rand((), generator=rng, device=device)
+                     for g, rng in zip(greedy, rngs)])
+    # the first token whose cumulative mass passes u of the row's total: never a dropped token (should
+    # u * total round up to the total, the last kept token: the first where the CDF reaches it)
+    total = cdf[:, -1:]
+    last = (cdf < total).sum(dim=-1, keepdim=True)
+    drawn = torch.minimum(torch.searchsorted(cdf, u.unsqueeze(1) * total, right=True), last).squeeze(1)
+    if any(greedy):
+        drawn = torch.where(torch.tensor(greedy, device=device), logits.argmax(dim=-1), drawn)
+    return drawn
 
 
 @dataclass
@@ -476,7 +500,7 @@ class Scheduler:
         if not ready:
             return
         # greedy rows without penalties (evals, RL's references, benchmarks): one argmax for all of
-        # them; the others draw each from its own generator, so a seed reproduces its row alone
+        # them; the others in one batched draw, each row from its own generator, so a seed reproduces its row alone
         greedy = [row.req.temperature < GREEDY_BELOW and row.counts is None for row in ready]
         picked = {}
         if any(greedy):
@@ -484,8 +508,8 @@ class Scheduler:
             picked.update(zip(map(id, rows), torch.cat([row.logits for row in rows]).argmax(dim=-1).tolist()))
         if not all(greedy):
             rows = [row for row, g in zip(ready, greedy) if not g]
-            drawn = torch.stack([sample_next_token(row.penalized(row.logits), row.rng, row.req.temperature, row.req.top_k,
-                                                   row.req.top_p)[0] for row in rows]).tolist()
+            drawn = sample_rows(torch.cat([row.penalized(row.logits) for row in rows]), [row.rng for row in rows],
+                                *zip(*((row.req.temperature, row.req.top_k, row.req.top_p) for row in rows))).tolist()
             picked.update(zip(map(id, rows), drawn))
         for row in ready:
             self._advance(row, picked[id(row)])

@@ -14,7 +14,7 @@ import torch
 
 from nanochat.checkpoint_manager import save_checkpoint
 from nanochat.engine import Engine
-from nanochat.scheduler import sample_next_token
+from nanochat.scheduler import sample_next_token, sample_rows
 from nanochat.gpt import GPT
 from nanochat.kv_cache import KVCache
 from tests.test_gpt import build, tiny, tokens
@@ -397,6 +397,31 @@ def test_chat_cli_context_overflow_is_one_clear_message(tokenizer, tmp_path):
     one_shot = run_cli(tmp_path, "-p", too_long, "--max-new-tokens", "6")
     assert one_shot.returncode == 2 and one_shot.stderr.startswith("error: this question is"), one_shot.stderr
     assert one_shot.stderr.count("\n") == 1 and "Traceback" not in one_shot.stderr
+
+
+def test_sample_rows_draws_each_row_as_if_alone_and_with_its_distribution():
+    """The batched draw: each row's token is the one it draws alone with its own seed and settings,
+    whatever the rows beside it ask; a greedy row leaves its generator untouched; the frequencies
+    follow the softmax of the kept tokens."""
+    torch.manual_seed(0)
+    logits = torch.randn(5, 50)
+    settings = [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8), (0.0, None, None), (2.0, 3, 0.5)]
+    for seed in range(20):
+        rngs = [torch.Generator().manual_seed(seed * 10 + i) for i in range(5)]
+        together = sample_rows(logits, rngs, *zip(*settings))
+        for i, (t, k, p) in enumerate(settings):
+            alone = sample_rows(logits[i:i + 1], [torch.Generator().manual_seed(seed * 10 + i)], [t], [k], [p])
+            assert together[i] == alone[0], (seed, i)
+        untouched = torch.Generator().manual_seed(seed * 10 + 3)
+        assert torch.equal(rngs[3].get_state(), untouched.get_state())  # the greedy row drew nothing
+        assert together[3] == logits[3].argmax()
+    # frequencies: temperature 0.5 over the top 3 of [2, 1, 0, -1]
+    n, rng = 20000, torch.Generator().manual_seed(1)
+    row = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    drawn = torch.stack([sample_rows(row, [rng], [0.5], [3], [None])[0] for _ in range(n)])
+    want = torch.softmax(torch.tensor([2.0, 1.0, 0.0]) / 0.5, dim=0)
+    got = torch.bincount(drawn, minlength=4).float() / n
+    assert got[3] == 0 and torch.allclose(got[:3], want, atol=0.01), (got, want)
 
 
 def test_tiny_temperature_samples_greedily():
