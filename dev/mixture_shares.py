@@ -17,15 +17,19 @@ from nanochat.dataloader import DataLoader
 from nanochat.tokenizer import get_tokenizer
 
 
-def count_kinds(row, bos, task_first):
+def count_kinds(row, bos, task_first, line_ends=frozenset()):
     """(text tokens, task tokens) among the targets of one packed row of T + 1 tokens (it starts
-    with BOS): a document runs from its BOS to the next, and is a task document if the token
-    after its BOS is task_first. BOS targets are counted in neither."""
+    with BOS): a document runs from its BOS to the next, and its problem starts at a task_first
+    token right after its BOS or after a token that ends a line (a problem joined after text,
+    make_mixture --join-share; BPE merges the break with what precedes it, as ".\\n"), which is
+    text. BOS targets are counted in neither."""
     text = task = 0
     is_task = False
     for j, t in enumerate(row):
-        if t == bos:
+        if t == bos or (t in line_ends and not is_task):
             is_task = j + 1 < len(row) and row[j + 1] == task_first
+            if t != bos:
+                text += 1
         elif j > 0:
             text, task = (text, task + 1) if is_task else (text + 1, task)
     return text, task
@@ -41,12 +45,13 @@ def main():
     tokenizer = get_tokenizer()
     task_first = tokenizer.encode(" a")
     assert len(task_first) == 1, "the tokenizer splits ' a': the task's spaced letters must be one token each"
+    line_ends = {i for i in range(tokenizer.get_vocab_size()) if tokenizer.decode([i]).endswith("\n")}
     loader = DataLoader(tokenizer, args.data_dir, "train", args.batch, args.seq_len)
     text = task = 0
     for _ in range(args.steps):
         inputs, targets = loader.next_batch()
         for row in torch.cat([inputs[:, :1], targets], 1).tolist():
-            a, b = count_kinds(row, tokenizer.get_bos_token_id(), task_first[0])
+            a, b = count_kinds(row, tokenizer.get_bos_token_id(), task_first[0], line_ends)
             text, task = text + a, task + b
     total = text + task
     print(f"{args.steps} steps x {args.batch} x {args.seq_len}: text {text:,} tokens ({text / total:.1%}), "

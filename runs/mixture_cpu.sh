@@ -16,7 +16,10 @@
 # serving default exit and at KL), and one figure of the per-token depth along a paragraph of text followed
 # by a depth-8 problem (dev/token_depths.py). Everything lands in NANOCHAT_BASE_DIR (out/mix).
 #
-# Settings (environment): ARMS (mix text task; cur on request), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
+# Settings (environment): ARMS (mix text task; cur on request), JOIN (0: the share of the mixture's problems
+# that follow the tail of a text piece in one document, make_mixture --join-share; above 0 the mix and cur
+# arms read $NANOCHAT_BASE_DIR/data_join<JOIN> and are tagged <arm>_join<JOIN>_s<seed>, the tokenizer and
+# the other arms stay those of the plain mixture), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
 # repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION (0.5: the task's share of the training
 # bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token table, as the task-only runs' rows
 # do; at 256 a row holds up to four tables with the same letters, and the mixture learned no lookup; 8192 tokens a
@@ -32,6 +35,7 @@ ARMS=${ARMS:-mix text task}
 SEEDS=${SEEDS:-42 7}
 FRACTION=${FRACTION:-0.5}
 SEQ_LEN=${SEQ_LEN:-128}
+JOIN=${JOIN:-0}
 CHUNK=${CHUNK:-400}
 STEPS=${STEPS:-1000}
 EVAL_PROBLEMS=${EVAL_PROBLEMS:-100}
@@ -42,6 +46,7 @@ if [ -z "${TEXT_DIR:-}" ]; then
 fi
 for seed in $SEEDS; do [[ $seed =~ ^[0-9]+$ ]] || die "SEEDS: '$seed' is not a non-negative integer"; done
 for arm in $ARMS; do [[ $arm =~ ^(mix|text|task|cur)$ ]] || die "ARMS: unknown arm '$arm' (expected mix, text, task, cur)"; done
+[[ $JOIN =~ ^(0|0?\.[0-9]+|1)$ ]] || die "JOIN: '$JOIN' is not a share in [0, 1]"
 [[ $STEPS =~ ^[1-9][0-9]*$ ]] || die "STEPS: '$STEPS' is not a positive integer"
 [[ $CHUNK =~ ^[0-9]+$ ]] || die "CHUNK: '$CHUNK' is not a number of characters"
 [[ $SEQ_LEN =~ ^[1-9][0-9]*$ ]] && [ $((8192 % SEQ_LEN)) = 0 ] || die "SEQ_LEN: '$SEQ_LEN' must divide 8192 (tokens a step)"
@@ -66,11 +71,20 @@ for folder in data text; do
     will_make "$B/$folder"
 done
 [ -e "$B/tokenizer" ] || run python -m scripts.tok_train --data-dir "$B/data" --vocab-size 4096
+MIX=$B/data SUFFIX=
+if [ "$JOIN" != 0 ]; then
+    MIX=$B/data_join$JOIN SUFFIX=_join$JOIN
+    if [ ! -e "$MIX" ]; then
+        run python -m dev.make_mixture --text-dir "$TEXT_DIR" --task-dir "$B/task" --task-fraction "$FRACTION" \
+            --text-chunk-chars "$CHUNK" --join-share "$JOIN" --out "$MIX"
+        will_make "$MIX"
+    fi
+fi
 if dry; then
     TEXT_STEPS=TEXT_STEPS TASK_STEPS=TASK_STEPS  # counted by the step printed just before
-    run python -m dev.mixture_shares --data-dir "$B/data" --steps "$STEPS" --batch $ROWS --seq-len $T
+    run python -m dev.mixture_shares --data-dir "$MIX" --steps "$STEPS" --batch $ROWS --seq-len $T
 else
-    shares=$(python -m dev.mixture_shares --data-dir "$B/data" --steps "$STEPS" --batch $ROWS --seq-len $T)
+    shares=$(python -m dev.mixture_shares --data-dir "$MIX" --steps "$STEPS" --batch $ROWS --seq-len $T)
     echo "$shares"
     TEXT_STEPS=$(sed -n 's/.*text-only \([0-9]*\) steps.*/\1/p' <<<"$shares")
     TASK_STEPS=$(sed -n 's/.*task-only \([0-9]*\) steps.*/\1/p' <<<"$shares")
@@ -84,10 +98,11 @@ PROBLEM=$(python -c "import json; p = json.loads(open('$B/data/test_d8.jsonl').r
 for seed in $SEEDS; do
     for arm in $ARMS; do
         tag=${arm}_s$seed
+        [[ $arm =~ ^(mix|cur)$ ]] && tag=${arm}${SUFFIX}_s$seed
         init=()
         case $arm in
-            mix) data=$B/data steps=$STEPS ;;
-            cur) data=$B/data steps=$STEPS init=(--init-from "$B/base_checkpoints/task_s$seed") ;;
+            mix) data=$MIX steps=$STEPS ;;
+            cur) data=$MIX steps=$STEPS init=(--init-from "$B/base_checkpoints/task_s$seed") ;;
             text) data=$B/text steps=$TEXT_STEPS ;;
             task) data=$B/task steps=$TASK_STEPS ;;
         esac
@@ -110,7 +125,7 @@ for seed in $SEEDS; do
             [ -e "$out" ] || run python -m dev.depth_by_kind --model-tag "$tag" --data-dir "$B/data" \
                 --problems "$EVAL_PROBLEMS" --criterion "$criterion" --threshold "$threshold" --out "$out"
             png=$B/token_depths_${tag}_$criterion.png
-            [ -e "$png" ] || run python -m dev.token_depths --model-tag "$tag" --segment "text=$PARAGRAPH" \
+            [ -e "$png" ] || run python -m dev.token_depths --model-tag "$tag" --segment "text=$PARAGRAPH"$'\n' \
                 --segment "table=${PROBLEM% | *} |" --segment "query= ${PROBLEM##* | }" --criterion "$criterion" \
                 --threshold "$threshold" --out "$png"
         done

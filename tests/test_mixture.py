@@ -89,6 +89,24 @@ def test_packed_rows_are_counted_by_kind():
     row = [BOS, 5, 6, 8, BOS, A, 9, 9, BOS, 4]  # text (3 targets), task (3), text (1)
     assert count_kinds(row, BOS, A) == (4, 3)
     assert count_kinds([BOS, A, 1, 2, BOS], BOS, A) == (0, 3)
+    NL = 3  # a problem joined after text: the line break and what precedes it are text
+    assert count_kinds([BOS, 5, 6, NL, A, 9, NL, 9, BOS, 5, NL, 4], BOS, A, {NL}) == (6, 4)
+
+
+def test_join_puts_problems_after_text_tails_and_keeps_every_byte():
+    from dev.make_mixture import JOIN_CHARS, join
+    texts = [f"w{i} " * 80 for i in range(10)]
+    tasks = [f" a b c d | a{i}" for i in range(8)]
+    heads, joined = join(texts, tasks, 0.5, seed=0)
+    after = [d for d in joined if "\n" in d]
+    assert len(after) == 4 and joined[4:] == tasks[4:]
+    assert all(d.endswith("\n" + t) and len(d) - len(t) - 1 <= JOIN_CHARS for d, t in zip(after, tasks))
+    tails = [d.split("\n")[0] for d in after]
+    whole = [h for h in heads if h in texts]
+    assert len(whole) == 6 and len(heads) == 10  # 4 donors, each leaving its head
+    donors = sorted(set(texts) - set(whole))
+    assert sorted(h + t for h in heads if h not in whole for t in tails if h + t in texts) == donors
+    assert all(t and t[0] != " " for t in tails)  # cut at a space: the tail starts on a word
 
 
 def test_mixture_cpu_dry_run(tmp_path):
@@ -112,6 +130,10 @@ def test_mixture_cpu_dry_run(tmp_path):
     assert "--model-tag task_s1" in trains[0] and "--num-iterations 1000" in trains[1]
     assert trains[1].endswith("--init-from " + str(tmp_path / "base" / "base_checkpoints" / "task_s1") + " --model-tag cur_s1")
     assert sum("dev.depth_by_kind" in c for c in cur) == 2 and sum("depth_eval" in c for c in cur) == 2
+    _, joined = dry_run("mixture_cpu.sh", {**env, "ARMS": "task cur", "JOIN": "0.5"})
+    assert "--join-share 0.5 --out " + str(tmp_path / "base" / "data_join0.5") in joined[4]
+    assert "--data-dir " + str(tmp_path / "base" / "data_join0.5") in [c for c in joined if "mixture_shares" in c][0]
+    assert [c.split("--model-tag ")[1] for c in joined if "scripts.base_train" in c] == ["task_s1", "cur_join0.5_s1"]
     alone, _ = dry_run("mixture_cpu.sh", {**env, "ARMS": "cur"})
     assert alone.returncode != 0 and "the curriculum starts from the task arm" in alone.stderr
     _, wide = dry_run("mixture_cpu.sh", {**env, "SEQ_LEN": "256", "CHUNK": "900"})
