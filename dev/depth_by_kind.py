@@ -29,6 +29,7 @@ import torch
 from dev.token_depths import decode_with_exit
 from nanochat import errors
 from nanochat.checkpoint_manager import load_model
+from nanochat.kv_cache import EXIT_CRITERIA
 from tasks import pointer_chase
 
 
@@ -96,7 +97,7 @@ def main():
     parser.add_argument("--text-docs", type=int, default=32, help="validation documents")
     parser.add_argument("--text-tokens", type=int, default=128, help="positions of each validation document")
     parser.add_argument("--cap", type=int, default=32, help="most iterations per position")
-    parser.add_argument("--criterion", type=str, default="state", choices=["kl", "state"], help="exit criterion")
+    parser.add_argument("--criterion", type=str, default="state", choices=EXIT_CRITERIA, help="exit criterion (nanochat/kv_cache.py)")
     parser.add_argument("--threshold", type=float, default=0.3, help="exit threshold")
     parser.add_argument("--out", type=str, default="", help="also write the table to this markdown file")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ import statistics
 import torch
 
 from nanochat.checkpoint_manager import load_model
-from nanochat.kv_cache import KVCache
+from nanochat.kv_cache import EXIT_CRITERIA, KVCache
 
 COLOURS = ["#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#937860"]
 
@@ -82,7 +82,7 @@ def main():
     parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder (empty = the most recent)")
     parser.add_argument("--segment", action="append", required=True, help="NAME=TEXT, in order (repeat the flag)")
     parser.add_argument("--cap", type=int, default=32, help="most iterations per position")
-    parser.add_argument("--criterion", type=str, default="kl", choices=["kl", "state"], help="exit criterion")
+    parser.add_argument("--criterion", type=str, default="kl", choices=EXIT_CRITERIA, help="exit criterion (nanochat/kv_cache.py)")
     parser.add_argument("--threshold", type=float, default=1e-3, help="exit threshold")
     parser.add_argument("--out", type=str, required=True, help="PNG path")
     args = parser.parse_args()

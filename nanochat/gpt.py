@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from nanochat import flash_attention
 from nanochat.common import COMPUTE_DTYPE
+from nanochat.kv_cache import KL_EVERY, KL_PER_STATE
 from nanochat.optim import MuonAdamW, OptimizerSpec
 from nanochat.recurrence import resolve_r
 
@@ -548,7 +549,8 @@ class GPT(nn.Module):
         token starts from the previous token's final state) and exit_criterion (each token
         stops iterating once the change between successive iterations falls under
         exit_threshold: "kl" of the next-token distributions, which runs the coda and head
-        every iteration, or "state", the relative change of s). A token that stopped keeps its
+        every iteration, "state", the relative change of s, or "state+kl", either of the two
+        with KL every other iteration, kv_cache.KL_EVERY). A token that stopped keeps its
         state; the cache gives its later slots the entries of the last iteration it ran. The
         iterations each token ran are left in cache.depth (B, T)."""
         B, T = idx.shape
@@ -566,21 +568,26 @@ class GPT(nn.Module):
             e = block(e, cos_sin, kv=kv)
         warm = cache.warm_start and T == 1 and cache.state is not None
         s = cache.selected_state().unsqueeze(1) if warm else self._init_state(e, generator, pos)
-        criterion, active, logits, logp = cache.exit_criterion, None, None, None
+        criterion, active, logits, logp, fresh = cache.exit_criterion, None, None, None, False
+        by_state, kl_every = criterion in ("state", "state+kl"), KL_EVERY.get(criterion)
+        kl_threshold = cache.exit_threshold * (KL_PER_STATE if criterion == "state+kl" else 1)
         for it in range(r):
             cache.active = active  # rows that stopped: KVCache.attend keeps their last iteration's entries
             s_new = self._iterate(e, s, cos_sin, ves, cache.recur_layers(it))
             depth += 1 if active is None else active
-            change = None
-            if criterion == "state" and it > 0:
+            going = None  # tokens that go on: every test computed at this iteration says so
+            if by_state and it > 0:
                 change = (s_new - s).float().norm(dim=-1) / s_new.float().norm(dim=-1).clamp_min(1e-12)
+                going = change >= cache.exit_threshold  # threshold 0 never stops a token
             s = s_new if active is None else torch.where(active.unsqueeze(-1), s_new, s)
-            if criterion == "kl":  # KL(p_{i-1} || p_i); a stopped row's logits repeat, its coda entries too
-                prev, logits = logp, self._coda_head(s, cos_sin, cache.coda_layers)
+            fresh = False  # logits hold the coda and head of the current s
+            if kl_every and (it + 1) % kl_every == 0 and (going is None or (going if active is None else going & active).any()):
+                # KL(p_prev || p_now) between checks; a stopped row's logits repeat, its coda entries too
+                prev, logits, fresh = logp, self._coda_head(s, cos_sin, cache.coda_layers), True
                 logp = F.log_softmax(logits, dim=-1)
-                if it > 0:
-                    change = (prev.exp() * (prev - logp)).sum(-1).clamp_min(0)  # (B, T)
-            going = None if change is None else change >= cache.exit_threshold  # threshold 0 never stops a token
+                if prev is not None:
+                    more = (prev.exp() * (prev - logp)).sum(-1).clamp_min(0) >= kl_threshold  # (B, T)
+                    going = more if going is None else going & more
             if cache.caps is not None and it + 1 < r:  # rows of a served batch: each stops at its own r
                 capped = (it + 1 < cache.caps).expand(B, T)
                 going = capped if going is None else going & capped
@@ -589,7 +596,7 @@ class GPT(nn.Module):
                 if not active.any():
                     break
         cache.end(s[:, -1], depth, it + 1)
-        if logits is None:
+        if not fresh:
             return self._coda_head(s, cos_sin, cache.coda_layers, at)
         return logits if at is None else logits[torch.arange(B, device=logits.device), at].unsqueeze(1)
 

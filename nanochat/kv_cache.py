@@ -49,12 +49,20 @@ from nanochat import flash_attention
 from nanochat.common import COMPUTE_DTYPE
 
 MODES = ("exact", "shared")
-EXIT_CRITERIA = ("kl", "state")
+EXIT_CRITERIA = ("kl", "state", "state+kl")
 # the chat surfaces' default (chat_web, chat_cli) and a threshold for each criterion, chosen by
 # BENCHMARKS.md, "Adaptive exit criteria": the state change is free to compute, KL runs the coda and
 # head at every iteration (slower than fixed r) but stops reasoning at the answer more reliably
 DEFAULT_EXIT_CRITERION = "state"
-SUGGESTED_THRESHOLD = {"state": 0.3, "kl": 1e-3}
+SUGGESTED_THRESHOLD = {"state": 0.3, "kl": 1e-3, "state+kl": 0.3}
+# "state+kl": a token stops when either test passes: the state change (every iteration, free) under
+# the threshold, or KL under threshold * KL_PER_STATE, computed only every KL_EVERY iterations (against
+# the distribution of the previous check) and only while some token is still going, so it costs a
+# fraction of the coda and head that "kl" runs at every iteration. KL catches an answer that has settled
+# while the state still moves (a state exit alone can then iterate past it); the ratio makes the
+# suggested 0.3 mean KL < 1e-3, and keeps one number a request can set (0 still never stops a token).
+KL_EVERY = {"kl": 1, "state+kl": 2}
+KL_PER_STATE = SUGGESTED_THRESHOLD["kl"] / SUGGESTED_THRESHOLD["state"]
 
 
 class _Slot:
@@ -84,9 +92,10 @@ class KVCache:
     Options: mode "exact" | "shared" (module docstring); max_r the most iterations a forward
     may run (exact mode keeps a slot for each); warm_start: a lone new token starts from the
     previous token's final state instead of init_state (Huginn's "continuous compute"; a
-    prefill starts as in training); exit_criterion None | "kl" | "state" with exit_threshold
-    >= 0: a token stops after iteration i >= 2 once the change from iteration i-1 is below the
-    threshold (threshold 0 never stops, so it computes exactly the fixed-r function)."""
+    prefill starts as in training); exit_criterion None | "kl" | "state" | "state+kl" with
+    exit_threshold >= 0: a token stops after iteration i >= 2 once the change from iteration i-1 is
+    below the threshold ("state+kl": see KL_EVERY; threshold 0 never stops, so it computes exactly
+    the fixed-r function)."""
 
     def __init__(self, model, batch_size, max_len, max_r=1, mode="exact", warm_start=False,
                  exit_criterion=None, exit_threshold=0.0, device=None, dtype=COMPUTE_DTYPE):
@@ -149,7 +158,7 @@ class KVCache:
         """The next forwards compute rows lo..hi-1 of this cache only. caps: None or one int per
         selected row, its own iteration count (the forward's r must be their max; a row reaching
         its cap stops as an adaptive exit would, so it computes its fixed-r function).
-        exit_criterion None | "kl" | "state" with thresholds, one float >= 0 per selected row
+        exit_criterion None or one of EXIT_CRITERIA with thresholds, one float >= 0 per selected row
         (these replace the exit options the cache was built with)."""
         assert 0 <= lo < hi <= self.batch_size, f"select({lo}, {hi}) in a cache of {self.batch_size} rows"
         assert exit_criterion is None or exit_criterion in EXIT_CRITERIA, exit_criterion

@@ -33,7 +33,7 @@ from nanochat import errors
 from nanochat.checkpoint_manager import build_model, find_checkpoint_dir
 from nanochat.common import compute_init, print0
 from nanochat.engine import Engine
-from nanochat.kv_cache import KVCache
+from nanochat.kv_cache import EXIT_CRITERIA, KVCache
 from nanochat.recurrence import parse_recur_list
 from nanochat.tokenizer import get_tokenizer
 from tasks import copy_chase, pointer_chase, var_chase
@@ -46,7 +46,8 @@ parser.add_argument("--task", type=str, default="pointer_chase", help=f"the task
 parser.add_argument("--model-tags", type=str, required=True, help="folders under base_checkpoints, comma-separated")
 parser.add_argument("--data-dir", type=str, required=True, help="folder holding test_d<depth>.jsonl")
 parser.add_argument("--recur", type=str, default="1,2,4,8,16,32", help="r values for looped models, comma-separated")
-parser.add_argument("--exit-criterion", type=str, default="kl", choices=["kl", "state", "none"], help="adaptive exit criterion (none = skip)")
+parser.add_argument("--exit-criterion", type=str, default="kl", choices=[*EXIT_CRITERIA, "none"],
+                    help="adaptive exit criterion (nanochat/kv_cache.py; none = skip)")
 parser.add_argument("--exit-threshold", type=float, default=1e-3, help="stop once the change between iterations is below this")
 parser.add_argument("--exit-cap", type=int, default=32, help="most iterations under adaptive exit")
 parser.add_argument("--max-problems", type=int, default=-1, help="problems per depth (-1 = all)")

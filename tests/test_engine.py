@@ -16,7 +16,8 @@ from nanochat.checkpoint_manager import save_checkpoint
 from nanochat.engine import Engine
 from nanochat.scheduler import sample_next_token, sample_rows
 from nanochat.gpt import GPT
-from nanochat.kv_cache import KVCache
+from nanochat import gpt as gpt_module
+from nanochat.kv_cache import EXIT_CRITERIA, KL_EVERY, KVCache
 from tests.test_gpt import build, tiny, tokens
 
 ATOL = 1e-5  # cached vs full forward, fp32 logits of magnitude up to softcap = 15 (measured ~1.5e-6)
@@ -170,7 +171,7 @@ def test_cache_rejects_bad_use():
 # -----------------------------------------------------------------------------
 # adaptive exit and warm start
 
-@pytest.mark.parametrize("criterion", ["kl", "state"])
+@pytest.mark.parametrize("criterion", EXIT_CRITERIA)
 @torch.no_grad()
 def test_adaptive_threshold_zero_is_fixed_r(criterion):
     model = looped(init_state="randn")
@@ -219,6 +220,34 @@ def test_adaptive_exit_depths_and_cache_rule():
     model(idx[:, :8], r=r, kv_cache=cache)
     model(idx[:, 8:9], r=r, kv_cache=cache)
     assert cache.depth.tolist() == [[2]] * 3
+
+
+@torch.no_grad()
+def test_state_kl_exit_stops_at_the_first_test_that_passes(monkeypatch):
+    """"state+kl" stops a token where the state test alone would, or earlier, at the first KL check
+    (every KL_EVERY iterations, against the previous check's distribution) under threshold *
+    KL_PER_STATE. The last token decodes after a prefill at the cap, so its distribution after i
+    iterations is its decode at a fixed r = i; the ratio is set so that KL stops one row first."""
+    model = looped()
+    r, idx, threshold, k = 8, tokens(3, 12), 0.01, KL_EVERY["state+kl"]
+    monkeypatch.setattr(gpt_module, "KL_PER_STATE", 0.25)  # KL < 2.5e-3
+
+    def decode_last(r_last, criterion=None):
+        cache = KVCache(model, 3, 12, max_r=r, exit_criterion=criterion, exit_threshold=threshold)
+        cache.exit_criterion = None  # the prefill runs the cap
+        model(idx[:, :-1], r=r, kv_cache=cache)
+        cache.exit_criterion = criterion
+        return torch.log_softmax(model(idx[:, -1:], r=r_last, kv_cache=cache)[:, -1], -1), cache.depth[:, 0].tolist()
+
+    logp = [decode_last(i)[0] for i in range(1, r + 1)]  # after i iterations
+    by_state, both = decode_last(r, "state")[1], decode_last(r, "state+kl")[1]
+    expected = []
+    for b, d in enumerate(by_state):
+        checks = [i for i in range(2 * k, r + 1, k)
+                  if (logp[i - k - 1][b].exp() * (logp[i - k - 1][b] - logp[i - 1][b])).sum() < threshold * 0.25]
+        expected.append(min([d, *checks]))
+    print(f"state {by_state}, state+kl {both}")
+    assert both == expected and both != by_state
 
 
 @torch.no_grad()
