@@ -37,7 +37,8 @@ parser.add_argument("--model-tag", type=str, default="", help="checkpoint folder
 parser.add_argument("--concurrency", type=str, default="1,4,8,16", help="concurrent chats per round, comma-separated")
 parser.add_argument("--max-batch", type=int, default=16, help="the batching server's --max-batch")
 parser.add_argument("--recur", type=int, default=4, help="r (fixed), and the cap under adaptive exit")
-parser.add_argument("--adaptive", type=float, default=1e-2, help="KL exit threshold of the adaptive rounds (-1 = skip them)")
+parser.add_argument("--adaptive", type=float, default=0.3,
+                    help="exit threshold of the adaptive rounds, for chat_web's default criterion (-1 = skip them)")
 parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per reply at most")
 parser.add_argument("--requests-per-chat", type=int, default=3, help="requests each chat sends, one after another")
 parser.add_argument("--repeats", type=int, default=3, help="rounds per setting (spread = min-max over them)")
