@@ -5,7 +5,8 @@ each position ran, split into
 
 - text: positions of validation text documents (the data folder's last shard), cropped to
   --text-tokens;
-- table: the positions of a test problem's table (what the problem states);
+- table: the positions of a test problem's table (what the problem states); the problem follows
+  BOS, or with --prefix the given text in the same row (the page's paragraph, then the problem);
 - answer: the problem's last position, the queried letter, whose iterations produce the answer;
 
 with the table and answer split by test depth (test_d<depth>.jsonl of the data folder, as
@@ -72,17 +73,22 @@ def problems_by_depth(data_dir, limit):
     return dict(sorted(tests.items()))
 
 
-def problem_depths(model, tokenizer, problems, cap, criterion, threshold):
-    """(table depths, answer depths, accuracy) of equal-length problems decoded together."""
+def problem_depths(model, tokenizer, problems, cap, criterion, threshold, prefix=""):
+    """(table depths, answer depths, accuracy) of equal-length problems decoded together, each after
+    BOS and `prefix` (text the problem follows in one document, as a chat page's prompt has it)."""
     device = model.lm_head.weight.device
-    rows = [tokenizer.encode(p["prompt"], prepend=tokenizer.get_bos_token_id()) for p in problems]
+    bos = tokenizer.get_bos_token_id()
+    rows = [tokenizer.encode(prefix + p["prompt"], prepend=bos) for p in problems]
     if len({len(r) for r in rows}) != 1:
         raise errors.UserError("the test prompts of one depth differ in length under this tokenizer: a letter is more "
                                "than one token (the spaced surface keeps one token per letter)")
+    start = 1 + len(tokenizer.encode(prefix)) if prefix else 1
+    if prefix and rows[0][1:start] != tokenizer.encode(prefix):
+        raise errors.UserError("--prefix merges with the problem's first token under this tokenizer: end it with a line break")
     logits, depths = decode_with_exit(model, torch.tensor(rows, device=device), cap, criterion, threshold)
     sep = tokenizer.encode(pointer_chase.spaced(pointer_chase.SEP))[0]
-    first_sep = rows[0].index(sep)  # the table is every position before the separator (BOS excluded)
-    table = depths[:, 1:first_sep].flatten().tolist()
+    first_sep = rows[0].index(sep, start)  # the table is every position from the problem's start to the separator
+    table = depths[:, start:first_sep].flatten().tolist()
     answers = logits[:, -1].argmax(-1).tolist()
     accuracy = statistics.mean(pointer_chase.grade(p, tokenizer.decode([a])) for p, a in zip(problems, answers))
     return table, depths[:, -1].tolist(), accuracy
@@ -99,6 +105,8 @@ def main():
     parser.add_argument("--cap", type=int, default=32, help="most iterations per position")
     parser.add_argument("--criterion", type=str, default="state", choices=EXIT_CRITERIA, help="exit criterion (nanochat/kv_cache.py)")
     parser.add_argument("--threshold", type=float, default=0.3, help="exit threshold")
+    parser.add_argument("--prefix", type=str, default="",
+                        help="text each problem follows in its row, e.g. a paragraph and a line break (default: none, BOS)")
     parser.add_argument("--out", type=str, default="", help="also write the table to this markdown file")
     args = parser.parse_args()
     model, tokenizer, _ = load_model(args.source, args.model_tag)
@@ -107,12 +115,14 @@ def main():
     _, depths = decode_with_exit(model, torch.tensor(text, device=device), args.cap, args.criterion, args.threshold)
     text_depths = depths[:, 1:].flatten().tolist()  # BOS predicts a document's first token: kept out
     text_mean = statistics.mean(text_depths)
-    lines = [f"{args.source}/{args.model_tag}: {args.criterion} < {args.threshold:g}, cap {args.cap}", "",
+    after = f", problems after {args.prefix!r}" if args.prefix else ""
+    lines = [f"{args.source}/{args.model_tag}: {args.criterion} < {args.threshold:g}, cap {args.cap}{after}", "",
              "| tokens | count | mean iterations | median | p90 | accuracy | mean / text mean |",
              "|---|---|---|---|---|---|---|", summary("text", text_depths)]
     print("\n".join(lines), flush=True)
     for depth, problems in problems_by_depth(args.data_dir, args.problems).items():
-        table, answer, accuracy = problem_depths(model, tokenizer, problems, args.cap, args.criterion, args.threshold)
+        table, answer, accuracy = problem_depths(model, tokenizer, problems, args.cap, args.criterion, args.threshold,
+                                                 args.prefix)
         lines += [summary(f"table, depth {depth}", table, text_mean=text_mean),
                   summary(f"answer, depth {depth}", answer, accuracy, text_mean)]
         print("\n".join(lines[-2:]), flush=True)

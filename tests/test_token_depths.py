@@ -53,3 +53,8 @@ def test_depths_split_by_kind_text_table_answer(tmp_path):
     assert len(table) == 4 * 48 and len(answer) == 4 and 0 <= accuracy <= 1  # 24 letters and their parents
     alone = [token_depths(model, tok.encode(p["prompt"], prepend=tok.get_bos_token_id()), 6, "kl", 1e-2) for p in tests[4]]
     assert answer == [d[-1] for d in alone] and table[:48] == alone[0][1:49]
+    prefix = "The river rose in the night.\n"  # a problem after text in its row: the table starts after it
+    table, answer, _ = problem_depths(model, tok, tests[4], cap=6, criterion="kl", threshold=1e-2, prefix=prefix)
+    alone = token_depths(model, tok.encode(prefix + tests[4][0]["prompt"], prepend=tok.get_bos_token_id()), 6, "kl", 1e-2)
+    n = len(tok.encode(prefix))
+    assert len(table) == 4 * 48 and answer[0] == alone[-1] and table[:48] == alone[1 + n:49 + n]
