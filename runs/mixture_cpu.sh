@@ -18,8 +18,9 @@
 #
 # Settings (environment): ARMS (mix text task; cur on request), JOIN (0: the share of the mixture's problems
 # that follow the tail of a text piece in one document, make_mixture --join-share; above 0 the mix and cur
-# arms read $NANOCHAT_BASE_DIR/data_join<JOIN> and are tagged <arm>_join<JOIN>_s<seed>, the tokenizer and
-# the other arms stay those of the plain mixture), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
+# arms read $NANOCHAT_BASE_DIR/data_join<JOIN> and are tagged <arm>_join<JOIN>_s<seed>, as is the text arm,
+# whose steps match the joined mixture's text tokens; the tokenizer stays the plain mixture's, and the task
+# arm keeps its tag: the curriculum's start, trained once, reused by every JOIN), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
 # repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION (0.5: the task's share of the training
 # bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token table, as the task-only runs' rows
 # do; at 256 a row holds up to four tables with the same letters, and the mixture learned no lookup; 8192 tokens a
@@ -98,7 +99,7 @@ PROBLEM=$(python -c "import json; p = json.loads(open('$B/data/test_d8.jsonl').r
 for seed in $SEEDS; do
     for arm in $ARMS; do
         tag=${arm}_s$seed
-        [[ $arm =~ ^(mix|cur)$ ]] && tag=${arm}${SUFFIX}_s$seed
+        [[ $arm =~ ^(mix|cur|text)$ ]] && tag=${arm}${SUFFIX}_s$seed  # text: its steps match the joined mixture's text
         init=()
         case $arm in
             mix) data=$MIX steps=$STEPS ;;

@@ -130,10 +130,11 @@ def test_mixture_cpu_dry_run(tmp_path):
     assert "--model-tag task_s1" in trains[0] and "--num-iterations 1000" in trains[1]
     assert trains[1].endswith("--init-from " + str(tmp_path / "base" / "base_checkpoints" / "task_s1") + " --model-tag cur_s1")
     assert sum("dev.depth_by_kind" in c for c in cur) == 2 and sum("depth_eval" in c for c in cur) == 2
-    _, joined = dry_run("mixture_cpu.sh", {**env, "ARMS": "task cur", "JOIN": "0.5"})
+    _, joined = dry_run("mixture_cpu.sh", {**env, "ARMS": "task cur text", "JOIN": "0.5"})
     assert "--join-share 0.5 --out " + str(tmp_path / "base" / "data_join0.5") in joined[4]
     assert "--data-dir " + str(tmp_path / "base" / "data_join0.5") in [c for c in joined if "mixture_shares" in c][0]
-    assert [c.split("--model-tag ")[1] for c in joined if "scripts.base_train" in c] == ["task_s1", "cur_join0.5_s1"]
+    assert [c.split("--model-tag ")[1] for c in joined if "scripts.base_train" in c] == ["task_s1", "cur_join0.5_s1",
+                                                                                         "text_join0.5_s1"]
     alone, _ = dry_run("mixture_cpu.sh", {**env, "ARMS": "cur"})
     assert alone.returncode != 0 and "the curriculum starts from the task arm" in alone.stderr
     _, wide = dry_run("mixture_cpu.sh", {**env, "SEQ_LEN": "256", "CHUNK": "900"})
