@@ -1,5 +1,5 @@
-"""dev/token_depths.py and dev/depth_by_kind.py: per-token iterations under adaptive exit, fed token by token as decoding
-does (so a position's depth does not depend on what follows it), and the figure."""
+"""dev/token_depths.py and dev/depth_by_kind.py: per-token iterations under adaptive exit, fed token by token as
+decoding does (so a position's depth does not depend on what follows it), and the figure; dev/loss_by_position.py."""
 
 import os
 
@@ -58,3 +58,17 @@ def test_depths_split_by_kind_text_table_answer(tmp_path):
     alone = token_depths(model, tok.encode(prefix + tests[4][0]["prompt"], prepend=tok.get_bos_token_id()), 6, "kl", 1e-2)
     n = len(tok.encode(prefix))
     assert len(table) == 4 * 48 and answer[0] == alone[-1] and table[:48] == alone[1 + n:49 + n]
+
+
+def test_loss_by_position_averages_to_the_models_loss():
+    """dev/loss_by_position: the per-position losses of the rows average to the model's own mean loss."""
+    import torch
+
+    from dev.loss_by_position import position_losses
+    from tests.test_gpt import tokens
+    model = build(tiny(sequence_len=64), perturb_inject=True).eval()
+    rows = tokens(3, 17)
+    losses = position_losses(model, rows, r=3)
+    assert losses.shape == (16,)
+    with torch.no_grad():
+        torch.testing.assert_close(losses.mean(), model.loss(rows[:, :-1], rows[:, 1:], r=3), rtol=1e-5, atol=1e-5)
