@@ -267,6 +267,27 @@ def test_cache_budget_admits_waits_refuses_and_shrinks(tokenizer):
         list(big)
 
 
+def test_a_burst_grows_the_cache_once(tokenizer):
+    """Requests that arrive together are admitted in one step with one reallocation of the cache
+    (one per request cost more than their prefill), and still decode as each would alone."""
+    model = looped(vocab_size=512)
+    sched = Scheduler(model, tokenizer, max_rows=4, tool=None, max_len=8)
+    sizes, resize = [], sched.cache.resize
+    def watched(batch_size=None, max_r=None, max_len=None):
+        before = sched.cache.kv
+        resize(batch_size, max_r, max_len)
+        sizes.append(sched.cache.kv is not before)
+    sched.cache.resize = watched
+    prompts = [tokens(1, 5 + s, seed=s)[0].tolist() for s in range(3)]
+    reqs = [sched.submit(p, r=2, max_tokens=6, temperature=0) for p in prompts]
+    sched.step()
+    assert sizes == [True] and sum(row is not None for row in sched.rows) == 3
+    assert (sched.cache.batch_size, sched.cache.max_r) == (3, 2)
+    sched.run()
+    for p, req in zip(prompts, reqs):
+        assert reply(list(req))[0] == solo(model, tokenizer, p, 2, 6, 0.0, 0, False, "exact")[0]
+
+
 def test_presence_and_frequency_penalties_act_on_the_replys_own_tokens(tokenizer):
     """Greedy rows: a presence penalty past every logit gap never repeats a token of the reply;
     zero penalties give the plain greedy reply; each row keeps its own counts."""
