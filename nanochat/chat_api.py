@@ -248,7 +248,7 @@ class Worker:
     max_rows: int = 16
     cache_mode: str = "exact"
     cache_budget: int = None  # bytes its KV cache may hold (None = no limit)
-    exit_criterion: str = DEFAULT_EXIT_CRITERION  # how a request's `adaptive` threshold stops a token: "state" | "kl"
+    exit_criterion: str = DEFAULT_EXIT_CRITERION  # how a request's `adaptive` threshold stops a token: kv_cache.EXIT_CRITERIA
     healthy: bool = True     # False while its last generation failed (device error, bug): /health says so
     last_error: str = ""
     scheduler: Scheduler = field(init=False, repr=False)

@@ -34,11 +34,11 @@ parser.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = 
 parser.add_argument("-p", "--prompt", type=str, default="", help="ask this once, print the reply and exit")
 parser.add_argument("--recur", type=int, default=-1,
                     help="loop iterations per token; the cap with --adaptive (-1 = the checkpoint's eval r)")
-parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit threshold, e.g. 0.3 for the state criterion "
+parser.add_argument("--adaptive", type=float, default=-1, help="adaptive exit threshold, e.g. 0.3 for state and state+kl "
                                                                   "or 1e-3 for kl (-1 = off, fixed r)")
 parser.add_argument("--exit-criterion", type=str, default=DEFAULT_EXIT_CRITERION, choices=EXIT_CRITERIA,
-                    help="adaptive exit criterion: state (relative change of the recurrent state, free) or kl (runs the "
-                         "coda and head at every iteration)")
+                    help="adaptive exit criterion: state (relative change of the recurrent state, free), kl (runs the "
+                         "coda and head at every iteration) or state+kl (either; KL every other iteration)")
 parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
                     help="KV cache per iteration (exact) or per physical block (shared, Huginn)")
 parser.add_argument("--warm-start", type=int, default=0, choices=[0, 1],

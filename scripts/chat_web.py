@@ -62,7 +62,8 @@ parser.add_argument("--max-batch", type=int, default=16,
                     help="replies each worker decodes together (continuous batching; 1 = one request at a time)")
 parser.add_argument("--exit-criterion", type=str, default=DEFAULT_EXIT_CRITERION, choices=EXIT_CRITERIA,
                     help="how a request's `adaptive` threshold stops a token's loop: state (relative change of the "
-                         "recurrent state, 0.3 suggested) or kl (nats between successive predictions, 1e-3)")
+                         "recurrent state, 0.3 suggested), kl (nats between successive predictions, 1e-3) or "
+                         "state+kl (either, KL every other iteration at threshold / 300; 0.3)")
 parser.add_argument("--cache-mode", type=str, default="exact", choices=["exact", "shared"],
                     help="KV cache across recurrences: exact (the trained function) or shared (memory independent of r)")
 parser.add_argument("--cache-memory", type=str, default="0.25",

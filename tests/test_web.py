@@ -134,8 +134,8 @@ def test_stream_order_depths_and_page(app):
         config = client.get("/config").json()
         assert config["defaults"] == {"temperature": 0.8, "top_k": 50, "max_tokens": 8, "recur": 3}
         # the serving default exit (BENCHMARKS, "Adaptive exit criteria") and its suggested threshold, for the page
-        assert (config["exit_criterion"], config["adaptive"]) == ("state", 0.3)
-        assert app.state.pool.workers[0].scheduler.exit_criterion == "state"
+        assert (config["exit_criterion"], config["adaptive"]) == ("state+kl", 0.3)
+        assert app.state.pool.workers[0].scheduler.exit_criterion == "state+kl"
         body = {"messages": HELLO + [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}],
                 "temperature": 0, "max_tokens": 6}
         with client.stream("POST", "/chat/completions", json=body) as res:
