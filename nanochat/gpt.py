@@ -581,7 +581,8 @@ class GPT(nn.Module):
                 going = change >= cache.exit_threshold  # threshold 0 never stops a token
             s = s_new if active is None else torch.where(active.unsqueeze(-1), s_new, s)
             fresh = False  # logits hold the coda and head of the current s
-            if kl_every and (it + 1) % kl_every == 0 and (going is None or (going if active is None else going & active).any()):
+            kl_check = kl_every and (it + 1) % kl_every == 0
+            if kl_check and (going is None or (going if active is None else going & active).any()):
                 # KL(p_prev || p_now) between checks; a stopped row's logits repeat, its coda entries too
                 prev, logits, fresh = logp, self._coda_head(s, cos_sin, cache.coda_layers), True
                 logp = F.log_softmax(logits, dim=-1)
