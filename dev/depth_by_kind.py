@@ -82,8 +82,9 @@ def problem_depths(model, tokenizer, problems, cap, criterion, threshold, prefix
     if len({len(r) for r in rows}) != 1:
         raise errors.UserError("the test prompts of one depth differ in length under this tokenizer: a letter is more "
                                "than one token (the spaced surface keeps one token per letter)")
-    start = 1 + len(tokenizer.encode(prefix)) if prefix else 1
-    if prefix and rows[0][1:start] != tokenizer.encode(prefix):
+    prefix_ids = tokenizer.encode(prefix) if prefix else []
+    start = 1 + len(prefix_ids)
+    if rows[0][1:start] != prefix_ids:
         raise errors.UserError("--prefix merges with the problem's first token under this tokenizer: end it with a line break")
     logits, depths = decode_with_exit(model, torch.tensor(rows, device=device), cap, criterion, threshold)
     sep = tokenizer.encode(pointer_chase.spaced(pointer_chase.SEP))[0]

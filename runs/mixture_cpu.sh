@@ -20,9 +20,9 @@
 # that follow the tail of a text piece in one document, make_mixture --join-share; above 0 the mix and cur
 # arms read $NANOCHAT_BASE_DIR/data_join<JOIN> and are tagged <arm>_join<JOIN>_s<seed>, as is the text arm,
 # whose steps match the joined mixture's text tokens; the tokenizer stays the plain mixture's, and the task
-# arm keeps its tag: the curriculum's start, trained once, reused by every JOIN), SEEDS (42 7), TEXT_DIR (../shared/data/pretrain next to the
-# repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION (0.5: the task's share of the training
-# bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token table, as the task-only runs' rows
+# arm keeps its tag: the curriculum's start, trained once, reused by every JOIN), SEEDS (42 7), TEXT_DIR
+# (../shared/data/pretrain next to the repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION
+# (0.5: the task's share of the training bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token table, as the task-only runs' rows
 # do; at 256 a row holds up to four tables with the same letters, and the mixture learned no lookup; 8192 tokens a
 # step either way), CHUNK (400: text documents are cut into pieces of at most this many characters, so a row
 # can hold them whole; see dev/make_mixture.py), STEPS (1000 for the mixture; the text and task arms get the
