@@ -14,6 +14,11 @@ prompt (different lengths), temperature 1 with its own seed, `--max-tokens` new 
 A round runs C chats at once; aggregate tok/s = reply tokens of the round / its wall time
 (prefills included); time to first token = request sent -> first token event. Prints one line
 per round and a markdown table of medians with the spread (min-max) over --repeats.
+
+By default a round's chats start together, so their first prompts are read in one prefill and the
+p95 time to first token is that first wave's. `--stagger S` starts chat c at c * S seconds instead:
+chats arriving one after another, each prompt read beside the others' decoding (aggregate tok/s
+then counts the ramp as well, so read throughput from a run without it).
 """
 
 import argparse
@@ -42,6 +47,8 @@ parser.add_argument("--adaptive", type=float, default=0.3,
 parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per reply at most")
 parser.add_argument("--requests-per-chat", type=int, default=3, help="requests each chat sends, one after another")
 parser.add_argument("--repeats", type=int, default=3, help="rounds per setting (spread = min-max over them)")
+parser.add_argument("--stagger", type=float, default=0.0,
+                    help="seconds between the starts of a round's chats (0 = all at once)")
 parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (OMP_NUM_THREADS)")
 parser.add_argument("--baseline", type=str, default="",
                     help="a checkout of another revision (git worktree add DIR REV): its server, at the same --max-batch, "
@@ -104,6 +111,7 @@ async def one_request(client, url, body):
 async def round_(url, args, chats, adaptive, seed0):
     async with httpx.AsyncClient(timeout=600) as client:
         async def chat(c):
+            await asyncio.sleep(c * args.stagger)
             out = []
             for i in range(args.requests_per_chat):
                 body = {"messages": [{"role": "user", "content": prompt(c, i)}], "max_tokens": args.max_tokens,
@@ -123,6 +131,8 @@ async def round_(url, args, chats, adaptive, seed0):
 
 def main():
     args = parser.parse_args()
+    if not args.stagger >= 0:
+        raise SystemExit(f"error: --stagger {args.stagger}: expected seconds >= 0")
     print(f"arguments: {vars(args)}", flush=True)
     concurrency = [int(c) for c in args.concurrency.split(",")]
     modes = [("fixed", None)] + ([("adaptive", args.adaptive)] if args.adaptive >= 0 else [])
