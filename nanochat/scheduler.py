@@ -22,7 +22,10 @@ up to max_rows rows. One step:
 1. waiting requests take free rows, all of a request's at once, in order. The cache is resized
    to hold them (rows, iterations in the exact mode, positions) within the memory budget: a
    request that would take it past waits for rows to leave, one that can never fit fails
-   (CacheBudgetError); when the batch empties the cache shrinks back. Cancelled requests leave;
+   (CacheBudgetError). Rows and positions grow by doubling, so chats arriving one after another
+   reallocate the cache a few times, not once each; when the batch has been empty for
+   GIVE_BACK_AFTER seconds the cache shrinks back (a chat's next request, or the next burst,
+   finds it still the size it was). Cancelled requests leave;
 2. one prefill forward over the rows still reading their prompt, each feeding up to
    prefill_chunk more prompt tokens (padded to the longest chunk; the padding is never
    attended to and is overwritten later), so a long prompt delays the running rows by one
@@ -47,6 +50,7 @@ than prefill_chunk see their earlier chunks' final-iteration entries (tests/test
 
 import random
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,6 +64,7 @@ from nanochat.python_tool import run_python
 PAD_ID = 0              # fills the short rows of a prefill chunk; never attended to
 IDLE_WAIT = 0.005       # seconds the loop sleeps when every row waits on a tool call
 POLL = 0.05             # seconds a reader waits between looks at its `until` event
+GIVE_BACK_AFTER = 2.0   # seconds the batch stays empty before the cache shrinks to one row at r 1
 GREEDY_BELOW = 1e-3     # temperatures under this sample greedily (logits / 1e-45 overflow to inf, then nan)
 
 
@@ -331,6 +336,7 @@ class Scheduler:
         self.tools = None  # the tool thread pool, made at the first tool call
         self.tool_threads = tool_threads
         self.thread, self.stopping = None, False
+        self.idle_since = None  # when the batch last emptied, while the cache still holds its size
         self.steps = self.decode_rows = 0  # decode forwards, and rows summed over them (mean batch)
 
     # -------------------------------------------------------------------------
@@ -410,7 +416,12 @@ class Scheduler:
         while True:
             with self.cond:
                 while not self.stopping and not self.waiting and all(row is None for row in self.rows):
-                    self.cond.wait()
+                    if self.idle_since is None:
+                        self.cond.wait()
+                    elif (left := self.idle_since + GIVE_BACK_AFTER - time.monotonic()) > 0:
+                        self.cond.wait(left)
+                    else:
+                        self._give_back()
                 if self.stopping:
                     return
             try:
@@ -421,10 +432,16 @@ class Scheduler:
                 self._fail_all(e)
 
     def run(self):
-        """Step until every submitted request is finished (tests and benchmarks without the thread)."""
+        """Step until every submitted request is finished, then shrink the cache (tests and
+        benchmarks without the thread)."""
         while self.waiting or any(row is not None for row in self.rows):
             if not self.step():
                 threading.Event().wait(IDLE_WAIT)
+        self._give_back()
+
+    def _give_back(self):
+        self.cache.resize(1, 1, self.initial_len)
+        self.idle_since = None
 
     # -------------------------------------------------------------------------
     # one step (the scheduler's thread)
@@ -471,14 +488,18 @@ class Scheduler:
                 need = (max([b for b, row in enumerate(self.rows) if row is not None] + free[:req.size]) + 1,
                         max([row.req.r for row in live] + [req.r]),
                         max([row.req.length for row in live] + [req.length]))
-                grown = tuple(max(a, b) for a, b in zip(size, need))
-                if not self._fits(*grown):
-                    grown = need
-                    if not self._fits(*grown):
-                        if live:
-                            break  # waits for rows to leave
-                        self.waiting.popleft()._close(CacheBudgetError(self.admissible(req.size, req.r, req.length)))
-                        continue
+                # doubled where it must grow (a 1 -> 8 ramp reallocates 3 times, not 7: at 1024 positions
+                # and r 4 the step from 7 to 8 rows alone took ~80 ms, 4x a solo first token), else as it
+                # is or will be, else only what the rows need (rows that left give theirs back)
+                kept = tuple(max(a, b) for a, b in zip(size, need))
+                doubled = (min(self.max_rows, max(need[0], 2 * size[0])) if need[0] > size[0] else size[0], kept[1],
+                           min(self.model.rotary_len, max(need[2], 2 * size[2])) if need[2] > size[2] else size[2])
+                grown = next((s for s in (doubled, kept, need) if self._fits(*s)), None)
+                if grown is None:
+                    if live:
+                        break  # waits for rows to leave
+                    self.waiting.popleft()._close(CacheBudgetError(self.admissible(req.size, req.r, req.length)))
+                    continue
                 self.waiting.popleft()
                 size = grown
                 leaders = {}
@@ -493,6 +514,8 @@ class Scheduler:
         self.cache.resize(*size)
         for slot in placed:
             self.cache.lengths[slot] = 0
+        if placed:
+            self.idle_since = None
 
     def _pick(self, rows):
         """Choose each row's next token from its logits (at most two syncs: the greedy rows, the sampled ones)."""
@@ -623,11 +646,12 @@ class Scheduler:
         row.req.rows_left -= 1
         if row.req.rows_left == 0:
             row.req._close()
-        if not self._live():  # a burst is over: give its memory back
-            self.cache.resize(1, 1, self.initial_len)
+        if not self._live():  # the batch is empty: the loop gives the memory back if it stays so
+            self.idle_since = time.monotonic()
 
     def _fail_all(self, error):
         for b, row in enumerate(self.rows):
             if row is not None:
                 self.rows[b] = None
                 row.req._close(error)
+        self.idle_since = time.monotonic()

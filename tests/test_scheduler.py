@@ -4,6 +4,7 @@ Engine gives that request alone, tool calls and early stops included; a slow too
 not stall the other rows; cancelled requests free their rows."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -282,10 +283,52 @@ def test_a_burst_grows_the_cache_once(tokenizer):
     reqs = [sched.submit(p, r=2, max_tokens=6, temperature=0) for p in prompts]
     sched.step()
     assert sizes == [True] and sum(row is not None for row in sched.rows) == 3
-    assert (sched.cache.batch_size, sched.cache.max_r) == (3, 2)
+    assert (sched.cache.batch_size, sched.cache.max_r) == (4, 2)  # 3 rows needed, 1 doubled twice
     sched.run()
     for p, req in zip(prompts, reqs):
         assert reply(list(req))[0] == solo(model, tokenizer, p, 2, 6, 0.0, 0, False, "exact")[0]
+
+
+def test_arrivals_one_by_one_double_the_cache_and_it_is_given_back_when_idle(tokenizer, monkeypatch):
+    """Requests arriving one after another, each while the others decode, grow the cache's rows
+    1 -> 2 -> 4 -> 8 (3 reallocations for 7 arrivals, not 7) and still decode as each would alone;
+    the served cache keeps its size while the batch is briefly empty and shrinks to one row at r 1
+    once it has been empty for GIVE_BACK_AFTER seconds."""
+    import nanochat.scheduler as scheduler
+    model = looped(vocab_size=512)
+    sched = Scheduler(model, tokenizer, max_rows=8, tool=None, max_len=8)
+    grown, resize = [], sched.cache.resize
+    def watched(batch_size=None, max_r=None, max_len=None):
+        before = sched.cache.kv
+        resize(batch_size, max_r, max_len)
+        if sched.cache.kv is not before:
+            grown.append(sched.cache.batch_size)
+    sched.cache.resize = watched
+    prompts = [tokens(1, 4 + s, seed=s)[0].tolist() for s in range(8)]
+    reqs = []
+    for p in prompts:
+        reqs.append(sched.submit(p, r=2, max_tokens=12, temperature=0))
+        sched.step()
+    assert grown == [1, 2, 4, 8] and sum(row is not None for row in sched.rows) == 8  # r 1 -> 2 first, then rows
+    sched.run()
+    for p, req in zip(prompts, reqs):
+        assert reply(list(req))[0] == solo(model, tokenizer, p, 2, 12, 0.0, 0, False, "exact")[0]
+    assert (sched.cache.batch_size, sched.cache.max_r) == (1, 1)  # run() gives it back at once
+
+    monkeypatch.setattr(scheduler, "GIVE_BACK_AFTER", 0.3)
+    sched = Scheduler(model, tokenizer, max_rows=8, tool=None, max_len=8).start()
+    try:
+        for s in range(2):
+            req = sched.submit(prompts[s], r=2, max_tokens=12, temperature=0)
+            list(req)
+            assert (sched.cache.batch_size, sched.cache.max_r) == (1, 2)  # empty, but kept for the next request
+        t0 = time.monotonic()
+        while sched.cache.max_r != 1:
+            assert time.monotonic() - t0 < 5, "the idle cache was never given back"
+            time.sleep(0.02)
+        assert time.monotonic() - t0 > 0.2 and sched.cache.batch_size == 1
+    finally:
+        sched.stop()
 
 
 def test_presence_and_frequency_penalties_act_on_the_replys_own_tokens(tokenizer):
