@@ -97,7 +97,6 @@ def bench(label, config, r_of, expected):
     tok_s = tokens / dt
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     mfu = 100 * flops * tok_s / peak if peak else float("nan")
-    del model, opt
     return dict(label=label, tok_s=tok_s, flops=flops, tflops=flops * tok_s / 1e12, mfu=mfu, mem=mem,
                 warm=warm, mean_r=sum(rs) / len(rs))
 
