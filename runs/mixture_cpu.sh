@@ -63,13 +63,27 @@ if [ ! -e "$B/task/test_d16.jsonl" ]; then
         --n-train 130000
     will_make "$B/task"
 fi
+# a mixture folder is made once and then reused: the settings that made it are written beside its shards,
+# and a later run asking for others (FRACTION, CHUNK, JOIN) stops instead of silently reading it
+made_with() {  # made_with DIR SETTINGS, after DIR was made by this run
+    dry || echo "$2" > "$1/made_with"
+}
+same_settings() {  # same_settings DIR SETTINGS: DIR (if stamped) was made with these
+    [ -e "$1/made_with" ] && [ "$(cat "$1/made_with")" != "$2" ] && die "$1 was made with $(cat "$1/made_with"), \
+this run asks for $2: set NANOCHAT_BASE_DIR to another folder (the task, tokenizer and checkpoints are made again there)"
+    return 0
+}
 for folder in data text; do
-    [ -e "$B/$folder" ] && continue
     fraction=$FRACTION
     [ $folder = text ] && fraction=0  # the same text pieces, no task: the text-only arm's corpus
-    run python -m dev.make_mixture --text-dir "$TEXT_DIR" --task-dir "$B/task" --task-fraction "$fraction" \
-        --text-chunk-chars "$CHUNK" --out "$B/$folder"
-    will_make "$B/$folder"
+    settings="FRACTION $fraction, CHUNK $CHUNK"
+    if [ ! -e "$B/$folder" ]; then
+        run python -m dev.make_mixture --text-dir "$TEXT_DIR" --task-dir "$B/task" --task-fraction "$fraction" \
+            --text-chunk-chars "$CHUNK" --out "$B/$folder"
+        will_make "$B/$folder"
+        made_with "$B/$folder" "$settings"
+    fi
+    same_settings "$B/$folder" "$settings"
 done
 [ -e "$B/tokenizer" ] || run python -m scripts.tok_train --data-dir "$B/data" --vocab-size 4096
 MIX=$B/data SUFFIX=
@@ -79,7 +93,9 @@ if [ "$JOIN" != 0 ]; then
         run python -m dev.make_mixture --text-dir "$TEXT_DIR" --task-dir "$B/task" --task-fraction "$FRACTION" \
             --text-chunk-chars "$CHUNK" --join-share "$JOIN" --out "$MIX"
         will_make "$MIX"
+        made_with "$MIX" "FRACTION $FRACTION, CHUNK $CHUNK, JOIN $JOIN"
     fi
+    same_settings "$MIX" "FRACTION $FRACTION, CHUNK $CHUNK, JOIN $JOIN"
 fi
 if dry; then
     TEXT_STEPS=TEXT_STEPS TASK_STEPS=TASK_STEPS  # counted by the step printed just before

@@ -139,6 +139,14 @@ def test_mixture_cpu_dry_run(tmp_path):
     assert alone.returncode != 0 and "the curriculum starts from the task arm" in alone.stderr
     _, wide = dry_run("mixture_cpu.sh", {**env, "SEQ_LEN": "256", "CHUNK": "900"})
     assert "--steps 1000 --batch 32 --seq-len 256" in wide[4] and "--text-chunk-chars 900" in wide[1]
+    # a folder made with other settings is not read silently
+    (tmp_path / "base" / "data").mkdir(parents=True)
+    (tmp_path / "base" / "data" / "made_with").write_text("FRACTION 0.5, CHUNK 400\n")
+    same, _ = dry_run("mixture_cpu.sh", env)
+    assert same.returncode == 0, same.stderr
+    other, _ = dry_run("mixture_cpu.sh", {**env, "FRACTION": "0.3"})
+    assert other.returncode != 0 and other.stderr.count("\n") == 1
+    assert "base/data was made with FRACTION 0.5, CHUNK 400, this run asks for FRACTION 0.3, CHUNK 400" in other.stderr
     for bad, message in (({"ARMS": "big"}, "unknown arm 'big'"), ({"STEPS": "0"}, "STEPS: '0'"),
                          ({"SEQ_LEN": "100"}, "SEQ_LEN: '100'")):
         proc, _ = dry_run("mixture_cpu.sh", {**env, **bad})
