@@ -238,6 +238,17 @@ def test_n_replies_share_one_prefill_and_row_0_is_the_single_reply(tokenizer):
         sched.submit(prompt, n=5)
 
 
+def watch_resizes(sched):
+    """A list that gets (reallocated, rows, bytes) after each of the scheduler's cache resizes."""
+    calls, resize = [], sched.cache.resize
+    def watched(batch_size=None, max_r=None, max_len=None):
+        before = sched.cache.kv
+        resize(batch_size, max_r, max_len)
+        calls.append((sched.cache.kv is not before, sched.cache.batch_size, sched.cache.nbytes))
+    sched.cache.resize = watched
+    return calls
+
+
 def test_cache_budget_admits_waits_refuses_and_shrinks(tokenizer):
     """Under a KV cache budget of two rows at r 2: two requests decode together, a third waits for
     a row to leave and still completes, one that can never fit fails with one clear line (and
@@ -247,11 +258,7 @@ def test_cache_budget_admits_waits_refuses_and_shrinks(tokenizer):
     length = 6 + 10
     budget = KVCache.bytes_for(model, 2, length, 2)
     sched = Scheduler(model, tokenizer, max_rows=4, tool=None, max_len=8, cache_budget=budget)
-    sizes, resize = [], sched.cache.resize
-    def watched(batch_size=None, max_r=None, max_len=None):
-        resize(batch_size, max_r, max_len)
-        sizes.append(sched.cache.nbytes)
-    sched.cache.resize = watched
+    resizes = watch_resizes(sched)
     reqs = [sched.submit(tokens(1, 6, seed=s)[0].tolist(), r=2, max_tokens=10, temperature=0) for s in range(3)]
     sched.step()
     assert sum(row is not None for row in sched.rows) == 2 and len(sched.waiting) == 1  # the third waits
@@ -259,7 +266,7 @@ def test_cache_budget_admits_waits_refuses_and_shrinks(tokenizer):
     for s, req in enumerate(reqs):
         assert reply(list(req))[0] == solo(model, tokenizer, tokens(1, 6, seed=s)[0].tolist(), 2, 10, 0.0, 0, False,
                                            "exact")[0]
-    assert max(sizes) <= budget and sched.cache.nbytes < budget / 4  # within the budget, and given back after
+    assert max(n for _, _, n in resizes) <= budget and sched.cache.nbytes < budget / 4  # within the budget, and given back after
     assert sched.admissible(1, 8, length) and "over this server's budget" in sched.admissible(1, 8, length)
     assert sched.admissible(2, 2, length) is None
     big = sched.submit(tokens(1, 6)[0].tolist(), r=8, max_tokens=10, temperature=0)
@@ -273,16 +280,11 @@ def test_a_burst_grows_the_cache_once(tokenizer):
     (one per request cost more than their prefill), and still decode as each would alone."""
     model = looped(vocab_size=512)
     sched = Scheduler(model, tokenizer, max_rows=4, tool=None, max_len=8)
-    sizes, resize = [], sched.cache.resize
-    def watched(batch_size=None, max_r=None, max_len=None):
-        before = sched.cache.kv
-        resize(batch_size, max_r, max_len)
-        sizes.append(sched.cache.kv is not before)
-    sched.cache.resize = watched
+    resizes = watch_resizes(sched)
     prompts = [tokens(1, 5 + s, seed=s)[0].tolist() for s in range(3)]
     reqs = [sched.submit(p, r=2, max_tokens=6, temperature=0) for p in prompts]
     sched.step()
-    assert sizes == [True] and sum(row is not None for row in sched.rows) == 3
+    assert [new for new, _, _ in resizes] == [True] and sum(row is not None for row in sched.rows) == 3
     assert (sched.cache.batch_size, sched.cache.max_r) == (4, 2)  # 3 rows needed, 1 doubled twice
     sched.run()
     for p, req in zip(prompts, reqs):
@@ -297,19 +299,13 @@ def test_arrivals_one_by_one_double_the_cache_and_it_is_given_back_when_idle(tok
     import nanochat.scheduler as scheduler
     model = looped(vocab_size=512)
     sched = Scheduler(model, tokenizer, max_rows=8, tool=None, max_len=8)
-    grown, resize = [], sched.cache.resize
-    def watched(batch_size=None, max_r=None, max_len=None):
-        before = sched.cache.kv
-        resize(batch_size, max_r, max_len)
-        if sched.cache.kv is not before:
-            grown.append(sched.cache.batch_size)
-    sched.cache.resize = watched
+    resizes = watch_resizes(sched)
     prompts = [tokens(1, 4 + s, seed=s)[0].tolist() for s in range(8)]
     reqs = []
     for p in prompts:
         reqs.append(sched.submit(p, r=2, max_tokens=12, temperature=0))
         sched.step()
-    assert grown == [1, 2, 4, 8] and sum(row is not None for row in sched.rows) == 8  # r 1 -> 2 first, then rows
+    assert [rows for new, rows, _ in resizes if new] == [1, 2, 4, 8] and sum(row is not None for row in sched.rows) == 8  # r 1 -> 2 first, then rows
     sched.run()
     for p, req in zip(prompts, reqs):
         assert reply(list(req))[0] == solo(model, tokenizer, p, 2, 12, 0.0, 0, False, "exact")[0]
