@@ -310,9 +310,9 @@ class Scheduler:
         """max_rows: replies decoded together (more wait in a queue). prefill_chunk: prompt tokens
         per row per step. max_len: positions per row allocated at first (the cache doubles them on
         demand up to the model's rotary table; small, because every reallocation zeroes and copies
-        rows x positions: growing 4 -> 8 rows took ~80 ms at 1024 positions, ~20 ms at 256). tool: code (str) -> output (str), or None to
-        disable tool use. exit_criterion "kl" | "state": how a request with an exit_threshold
-        stops early. warm_start: a decoded token starts from the previous token's final state
+        rows x positions: growing 4 -> 8 rows took ~80 ms at 1024 positions, ~20 ms at 256).
+        tool: code (str) -> output (str), or None to disable tool use. exit_criterion (one of
+        EXIT_CRITERIA): how a request with an exit_threshold stops early. warm_start: a decoded token starts from the previous token's final state
         (KVCache). cache_budget: bytes the KV cache may hold (None = no limit): a request that
         would take it past waits for rows to leave, one that can never fit fails with
         CacheBudgetError (`admissible` tells beforehand)."""

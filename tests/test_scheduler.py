@@ -305,7 +305,9 @@ def test_arrivals_one_by_one_double_the_cache_and_it_is_given_back_when_idle(tok
     for p in prompts:
         reqs.append(sched.submit(p, r=2, max_tokens=12, temperature=0))
         sched.step()
-    assert [rows for new, rows, _ in resizes if new] == [1, 2, 4, 8] and sum(row is not None for row in sched.rows) == 8  # r 1 -> 2 first, then rows
+    # the first reallocation takes r from 1 to 2 at one row, then the rows double
+    assert [rows for new, rows, _ in resizes if new] == [1, 2, 4, 8]
+    assert sum(row is not None for row in sched.rows) == 8
     sched.run()
     for p, req in zip(prompts, reqs):
         assert reply(list(req))[0] == solo(model, tokenizer, p, 2, 12, 0.0, 0, False, "exact")[0]
