@@ -304,6 +304,11 @@ class _Row:
         return self.req.exit_threshold or 0.0
 
 
+def _doubled(need, have, most):
+    """A cache dimension that must hold `need`: twice `have` (at most `most`) when it must grow."""
+    return min(most, max(need, 2 * have)) if need > have else have
+
+
 class Scheduler:
     def __init__(self, model, tokenizer, max_rows=16, prefill_chunk=256, cache_mode="exact", max_len=256,
                  tool=run_python, tool_threads=4, exit_criterion="kl", warm_start=False, cache_budget=None):
@@ -312,8 +317,8 @@ class Scheduler:
         demand up to the model's rotary table; small, because every reallocation zeroes and copies
         rows x positions: growing 4 -> 8 rows took ~80 ms at 1024 positions, ~20 ms at 256).
         tool: code (str) -> output (str), or None to disable tool use. exit_criterion (one of
-        EXIT_CRITERIA): how a request with an exit_threshold stops early. warm_start: a decoded token starts from the previous token's final state
-        (KVCache). cache_budget: bytes the KV cache may hold (None = no limit): a request that
+        EXIT_CRITERIA): how a request with an exit_threshold stops early. warm_start: a decoded
+        token starts from the previous token's final state (KVCache). cache_budget: bytes the KV cache may hold (None = no limit): a request that
         would take it past waits for rows to leave, one that can never fit fails with
         CacheBudgetError (`admissible` tells beforehand)."""
         if not (isinstance(max_rows, int) and max_rows >= 1 and isinstance(prefill_chunk, int) and prefill_chunk >= 1):
@@ -470,9 +475,9 @@ class Scheduler:
         for b, row in enumerate(self.rows):
             if row is not None and row.req.cancelled:
                 self._finish(b)
-        # every request admitted in this step first, then one resize for all of them: a cache of 1024
-        # positions is ~20 MB a row at r 4, so growing it once per request of a burst (allocate, zero,
-        # copy) cost more than the burst's prefill
+        # every request admitted in this step first, then one resize for all of them: a resize
+        # allocates, zeroes and copies the whole cache, and once per request of a burst it cost more
+        # than the burst's prefill
         placed, size = [], (self.cache.batch_size, self.cache.max_r, self.cache.max_len)
         with self.cond:
             while self.waiting:
@@ -483,18 +488,17 @@ class Scheduler:
                 if req.cancelled:
                     self.waiting.popleft()._close()
                     continue
-                # the cache for the live rows and these: as it is (or will be) where that fits the budget,
-                # else only what they need (rows that left give theirs back); else wait, or fail alone
+                # the cache for the live rows and these, the first that fits the budget: doubled where it
+                # must grow (a ramp of chats arriving one by one reallocates log2 times, not once each),
+                # as it is (or will be), only what they need (rows that left give theirs back); else
+                # wait, or fail alone
                 live = self._live()
                 need = (max([b for b, row in enumerate(self.rows) if row is not None] + free[:req.size]) + 1,
                         max([row.req.r for row in live] + [req.r]),
                         max([row.req.length for row in live] + [req.length]))
-                # doubled where it must grow (a 1 -> 8 ramp reallocates 3 times, not 7: at 1024 positions
-                # and r 4 the step from 7 to 8 rows alone took ~80 ms, 4x a solo first token), else as it
-                # is or will be, else only what the rows need (rows that left give theirs back)
                 kept = tuple(max(a, b) for a, b in zip(size, need))
-                doubled = (min(self.max_rows, max(need[0], 2 * size[0])) if need[0] > size[0] else size[0], kept[1],
-                           min(self.model.rotary_len, max(need[2], 2 * size[2])) if need[2] > size[2] else size[2])
+                doubled = (_doubled(need[0], size[0], self.max_rows), kept[1],
+                           _doubled(need[2], size[2], self.model.rotary_len))
                 grown = next((s for s in (doubled, kept, need) if self._fits(*s)), None)
                 if grown is None:
                     if live:

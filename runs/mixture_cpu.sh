@@ -22,12 +22,12 @@
 # whose steps match the joined mixture's text tokens; the tokenizer stays the plain mixture's, and the task
 # arm keeps its tag: the curriculum's start, trained once, reused by every JOIN), SEEDS (42 7), TEXT_DIR
 # (../shared/data/pretrain next to the repository, else $NANOCHAT_BASE_DIR/base_data/climbmix), FRACTION
-# (0.5: the task's share of the training bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token table, as the task-only runs' rows
-# do; at 256 a row holds up to four tables with the same letters, and the mixture learned no lookup; 8192 tokens a
-# step either way), CHUNK (400: text documents are cut into pieces of at most this many characters, so a row
-# can hold them whole; see dev/make_mixture.py), STEPS (1000 for the mixture; the text and task arms get the
-# steps at which they read as many tokens of their kind, counted by dev/mixture_shares.py), EVAL_PROBLEMS (100
-# per test depth).
+# (0.5: the task's share of the training bytes), SEQ_LEN (128: rows of 129 tokens hold at most one 66-token
+# table, as the task-only runs' rows do; at 256 a row holds up to four tables with the same letters, and the
+# mixture learned no lookup; 8192 tokens a step either way), CHUNK (400: text documents are cut into pieces
+# of at most this many characters, so a row can hold them whole; see dev/make_mixture.py), STEPS (1000 for
+# the mixture; the text and task arms get the steps at which they read as many tokens of their kind, counted
+# by dev/mixture_shares.py), EVAL_PROBLEMS (100 per test depth).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . runs/common.sh
@@ -88,14 +88,14 @@ done
 [ -e "$B/tokenizer" ] || run python -m scripts.tok_train --data-dir "$B/data" --vocab-size 4096
 MIX=$B/data SUFFIX=
 if [ "$JOIN" != 0 ]; then
-    MIX=$B/data_join$JOIN SUFFIX=_join$JOIN
+    MIX=$B/data_join$JOIN SUFFIX=_join$JOIN settings="FRACTION $FRACTION, CHUNK $CHUNK, JOIN $JOIN"
     if [ ! -e "$MIX" ]; then
         run python -m dev.make_mixture --text-dir "$TEXT_DIR" --task-dir "$B/task" --task-fraction "$FRACTION" \
             --text-chunk-chars "$CHUNK" --join-share "$JOIN" --out "$MIX"
         will_make "$MIX"
-        made_with "$MIX" "FRACTION $FRACTION, CHUNK $CHUNK, JOIN $JOIN"
+        made_with "$MIX" "$settings"
     fi
-    same_settings "$MIX" "FRACTION $FRACTION, CHUNK $CHUNK, JOIN $JOIN"
+    same_settings "$MIX" "$settings"
 fi
 if dry; then
     TEXT_STEPS=TEXT_STEPS TASK_STEPS=TASK_STEPS  # counted by the step printed just before
